@@ -1,0 +1,109 @@
+"""Batch policies: which rows go together and how far each batch is padded. Pure functions of the row lengths.
+
+* ``notebook``: file order, a fixed number of rows, padded to the batch's longest row (the starter notebook).
+* ``padded``: file order, a fixed number of rows, every batch padded to ``max_length``.
+* ``sorted``: rows sorted by length, packed under a token budget (rows x padded length), each batch padded to
+  its own longest row rounded up to a multiple of 8 (tensor cores and ONNX Runtime kernels like multiples of 8).
+
+Training uses :func:`length_grouped_batches`: random, but rows of similar length share a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from arena.errors import ConfigError
+
+POLICIES = ("notebook", "padded", "sorted")
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple if multiple > 1 else n
+
+
+def token_budget_batches(lengths: np.ndarray, max_tokens: int, max_batch: int = 256,
+                         pad_multiple: int = 8) -> list[np.ndarray]:
+    """Length-sorted batches (longest first) with ``len(batch) * padded_length <= max_tokens``.
+
+    Every index appears in exactly one batch. Raises :class:`ConfigError` if a single row does not fit the budget.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if len(lengths) == 0:
+        return []
+    longest = round_up(int(lengths.max()), pad_multiple)
+    if max_tokens < longest:
+        raise ConfigError(f"--max-tokens {max_tokens} is smaller than one padded row ({longest} tokens)")
+    order = np.argsort(-lengths, kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    n = len(order)
+    while start < n:
+        padded = round_up(max(int(lengths[order[start]]), 1), pad_multiple)  # the longest row of this batch
+        size = max(1, min(max_batch, max_tokens // padded, n - start))
+        batches.append(order[start:start + size])
+        start += size
+    return batches
+
+
+def fixed_batches(n: int, batch_size: int) -> list[np.ndarray]:
+    """File-order batches of ``batch_size`` rows (the last one may be shorter)."""
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    return [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, *,
+                           mega_factor: int = 32) -> list[np.ndarray]:
+    """Shuffled training batches whose rows have similar lengths (deterministic in ``seed``).
+
+    Rows are shuffled, cut into mega-batches of ``mega_factor * batch_size`` rows, each mega-batch is sorted by
+    length and cut into batches, and the batches are shuffled. Little compute goes to padding, while each epoch
+    still sees a different random grouping.
+    """
+    lengths = np.asarray(lengths)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(lengths))
+    mega = max(batch_size, batch_size * mega_factor)
+    batches = []
+    for i in range(0, len(perm), mega):
+        chunk = perm[i:i + mega]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches.extend(chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size))
+    order = rng.permutation(len(batches))
+    return [batches[k] for k in order]
+
+
+def plan_batches(policy: str, lengths: np.ndarray, *, batch_size: int, max_tokens: int,
+                 max_length: int) -> tuple[list[np.ndarray], int | None]:
+    """Batches for a named policy, and the fixed padded length (``padded``) or None (pad to batch max)."""
+    if policy == "notebook":
+        return fixed_batches(len(lengths), batch_size), None
+    if policy == "padded":
+        return fixed_batches(len(lengths), batch_size), max_length
+    if policy == "sorted":
+        return token_budget_batches(lengths, max_tokens, max_batch=max(batch_size, 1)), None
+    raise ConfigError(f"unknown batch policy {policy!r}; choose one of {', '.join(POLICIES)}")
+
+
+@dataclass(frozen=True)
+class PaddingStats:
+    real_tokens: int
+    computed_tokens: int
+
+    @property
+    def efficiency(self) -> float:
+        """Real tokens / computed tokens (1.0 = no padding)."""
+        return self.real_tokens / self.computed_tokens if self.computed_tokens else 1.0
+
+
+def padding_stats(batches: list[np.ndarray], lengths: np.ndarray, *, pad_multiple: int = 8,
+                  fixed_length: int | None = None) -> PaddingStats:
+    lengths = np.asarray(lengths)
+    real = int(sum(int(lengths[b].sum()) for b in batches))
+    computed = 0
+    for b in batches:
+        width = fixed_length if fixed_length is not None else round_up(int(lengths[b].max()), pad_multiple)
+        computed += width * len(b)
+    return PaddingStats(real, computed)

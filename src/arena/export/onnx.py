@@ -1,0 +1,117 @@
+"""PyTorch -> ONNX with dynamic batch and sequence axes.
+
+The TorchScript exporter (``dynamo=False``) is the default: with transformers 5 it traces DeBERTa-v3 correctly and
+the graph runs at sequence lengths shorter and longer than the traced one (the parity check proves it per export).
+``torch.onnx.export`` switched its default to the dynamo exporter in torch 2.9, so the choice is always explicit.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from arena.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAME = "logits"
+DEFAULT_OPSET = 17
+EXPORTERS = ("torchscript", "dynamo")
+TWO_GB = 2 * 1024**3
+
+
+class _LogitsOnly(torch.nn.Module):
+    """Wrap a sequence classifier so the graph has exactly (input_ids, attention_mask) -> logits."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def model_inputs(model: torch.nn.Module) -> list[str]:
+    """The inputs the model really uses: DeBERTa-v3 has type_vocab_size 0, so no token_type_ids."""
+    names = ["input_ids", "attention_mask"]
+    if getattr(model.config, "type_vocab_size", 0):
+        log.info("the model has token_type_ids (type_vocab_size=%d); arena feeds zeros, so they are not exported",
+                 model.config.type_vocab_size)
+    return names
+
+
+def export_onnx(model: torch.nn.Module, path: str | Path, *, opset: int = DEFAULT_OPSET,
+                exporter: str = "torchscript", sample_length: int = 64) -> dict[str, Any]:
+    """Export ``model`` (eval mode, fp32, CPU) to ``path``; return what the manifest records about it."""
+    if exporter not in EXPORTERS:
+        raise ModelError(f"--exporter must be one of {', '.join(EXPORTERS)}")
+    if opset < 17:
+        raise ModelError(f"--opset {opset} is too old; LayerNormalization needs opset 17 or newer")
+    path = Path(path)
+    model = model.float().eval().cpu()
+    # A new Module is in training mode, and the exporter restores that mode afterwards, which would switch the
+    # caller's model (and its dropout) to training: keep everything in eval mode.
+    wrapped = _LogitsOnly(model).eval()
+    ids = torch.randint(5, 1000, (2, sample_length), dtype=torch.int64)
+    mask = torch.ones_like(ids)
+    mask[1, sample_length // 2:] = 0
+    n_params = sum(p.numel() for p in model.parameters())
+    big = n_params * 4 >= TWO_GB
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python scalars in DeBERTa's relative positions
+        if exporter == "torchscript":
+            torch.onnx.export(
+                wrapped, (ids, mask), str(path), dynamo=False, opset_version=opset,
+                input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
+                              "attention_mask": {0: "batch", 1: "sequence"}, OUTPUT_NAME: {0: "batch"}},
+                do_constant_folding=True,
+            )
+        else:
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            seq = torch.export.Dim("sequence", min=2, max=8192)
+            program = torch.onnx.export(
+                wrapped, (ids, mask), dynamo=True, opset_version=opset, input_names=list(INPUT_NAMES),
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+            )
+            program.save(str(path), external_data=big)
+    model.eval()
+    return {"exporter": exporter, "opset": opset, "inputs": list(INPUT_NAMES), "output": OUTPUT_NAME,
+            "parameters": int(n_params), "external_data": big}
+
+
+def check_onnx_file(path: str | Path) -> None:
+    """Refuse a corrupt ONNX file, or one whose external data points outside its folder."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path} does not exist")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends for truncated files
+        raise ModelError(f"{path} is not a readable ONNX file ({type(exc).__name__}): it may be truncated") from None
+    root = path.parent.resolve()
+    for tensor in _external_tensors(proto):
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                target = (root / entry.value).resolve()
+                if root != target and root not in target.parents:
+                    raise ModelError(
+                        f"{path}: tensor {tensor.name!r} keeps its data at {entry.value!r}, outside the model "
+                        "folder; refusing to read it"
+                    )
+
+
+def _external_tensors(proto: Any):
+    from onnx.external_data_helper import _get_all_tensors
+
+    for tensor in _get_all_tensors(proto):
+        if tensor.data_location == 1:  # TensorProto.EXTERNAL
+            yield tensor

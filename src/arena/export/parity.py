@@ -1,0 +1,137 @@
+"""Parity of an exported model against PyTorch on real encoded rows, at several shapes.
+
+Shapes are (batch, sequence) pairs both shorter and longer than the traced example. For each shape the report
+holds the max absolute logit difference, the max probability difference and the argmax agreement; with labelled
+rows also the log-loss change. :func:`judge` turns a report into pass/fail against a :class:`Tolerance`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from arena.metrics import log_loss, softmax
+
+Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Limits for one precision. ``max_logit_diff`` None means logits are not compared directly."""
+
+    max_logit_diff: float | None = 1e-4
+    max_prob_diff: float = 1e-4
+    min_argmax_agreement: float = 1.0
+    max_log_loss_change: float = 1e-4
+
+    @classmethod
+    def fp32(cls) -> Tolerance:
+        return cls(1e-4, 1e-4, 1.0, 1e-4)
+
+    @classmethod
+    def fp16(cls) -> Tolerance:
+        return cls(None, 2e-2, 0.97, 1e-2)
+
+    @classmethod
+    def int8(cls) -> Tolerance:
+        return cls(None, 0.1, 0.97, 0.02)
+
+
+@dataclass
+class ShapeResult:
+    batch: int
+    sequence: int
+    max_logit_diff: float
+    max_prob_diff: float
+    argmax_agreement: float
+    log_loss_reference: float | None = None
+    log_loss_candidate: float | None = None
+
+    @property
+    def log_loss_change(self) -> float | None:
+        if self.log_loss_reference is None or self.log_loss_candidate is None:
+            return None
+        return abs(self.log_loss_candidate - self.log_loss_reference)
+
+
+@dataclass
+class ParityReport:
+    name: str
+    tolerance: Tolerance
+    shapes: list[ShapeResult] = field(default_factory=list)
+    passed: bool = False
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "passed": self.passed, "tolerance": asdict(self.tolerance),
+                "failures": self.failures,
+                "shapes": [{**asdict(s), "log_loss_change": s.log_loss_change} for s in self.shapes]}
+
+    def lines(self) -> list[str]:
+        out = []
+        for s in self.shapes:
+            ll = "" if s.log_loss_change is None else f", log loss change {s.log_loss_change:.2e}"
+            out.append(f"{self.name} {s.batch}x{s.sequence}: max |logit diff| {s.max_logit_diff:.2e}, "
+                       f"max |prob diff| {s.max_prob_diff:.2e}, argmax agreement {s.argmax_agreement:.3f}{ll}")
+        return out
+
+
+@dataclass
+class ParityBatch:
+    """One shape's inputs: int64 (batch, sequence) arrays, and labels where the rows have them."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    labels: np.ndarray | None = None
+
+
+def compare(name: str, reference: Runner, candidate: Runner, batches: Sequence[ParityBatch],
+            tolerance: Tolerance, reference_cache: dict[int, np.ndarray] | None = None) -> ParityReport:
+    """Run both on every batch and judge the differences."""
+    report = ParityReport(name, tolerance)
+    for k, b in enumerate(batches):
+        if reference_cache is not None and k in reference_cache:
+            ref = reference_cache[k]
+        else:
+            ref = np.asarray(reference(b.input_ids, b.attention_mask), dtype=np.float64)
+            if reference_cache is not None:
+                reference_cache[k] = ref
+        got = np.asarray(candidate(b.input_ids, b.attention_mask), dtype=np.float64)
+        if got.shape != ref.shape:
+            report.failures.append(f"{b.input_ids.shape}: output shape {got.shape} != reference {ref.shape}")
+            continue
+        p_ref, p_got = softmax(ref), softmax(got)
+        result = ShapeResult(
+            batch=int(b.input_ids.shape[0]), sequence=int(b.input_ids.shape[1]),
+            max_logit_diff=float(np.max(np.abs(ref - got))) if np.all(np.isfinite(got)) else float("inf"),
+            max_prob_diff=float(np.max(np.abs(p_ref - p_got))) if np.all(np.isfinite(got)) else float("inf"),
+            argmax_agreement=float(np.mean(ref.argmax(1) == got.argmax(1))),
+        )
+        if b.labels is not None:
+            result.log_loss_reference = log_loss(p_ref, b.labels)
+            result.log_loss_candidate = log_loss(p_got, b.labels)
+        report.shapes.append(result)
+    judge(report)
+    return report
+
+
+def judge(report: ParityReport) -> ParityReport:
+    tol = report.tolerance
+    fails = list(report.failures)
+    total = sum(s.batch for s in report.shapes)
+    agree = sum(s.argmax_agreement * s.batch for s in report.shapes) / total if total else 1.0
+    for s in report.shapes:
+        where = f"{s.batch}x{s.sequence}"
+        if tol.max_logit_diff is not None and not s.max_logit_diff <= tol.max_logit_diff:
+            fails.append(f"{where}: max |logit diff| {s.max_logit_diff:.3e} > {tol.max_logit_diff:.1e}")
+        if not s.max_prob_diff <= tol.max_prob_diff:
+            fails.append(f"{where}: max |prob diff| {s.max_prob_diff:.3e} > {tol.max_prob_diff:.1e}")
+        if s.log_loss_change is not None and not s.log_loss_change <= tol.max_log_loss_change:
+            fails.append(f"{where}: log loss change {s.log_loss_change:.3e} > {tol.max_log_loss_change:.1e}")
+    if agree < tol.min_argmax_agreement:
+        fails.append(f"argmax agreement {agree:.3f} over all rows < {tol.min_argmax_agreement:.3f}")
+    report.failures = fails
+    report.passed = not fails
+    return report

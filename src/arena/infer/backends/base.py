@@ -1,0 +1,102 @@
+"""The backend contract and the automatic choice between backends."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from arena.errors import BackendUnavailable, ConfigError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnx", "tensorrt")
+
+
+class Backend(Protocol):
+    name: str
+    device: str
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class Choice:
+    backend: str
+    reason: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    path = folder / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _ort_cuda() -> bool:
+    try:
+        import onnxruntime as ort
+
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def choose_backend(requested: str, folder: Path, *, precision: str = "auto") -> Choice:
+    """Pick a backend from what the folder holds and what the machine has, and say why.
+
+    Order for ``auto``: TensorRT engine and a GPU > ONNX Runtime CUDA > torch CUDA > ONNX Runtime CPU > torch CPU.
+    """
+    if requested not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}")
+    manifest = read_manifest(folder)
+    onnx_files = (manifest or {}).get("artifacts", {})
+    has_onnx = bool(onnx_files) or any(folder.glob("*.onnx"))
+    has_torch = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
+    engines = (manifest or {}).get("tensorrt", {}).get("engines", [])
+    cuda = _cuda()
+    if requested == "tensorrt":
+        if not engines:
+            raise BackendUnavailable(f"{folder} has no TensorRT engine; build one with arena-export --trt")
+        return Choice("tensorrt", "asked for")
+    if requested == "onnx":
+        if not has_onnx:
+            raise BackendUnavailable(f"{folder} has no ONNX model; run arena-export first")
+        return Choice("onnx", "asked for")
+    if requested == "torch":
+        if not has_torch:
+            raise BackendUnavailable(f"{folder} has no model.safetensors for the torch backend")
+        return Choice("torch", "asked for")
+    if engines and cuda:
+        from arena.export.tensorrt import tensorrt_available
+
+        ok, why = tensorrt_available()
+        if ok:
+            return Choice("tensorrt", "a TensorRT engine is in the folder and a GPU is present")
+        log.info("not using the TensorRT engine: %s", why)
+    if has_onnx and cuda and _ort_cuda():
+        return Choice("onnx", "ONNX model present and ONNX Runtime has the CUDA provider")
+    if has_torch and cuda:
+        return Choice("torch", "a GPU is present and the folder holds PyTorch weights")
+    if has_onnx:
+        return Choice("onnx", "no GPU; ONNX Runtime on the CPU is the fastest CPU backend measured here")
+    if has_torch:
+        return Choice("torch", "no ONNX export in the folder; PyTorch on the CPU")
+    raise BackendUnavailable(f"{folder} holds neither model.safetensors nor an ONNX export")

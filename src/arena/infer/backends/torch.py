@@ -1,0 +1,48 @@
+"""PyTorch backend: eager fp32/fp16/bf16, optional torch.compile on GPU (dynamic shapes: compiled once)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from arena.errors import ConfigError
+from arena.modeling import load_classifier
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, folder: str | Path | None = None, *, model: torch.nn.Module | None = None,
+                 device: str = "auto", precision: str = "auto", compile: bool = False,
+                 threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        if precision == "auto":
+            precision = "fp16" if self.device.startswith("cuda") else "fp32"
+        if precision not in DTYPES:
+            raise ConfigError(f"--precision must be one of auto, {', '.join(DTYPES)}")
+        if precision == "fp16" and not self.device.startswith("cuda"):
+            raise ConfigError("fp16 inference needs a GPU; use fp32 or bf16 on the CPU")
+        self.precision = precision
+        if model is None:
+            model = load_classifier(folder, require_three_labels=True)
+        self.model = model.eval().to(self.device)
+        if precision != "fp32" and self.device.startswith("cuda"):
+            self.model = self.model.to(DTYPES[precision])
+        self._autocast = precision == "bf16" and not self.device.startswith("cuda")
+        self.forward = torch.compile(self.model, dynamic=True) if compile else self.model
+
+    @torch.inference_mode()
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        ids = torch.from_numpy(np.ascontiguousarray(input_ids)).to(self.device, non_blocking=True)
+        mask = torch.from_numpy(np.ascontiguousarray(attention_mask)).to(self.device, non_blocking=True)
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self._autocast else contextlib.nullcontext()
+        with ctx:
+            logits = self.forward(input_ids=ids, attention_mask=mask).logits
+        return logits.float().cpu().numpy()

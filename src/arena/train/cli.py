@@ -1,0 +1,87 @@
+"""``arena-train``: fine-tune a 3-way preference classifier on train.csv."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from arena.cli_common import encoder_config, setup_logging
+from arena.errors import cli_errors
+
+app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
+
+
+@app.command(epilog="Examples:\n\n  arena-train --data ../shared/data/arena/lmsys_kaggle --output runs/small\n\n"
+             "  arena-train --model DIR --folds 5 --epochs 2 --max-length 256 --output runs/cv\n\n"
+             "  torchrun --nproc-per-node 2 -m arena.train.cli --data train.csv --output runs/ddp")
+@cli_errors
+def train(
+    data: Annotated[str | None, typer.Option(help="train.csv or its folder (default: ../shared/data/arena/"
+                                             "lmsys_kaggle if present, else llm-classification-finetuning/)")] = None,
+    model: Annotated[str, typer.Option(help="Hub name or local folder (or a config.json with --random-init)")] =
+    "microsoft/deberta-v3-small",
+    output: Annotated[str, typer.Option(help="Checkpoint folder to write")] = "runs/model",
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer folder, if not the model's")] = None,
+    random_init: Annotated[bool, typer.Option(help="Start from random weights built from --model's config.json")]
+    = False,
+    max_length: Annotated[int, typer.Option(help="Tokens per row")] = 512,
+    strategy: Annotated[str, typer.Option(help="segments (per-segment budget) or notebook (cut at the end)")] =
+    "segments",
+    shares: Annotated[str, typer.Option(help="Token shares of prompt,A,B")] = "0.2,0.4,0.4",
+    head_fraction: Annotated[float, typer.Option(help="Share of a cut turn kept from its start")] = 0.5,
+    batch_size: Annotated[int, typer.Option(help="Rows per micro-batch")] = 8,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step")] = 1,
+    epochs: Annotated[float, typer.Option()] = 3.0,
+    lr: Annotated[float, typer.Option(help="Peak learning rate")] = 2e-5,
+    weight_decay: Annotated[float, typer.Option()] = 0.01,
+    warmup_ratio: Annotated[float, typer.Option()] = 0.1,
+    scheduler: Annotated[str, typer.Option(help="linear, cosine or constant")] = "linear",
+    precision: Annotated[str, typer.Option(help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16")] = "auto",
+    seed: Annotated[int, typer.Option()] = 42,
+    max_rows: Annotated[int | None, typer.Option(help="Use only the first N rows (quick runs)")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Hold-out share when --folds is not given")] = 0.2,
+    folds: Annotated[int | None, typer.Option(help="K-fold cross-validation")] = None,
+    fold: Annotated[int | None, typer.Option(help="Train only this fold (0-based); default all folds")] = None,
+    eval_steps: Annotated[int | None, typer.Option(help="Evaluate every N steps (always at epoch end)")] = None,
+    save_steps: Annotated[int | None, typer.Option(help="Save resumable state every N steps")] = None,
+    early_stopping: Annotated[int | None, typer.Option(help="Patience in evaluations")] = None,
+    swap_augment: Annotated[bool, typer.Option(help="Add A/B-swapped copies of the training rows")] = False,
+    calibrate: Annotated[bool, typer.Option(help="Fit a temperature on out-of-fold logits")] = True,
+    compile: Annotated[bool, typer.Option(help="torch.compile the model (GPU)")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --output")] = False,
+    keep_state: Annotated[bool, typer.Option(help="Keep the resumable state after success")] = False,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Fine-tune a Hugging Face encoder (DeBERTa-v3 by default) to predict model_a / model_b / tie."""
+    setup_logging(verbose)
+    from arena.train.loop import TrainConfig, run_training
+
+    cfg = TrainConfig(
+        data=data, model=model, output=output, tokenizer=tokenizer, random_init=random_init,
+        encoder=encoder_config(max_length, strategy, shares, head_fraction), batch_size=batch_size,
+        grad_accum=grad_accum, epochs=epochs, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
+        scheduler=scheduler, precision=precision, seed=seed, max_rows=max_rows, val_fraction=val_fraction,
+        folds=folds, fold=fold, eval_steps=eval_steps, save_steps=save_steps, early_stopping=early_stopping,
+        swap_augment=swap_augment, calibrate=calibrate, compile=compile, resume=resume, keep_state=keep_state,
+        max_steps=max_steps,
+    )
+    summary = run_training(cfg)
+    if summary:
+        typer.echo(
+            f"done: {summary['validation_rows']} validation rows, log loss {summary['oof_log_loss']:.4f} "
+            f"(calibrated {summary['oof_log_loss_calibrated']:.4f}, T={summary['temperature']:.3f}; "
+            f"uniform {summary['uniform_log_loss']:.4f}, prior {summary['prior_log_loss']:.4f}), "
+            f"accuracy {summary['oof_accuracy']:.3f}; checkpoint in {output}"
+        )
+        typer.echo(json.dumps({k: summary[k] for k in ("oof_log_loss", "oof_accuracy", "temperature")}))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
