@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -92,15 +93,21 @@ def _clean(text: str) -> str:
     return _LONE_SURROGATE.sub("\ufffd", text) if _LONE_SURROGATE.search(text) else text
 
 
-def parse_turns(raw: str) -> tuple[tuple[str, ...], str]:
-    """Parse one ``prompt``/``response_*`` field into turns; return ``(turns, how)``.
+class Parsed(NamedTuple):
+    turns: tuple[str, ...]
+    how: str
+    nulls: int = 0
+
+
+def parse_turns(raw: str) -> Parsed:
+    """Parse one ``prompt``/``response_*`` field into turns; return ``(turns, how, nulls)``.
 
     ``how`` is ``json`` (the normal case), ``literal`` (a Python literal such as ``['a', None]``), ``raw`` (neither:
     the whole field becomes one turn) or ``empty`` (an empty field: one empty turn). ``null``/``None`` turns become
     empty strings, never the text "None" or "null"; non-string items become their JSON text.
     """
     if raw == "":
-        return ("",), "empty"
+        return Parsed(("",), "empty")
     value: object
     how = "json"
     try:
@@ -112,28 +119,26 @@ def parse_turns(raw: str) -> tuple[tuple[str, ...], str]:
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             value = None
         if not isinstance(value, list | tuple):
-            return (_clean(raw),), "raw"
+            return Parsed((_clean(raw),), "raw")
     if isinstance(value, str):
-        return (_clean(value),), how
+        return Parsed((_clean(value),), how)
     if not isinstance(value, list | tuple):
-        return (_clean(raw),), "raw"
+        return Parsed((_clean(raw),), "raw")
     if not value:
-        return ("",), how
-    return tuple(_clean(_as_turn(v)) for v in value), how
+        return Parsed(("",), how)
+    return Parsed(tuple(_clean(_as_turn(v)) for v in value), how, sum(v is None for v in value))
 
 
 # --------------------------------------------------------------------------------------------------- CSV
 
 
-def _decode(path: Path) -> str:
-    data = path.read_bytes()
-    if not data.strip():
+def _open(path: Path) -> io.TextIOBase:
+    """Open for streaming. ``surrogateescape`` keeps bad bytes as lone surrogates, so the error can name the row
+    and column they are in instead of failing on a byte offset; ``utf-8-sig`` drops a BOM."""
+    if path.stat().st_size == 0:
         raise DataError("the file is empty: expected a header line such as 'id,prompt,response_a,response_b'",
                         path=str(path))
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    # surrogateescape keeps bad bytes as lone surrogates so the error can name the row and column they are in.
-    return data.decode("utf-8", errors="surrogateescape")
+    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
 
 
 def _bad_bytes(value: str) -> bool:
@@ -171,13 +176,23 @@ def iter_records(
     if not path.is_file():
         raise DataError("no such file", path=str(path))
     spath = str(path)
-    text = _decode(path)
-    reader = csv.reader(io.StringIO(text, newline=""))
+    with _open(path) as fh:
+        yield from _iter_open(fh, spath, labelled=labelled, chunk_rows=chunk_rows, report=report)
+
+
+def _iter_open(fh: io.TextIOBase, spath: str, *, labelled: bool, chunk_rows: int,
+               report: ParseReport | None) -> Iterator[list[Record]]:
+    reader = csv.reader(fh)
     try:
         header = next(reader)
+    except StopIteration:
+        raise DataError("the file is empty: expected a header line such as 'id,prompt,response_a,response_b'",
+                        path=spath) from None
     except csv.Error as exc:
         raise DataError(f"cannot read the header: {exc}", path=spath, line=1) from None
     header = [h.strip() for h in header]
+    if _bad_bytes("".join(header)):
+        raise DataError("the header has bytes that are not valid UTF-8", path=spath, line=1)
     required = TRAIN_COLUMNS if labelled else TEST_COLUMNS
     missing = [c for c in required if c not in header]
     if missing:
@@ -220,9 +235,10 @@ def iter_records(
         seen[row_id] = line
         turns = []
         for col in TEXT_COLUMNS:
-            parsed, how = parse_turns(row[col])
-            report.add(col, how, row_id)
-            turns.append(parsed)
+            parsed = parse_turns(row[col])
+            report.add(col, parsed.how, row_id)
+            report.null_turns += parsed.nulls
+            turns.append(parsed.turns)
         label = _label(row, spath, row_id, line) if labelled else None
         chunk.append(Record(row_id, turns[0], turns[1], turns[2], label, line))
         if len(chunk) >= chunk_rows:

@@ -1,0 +1,86 @@
+"""Open a model folder (arena-train checkpoint or arena-export folder) as a backend plus the encoder it needs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from arena.encode import ArenaEncoder, EncoderConfig
+from arena.errors import BackendUnavailable, ConfigError, ModelError
+from arena.infer.backends.base import Choice, choose_backend, read_manifest
+from arena.modeling import load_tokenizer, read_meta
+
+log = logging.getLogger(__name__)
+
+ONNX_PRECISIONS = ("auto", "fp32", "fp32_fused", "fp16", "int8")
+
+
+@dataclass
+class LoadedModel:
+    folder: Path
+    runner: Any
+    encoder: ArenaEncoder
+    temperature: float
+    choice: Choice
+    description: str
+
+
+def _onnx_artifact(folder: Path, manifest: dict[str, Any] | None, precision: str, device: str) -> tuple[Path, str]:
+    artifacts = (manifest or {}).get("artifacts", {})
+    if precision not in ONNX_PRECISIONS:
+        raise ConfigError(f"--precision for ONNX must be one of {', '.join(ONNX_PRECISIONS)}")
+    if precision == "auto":
+        # fp32 on the CPU is exact; int8 is faster but changes predictions slightly (opt in with --precision int8).
+        precision = "fp16" if device.startswith("cuda") and "fp16" in artifacts else "fp32"
+    if artifacts:
+        if precision not in artifacts:
+            raise BackendUnavailable(f"{folder} has no {precision} ONNX model (it has {', '.join(artifacts)}); "
+                                     f"export it with arena-export --{precision.split('_')[0]}")
+        return folder / artifacts[precision]["file"], precision
+    if (folder / "model.onnx").is_file():
+        return folder / "model.onnx", "fp32"
+    raise BackendUnavailable(f"{folder} has no ONNX model")
+
+
+def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "auto", threads: int | None = None,
+               compile: bool = False, device: str = "auto") -> LoadedModel:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"model folder {folder} does not exist")
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        from arena.export.manifest import verify_files
+
+        encoder_cfg = EncoderConfig.from_dict(manifest.get("encoder", {}))
+        temperature = float(manifest.get("temperature", 1.0))
+    else:
+        meta = read_meta(folder)
+        encoder_cfg, temperature = meta.encoder, meta.temperature
+    choice = choose_backend(backend, folder)
+    tokenizer = load_tokenizer(folder)
+    encoder = ArenaEncoder(tokenizer, encoder_cfg)
+    if choice.backend == "onnx":
+        from arena.infer.backends.onnx import OnnxBackend
+
+        import onnxruntime as ort
+
+        dev = device if device != "auto" else (
+            "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu")
+        path, prec = _onnx_artifact(folder, manifest, precision, dev)
+        if manifest is not None:
+            verify_files(folder, manifest, [path.name])
+        runner = OnnxBackend(path, device=dev, threads=threads)
+        desc = f"onnx ({path.name}, {prec}, {dev})"
+    elif choice.backend == "torch":
+        from arena.infer.backends.torch import TorchBackend
+
+        runner = TorchBackend(folder, device=device, precision=precision, compile=compile, threads=threads)
+        desc = f"torch ({runner.precision}, {runner.device}{', compiled' if compile else ''})"
+    else:  # pragma: no cover - needs TensorRT and a GPU
+        from arena.infer.backends.tensorrt import TensorRTBackend
+
+        runner = TensorRTBackend(folder, manifest or {})
+        desc = "tensorrt (fp16 engine)"
+    return LoadedModel(folder, runner, encoder, temperature, choice, desc)

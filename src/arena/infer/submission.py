@@ -1,0 +1,78 @@
+"""The Kaggle submission: id, winner_model_a, winner_model_b, winner_tie; one row per test id in file order.
+
+Rows are streamed into a temporary file beside the target and renamed into place only after every id got exactly
+one finite row that sums to 1, so a crash or a kill never leaves a partial submission under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from arena import LABELS
+from arena.errors import ArenaError
+
+HEADER = ("id", *LABELS)
+
+
+def check_probs(probs: np.ndarray, ids: Sequence[str]) -> None:
+    if probs.shape != (len(ids), 3):
+        raise ArenaError(f"internal error: {probs.shape[0]} predictions for {len(ids)} ids")
+    bad = ~np.isfinite(probs).all(axis=1) | (np.abs(probs.sum(axis=1) - 1.0) > 1e-6) | (probs < 0).any(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ArenaError(f"prediction for id {ids[first]} is not a probability vector: {probs[first].tolist()}")
+
+
+class SubmissionWriter:
+    """Append chunks of (ids, probs); :meth:`commit` renames the finished file into place."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        self.tmp = Path(tmp)
+        self.fh = os.fdopen(fd, "w", encoding="utf-8", newline="")
+        self.writer = csv.writer(self.fh, lineterminator="\n")
+        self.writer.writerow(HEADER)
+        self.rows = 0
+
+    def write(self, ids: Sequence[str], probs: np.ndarray) -> None:
+        check_probs(probs, ids)
+        for row_id, p in zip(ids, probs, strict=True):
+            self.writer.writerow((row_id, repr(float(p[0])), repr(float(p[1])), repr(float(p[2]))))
+        self.rows += len(ids)
+
+    def commit(self, expected_rows: int) -> Path:
+        if self.rows != expected_rows:
+            raise ArenaError(f"internal error: wrote {self.rows} rows for {expected_rows} test ids")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.fh.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
+
+
+@contextlib.contextmanager
+def submission_writer(path: str | Path) -> Iterator[SubmissionWriter]:
+    writer = SubmissionWriter(path)
+    try:
+        yield writer
+    except BaseException:
+        writer.abort()
+        raise
