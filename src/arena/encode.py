@@ -246,12 +246,12 @@ class ArenaEncoder:
         min_chars = self.config.min_turn_tokens * self.config.chars_per_token
         for k in range(len(turns) - 1, -1, -1):
             text = turns[k]
-            if k < len(turns) - 1 and left < min_chars:
-                break
             if len(text) <= left:
                 out[k] = _Turn(text, None)
                 left -= len(text) + 2
                 continue
+            if left < cap and left < min_chars:
+                break
             n_head = int(left * self.config.head_fraction)
             n_tail = int(left) - n_head
             out[k] = _Turn(_cut_head(text, n_head), _cut_tail(text, n_tail))
@@ -319,16 +319,17 @@ class ArenaEncoder:
         left = budget
         for k in range(len(seg) - 1, -1, -1):
             turn = seg[k]
-            cost_marker = len(marker) if kept else 0
-            if kept and left - cost_marker < cfg.min_turn_tokens:
-                break  # too little room left for an older turn, whatever its length
+            room = left - (len(marker) if kept else 0)
+            if room < 0:
+                break
             if turn is None:
-                return None  # the pre-cut dropped a turn that the exact budget has room for
-            room = left - cost_marker
+                return None  # the pre-cut dropped a turn that the exact budget may have room for
             if turn.tail is None and len(turn.head) <= room:
                 kept.append(turn.head)
                 left = room - len(turn.head)
                 continue
+            if room == 0 or (any(kept) and room < cfg.min_turn_tokens):
+                break  # an older turn is only cut if a useful part of it fits (after a non-empty later turn)
             if turn.tail is None:
                 pieces = head_tail(turn.head, turn.head, room, cfg.head_fraction)
             else:  # cut text: the token at each cut may be half a word, so neither is used

@@ -524,6 +524,14 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
                     else _model_config(config.model))
     check_max_length(model_config, config.encoder.max_length)
     tokenizer = load_tokenizer(config.tokenizer or config.model)
+    if config.max_steps == 0:  # no training: write the initial weights as a checkpoint (speed and export work)
+        torch.manual_seed(config.seed)
+        model = load_classifier(config.model, random_init_from=config.model if config.random_init else None)
+        save_checkpoint(model, tokenizer, config.output, CheckpointMeta(
+            encoder=config.encoder, source=str(config.model), extra={"train_config": config.to_dict(),
+                                                                     "trained": False}))
+        log.info("--max-steps 0: saved the untrained model to %s", config.output)
+        return {}
     resolve_precision(config.precision, pick_device())
 
     encoder = ArenaEncoder(tokenizer, config.encoder)

@@ -1,0 +1,1 @@
+"""arena-bench: throughput benchmarks and the data report."""

@@ -1,0 +1,145 @@
+"""``arena-bench``: throughput of backend x precision x batch policy on real rows, side by side in one run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from arena.cli_common import setup_logging
+from arena.errors import BenchmarkCheckFailed, ConfigError, cli_errors
+
+log = logging.getLogger("arena.bench")
+app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}"
+    try:
+        import torch
+
+        text += f", torch {torch.__version__}"
+        if torch.cuda.is_available():
+            text += f", GPU {torch.cuda.get_device_name()}"
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import onnxruntime
+
+        text += f", onnxruntime {onnxruntime.__version__}"
+    except ImportError:  # pragma: no cover
+        pass
+    return text
+
+
+@app.command(epilog="Examples:\n\n  arena-bench --model runs/model --export runs/export --rows 240\n\n"
+             "  arena-bench --model runs/model --export runs/export --cells torch:fp32/notebook,onnx:int8/sorted "
+             "--check benchmarks/thresholds.json")
+@cli_errors
+def bench(
+    model: Annotated[Path, typer.Option(help="Checkpoint folder (torch cells)")],
+    export: Annotated[Path | None, typer.Option(help="arena-export folder (onnx/tensorrt cells)")] = None,
+    data: Annotated[str | None, typer.Option(help="CSV of real rows (train or test layout)")] = None,
+    backends: Annotated[str, typer.Option(help="backend:precision list")] = "torch:fp32,onnx:fp32,onnx:int8",
+    policies: Annotated[str, typer.Option(help="notebook, padded, sorted")] = "notebook,sorted",
+    cells: Annotated[str | None, typer.Option(help="Exact cells backend:precision/policy (overrides the matrix)")]
+    = None,
+    rows: Annotated[int, typer.Option(help="Rows to score (the file repeated keeps the real length mix)")] = 240,
+    max_length: Annotated[int | None, typer.Option(help="Override the model's max length")] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per batch cap (notebook policy always uses 16)")] = 64,
+    max_tokens: Annotated[int, typer.Option(help="Token budget per sorted batch")] = 8192,
+    repeats: Annotated[int, typer.Option(help="Timed passes per cell (median reported)")] = 3,
+    warmup: Annotated[int, typer.Option(help="Untimed passes per cell")] = 1,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for the backends")] = None,
+    baseline: Annotated[str, typer.Option(help="Cell the speed-ups are measured against")] =
+    "torch:fp32/notebook",
+    out: Annotated[Path, typer.Option(help="Folder for bench.md/json/html and bench.png")] = Path("runs/bench"),
+    check: Annotated[Path | None, typer.Option(help="JSON of ratio thresholds; exit 5 below them")] = None,
+    title: Annotated[str, typer.Option()] = "scoring throughput",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Benchmark scoring throughput; print a Markdown table and, last, one line of JSON."""
+    setup_logging(verbose)
+    from arena.batching import token_budget_batches
+    from arena.bench.report import plot, write_reports
+    from arena.bench.runner import CellSpec, check_thresholds, compute_speedups, repeat_to, run_cell
+    from arena.data import read_records, resolve_csv
+    from arena.encode import ArenaEncoder
+    from arena.infer.loading import open_model
+
+    path = resolve_csv(data, "train.csv")
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        labelled = "winner_tie" in fh.readline()
+    records = repeat_to(read_records(path, labelled=labelled), rows)
+    if cells:
+        specs = [CellSpec.parse(*c.strip().rsplit("/", 1)) for c in cells.split(",")]
+    else:
+        specs = [CellSpec.parse(b.strip(), p.strip()) for b in backends.split(",") for p in policies.split(",")]
+    thresholds = json.loads(check.read_text()) if check is not None else {}
+    results = []
+    for spec in specs:
+        folder = model if spec.backend == "torch" else (export or model)
+        if not folder.is_dir():
+            raise ConfigError(f"{spec.name}: folder {folder} does not exist")
+        log.info("measuring %s on %d rows", spec.name, len(records))
+        res = run_cell(spec, folder, records, batch_size=batch_size, max_tokens=max_tokens, repeats=repeats,
+                       warmup=warmup, threads=threads, max_length=max_length)
+        log.info("%s: %.2f rows/s end to end, %.2f rows/s model only", spec.name, res.rows_per_s,
+                 res.model_rows_per_s)
+        results.append(res)
+    compute_speedups(results, baseline)
+    checks = check_thresholds(results, thresholds) if thresholds else []
+
+    loaded = open_model(model, backend="torch")
+    encoder = loaded.encoder
+    if max_length is not None:
+        from dataclasses import replace
+
+        encoder = ArenaEncoder(encoder.tokenizer, replace(encoder.config, max_length=max_length))
+    lengths = encoder.encode(records).lengths
+    boundaries = sorted({int(-(-lengths[b].max() // 8) * 8) for b in token_budget_batches(lengths, max_tokens,
+                                                                                          batch_size)})
+    command = "arena-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    payload = {"title": title, "command": command, "machine": machine_description(), "rows": len(records),
+               "data": str(path), "max_length": encoder.config.max_length, "baseline": baseline}
+    out.mkdir(parents=True, exist_ok=True)
+    plot(results, lengths, boundaries, out / "bench.png",
+         f"{title}: {len(records)} real rows, max length {encoder.config.max_length}; {payload['machine']}")
+    paths = write_reports(out, payload, results, checks, baseline, "bench.png")
+    typer.echo((out / "bench.md").read_text())
+    final = {"cells": {r.name: round(r.rows_per_s, 3) for r in results},
+             "speedups": {r.name: None if r.speedup is None else round(r.speedup, 3) for r in results},
+             "checks": {c["name"]: c["passed"] for c in checks}, "ok": all(c["passed"] for c in checks),
+             "report": str(paths["markdown"])}
+    typer.echo(json.dumps(final))
+    if checks and not final["ok"]:
+        failed = ", ".join(_describe(c) for c in checks if not c["passed"])
+        raise BenchmarkCheckFailed(f"ratio check(s) below threshold: {failed}")
+
+
+def _describe(check: dict) -> str:
+    value = "not measured" if check["value"] is None else f"{check['value']:.2f}x"
+    return f"{check['name']} ({value}, needs >= {check['min']}x)"
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
