@@ -23,6 +23,17 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple if multiple > 1 else n
 
 
+def default_max_tokens(device: str, max_length: int) -> int:
+    """Token budget per batch when none is given.
+
+    Measured (benchmarks/RESULTS.md): on the 2-core CPUs, DeBERTa-v3 runs fastest in small batches (a budget of
+    about two full rows: torch 5.6 rows/s at 1,024 tokens vs 2.9 at 8,192 for xsmall at 512); on a GPU large batches
+    win (batch 64 at 512 tokens in ``../shared/reference/GPU.md``).
+    """
+    rows = 64 if str(device).startswith("cuda") else 2
+    return rows * round_up(max_length, 8)
+
+
 def token_budget_batches(lengths: np.ndarray, max_tokens: int, max_batch: int = 256,
                          pad_multiple: int = 8) -> list[np.ndarray]:
     """Length-sorted batches (longest first) with ``len(batch) * padded_length <= max_tokens``.

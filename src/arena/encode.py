@@ -177,8 +177,7 @@ class ArenaEncoder:
         self.tokenizer = tokenizer
         self.config = config or EncoderConfig()
         cfg = self.config
-        backend = getattr(tokenizer, "_tokenizer", None)
-        self._rust = getattr(backend, "encode_batch_fast", None) or getattr(backend, "encode_batch", None)
+        self._rust = _raw_encoder(tokenizer)
         self.cls_id = _special_id(tokenizer, "cls")
         self.sep_id = _special_id(tokenizer, "sep")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -363,6 +362,26 @@ class ArenaEncoder:
             body[i] = b
         ids = [np.asarray([self.cls_id, *b[:limit], self.sep_id], dtype=np.int32) for b in body]
         return Encoded(ids=ids, fallbacks=len(retry))
+
+
+def _raw_encoder(tokenizer: Any) -> Any:
+    """The Rust tokenizer's batch encoder on a private copy without padding or truncation, or None.
+
+    Some tokenizer.json files (sentence-transformers models) switch on fixed-length padding, which the Python
+    wrapper overrides per call but the Rust object applies, so the copy turns both off.
+    """
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or not hasattr(backend, "to_str"):
+        return None
+    try:
+        from tokenizers import Tokenizer
+
+        raw = Tokenizer.from_str(backend.to_str())
+        raw.no_padding()
+        raw.no_truncation()
+    except Exception:  # pragma: no cover - an exotic tokenizer: use the Python wrapper
+        return None
+    return getattr(raw, "encode_batch_fast", None) or raw.encode_batch
 
 
 _ALIGN = 24  # how far a cut may move to land on white space, so that no word is split at the cut

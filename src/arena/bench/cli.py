@@ -62,7 +62,8 @@ def bench(
     rows: Annotated[int, typer.Option(help="Rows to score (the file repeated keeps the real length mix)")] = 240,
     max_length: Annotated[int | None, typer.Option(help="Override the model's max length")] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per batch cap (notebook policy always uses 16)")] = 64,
-    max_tokens: Annotated[int, typer.Option(help="Token budget per sorted batch")] = 8192,
+    max_tokens: Annotated[int | None, typer.Option(
+        help="Token budget per sorted batch (default: 2 rows of max length on CPU, 64 on GPU)")] = None,
     repeats: Annotated[int, typer.Option(help="Timed passes per cell (median reported)")] = 3,
     warmup: Annotated[int, typer.Option(help="Untimed passes per cell")] = 1,
     threads: Annotated[int | None, typer.Option(help="CPU threads for the backends")] = None,
@@ -75,7 +76,7 @@ def bench(
 ) -> None:
     """Benchmark scoring throughput; print a Markdown table and, last, one line of JSON."""
     setup_logging(verbose)
-    from arena.batching import token_budget_batches
+    from arena.batching import default_max_tokens, token_budget_batches
     from arena.bench.report import plot, write_reports
     from arena.bench.runner import CellSpec, check_thresholds, compute_speedups, repeat_to, run_cell
     from arena.data import read_records, resolve_csv
@@ -112,8 +113,9 @@ def bench(
 
         encoder = ArenaEncoder(encoder.tokenizer, replace(encoder.config, max_length=max_length))
     lengths = encoder.encode(records).lengths
-    boundaries = sorted({int(-(-lengths[b].max() // 8) * 8) for b in token_budget_batches(lengths, max_tokens,
-                                                                                          batch_size)})
+    budget = max_tokens or default_max_tokens(getattr(loaded.runner, "device", "cpu"), encoder.config.max_length)
+    boundaries = sorted({int(-(-lengths[b].max() // 8) * 8)
+                         for b in token_budget_batches(lengths, budget, batch_size)})
     command = "arena-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     payload = {"title": title, "command": command, "machine": machine_description(), "rows": len(records),
                "data": str(path), "max_length": encoder.config.max_length, "baseline": baseline}

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from arena.batching import padding_stats, plan_batches
+from arena.batching import default_max_tokens, padding_stats, plan_batches
 from arena.data import Record
 from arena.encode import ArenaEncoder, pad_batch
 from arena.errors import ConfigError
@@ -103,7 +103,7 @@ def notebook_loop(runner, encoder: ArenaEncoder, records: list[Record], batch_si
     return out
 
 
-def run_cell(spec: CellSpec, model_dir: Path, records: list[Record], *, batch_size: int, max_tokens: int,
+def run_cell(spec: CellSpec, model_dir: Path, records: list[Record], *, batch_size: int, max_tokens: int | None,
              repeats: int, warmup: int, threads: int | None, max_length: int | None) -> CellResult:
     from dataclasses import replace
 
@@ -140,6 +140,7 @@ def run_cell(spec: CellSpec, model_dir: Path, records: list[Record], *, batch_si
         return time.perf_counter() - t
 
     encoded = encoder.encode(records)
+    max_tokens = max_tokens or default_max_tokens(getattr(loaded.runner, "device", "cpu"), encoder.config.max_length)
     batches, fixed = plan_batches(policy, encoded.lengths, batch_size=bs, max_tokens=max_tokens,
                                   max_length=encoder.config.max_length)
     padded = [pad_batch([encoded.ids[i] for i in b], encoder.pad_id, length=fixed,

@@ -30,7 +30,8 @@ def infer(
     = "auto",
     tta: Annotated[str, typer.Option(help="none or swap (score A/B-swapped too and average)")] = "none",
     policy: Annotated[str, typer.Option(help="sorted (token budget), notebook or padded")] = "sorted",
-    max_tokens: Annotated[int, typer.Option(help="Token budget per batch (rows x padded length)")] = 8192,
+    max_tokens: Annotated[int | None, typer.Option(
+        help="Token budget per batch (rows x padded length); default 2 rows of max length on CPU, 64 on GPU")] = None,
     batch_size: Annotated[int, typer.Option(help="Max rows per batch")] = 64,
     chunk_rows: Annotated[int, typer.Option(help="Rows read, encoded and scored at a time")] = 8192,
     threads: Annotated[int | None, typer.Option(help="CPU threads for the model")] = None,
@@ -55,7 +56,7 @@ def infer(
 
 
 def run_infer(test_csv: Path, model: Path, out: Path, *, backend: str = "auto", precision: str = "auto",
-              tta: bool = False, policy: str = "sorted", max_tokens: int = 8192, batch_size: int = 64,
+              tta: bool = False, policy: str = "sorted", max_tokens: int | None = None, batch_size: int = 64,
               chunk_rows: int = 8192, threads: int | None = None, encode_workers: int = 0, compile: bool = False,
               device: str = "auto") -> dict:
     from tqdm.auto import tqdm

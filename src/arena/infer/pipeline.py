@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from arena.batching import padding_stats, plan_batches
+from arena.batching import default_max_tokens, padding_stats, plan_batches
 from arena.data import Record
 from arena.encode import ArenaEncoder, Encoded, EncoderConfig, pad_batch
 from arena.infer.tta import combine_swap
@@ -32,8 +32,8 @@ class ScoreConfig:
     policy: str = "sorted"
     batch_size: int = 64
     """Rows per batch (notebook/padded policies) or the cap on rows per batch (sorted)."""
-    max_tokens: int = 8192
-    """Token budget per batch for the sorted policy: rows x padded length."""
+    max_tokens: int | None = None
+    """Token budget per batch for the sorted policy (rows x padded length); None: :func:`default_max_tokens`."""
     chunk_rows: int = 8192
     tta: bool = False
     temperature: float = 1.0
@@ -134,8 +134,10 @@ class Scorer:
         out = np.zeros((len(encoded), 3), dtype=np.float32)
         if len(encoded) == 0:
             return out
+        max_length = self.encoder.config.max_length
+        budget = cfg.max_tokens or default_max_tokens(getattr(self.runner, "device", "cpu"), max_length)
         batches, fixed = plan_batches(cfg.policy, encoded.lengths, batch_size=cfg.batch_size,
-                                      max_tokens=cfg.max_tokens, max_length=self.encoder.config.max_length)
+                                      max_tokens=budget, max_length=max_length)
         for batch in batches:
             ids, mask = pad_batch([encoded.ids[i] for i in batch], self.pad_id, length=fixed)
             t0 = time.perf_counter()

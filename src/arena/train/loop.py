@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from arena import LABELS
-from arena.batching import length_grouped_batches, padding_stats, token_budget_batches
+from arena.batching import default_max_tokens, length_grouped_batches, padding_stats, token_budget_batches
 from arena.data import Record, labels_of, read_train, resolve_csv
 from arena.encode import ArenaEncoder, Encoded, EncoderConfig, pad_batch
 from arena.errors import ConfigError, TrainingError
@@ -347,7 +347,7 @@ def train_split(
 
     val_labels = labels[val_idx]
     base = baselines(train_labels, val_labels)
-    eval_tokens = max(config.batch_size * 2, 8) * encoded_max(encoded)
+    eval_tokens = max(default_max_tokens(device.type, encoded_max(encoded)), config.batch_size * 8)
     best_logits = np.zeros((len(val_idx), 3), dtype=np.float32)
     if state["best"] is not None and (out_dir / "val_logits.npy").is_file():
         best_logits = np.load(out_dir / "val_logits.npy")

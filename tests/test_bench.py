@@ -1,0 +1,85 @@
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from arena.bench.cli import app
+from arena.bench.data_report import app as report_app
+from arena.bench.data_report import summarize
+from arena.bench.runner import CellResult, check_thresholds, compute_speedups, repeat_to
+from tests.conftest import TOKENIZER, TRAIN_CSV
+
+
+def test_bench_runs_a_matrix_and_writes_every_report(tmp_path, tiny_checkpoint, tiny_export):
+    thresholds = tmp_path / "t.json"
+    thresholds.write_text(json.dumps({"ratios": [
+        {"name": "sanity", "numerator": "onnx:fp32/sorted", "denominator": "torch:fp32/notebook", "min": 0.01}]}))
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(app, [
+        "--model", str(tiny_checkpoint), "--export", str(tiny_export), "--data", str(TRAIN_CSV), "--rows", "40",
+        "--cells", "torch:fp32/notebook,torch:fp32/sorted,onnx:fp32/sorted,onnx:int8/padded", "--repeats", "1",
+        "--warmup", "0", "--max-length", "512", "--out", str(out), "--check", str(thresholds)])
+    assert result.exit_code == 0, result.output
+    final = json.loads(result.output.strip().splitlines()[-1])
+    assert set(final["cells"]) == {"torch:fp32/notebook", "torch:fp32/sorted", "onnx:fp32/sorted",
+                                   "onnx:int8/padded"}
+    assert final["speedups"]["torch:fp32/notebook"] == 1.0 and final["ok"] is True
+    for name in ("bench.md", "bench.json", "bench.html", "bench.png"):
+        assert (out / name).stat().st_size > 0
+    data = json.loads((out / "bench.json").read_text())
+    cells = {c["name"]: c for c in data["cells"]}
+    assert cells["onnx:int8/padded"]["padding_efficiency"] < cells["onnx:fp32/sorted"]["padding_efficiency"]
+    assert all(c["rows"] == 40 and c["batch_ms_p50"] > 0 and c["peak_rss_mib"] > 0 for c in data["cells"])
+    assert "| torch:fp32/notebook |" in (out / "bench.md").read_text()
+
+
+def test_check_mode_fails_below_threshold(tmp_path, tiny_checkpoint, tiny_export):
+    thresholds = tmp_path / "t.json"
+    thresholds.write_text(json.dumps({"ratios": [
+        {"name": "impossible", "numerator": "onnx:fp32/sorted", "denominator": "onnx:fp32/sorted", "min": 2.0}]}))
+    result = CliRunner().invoke(app, [
+        "--model", str(tiny_checkpoint), "--export", str(tiny_export), "--data", str(TRAIN_CSV), "--rows", "8",
+        "--cells", "onnx:fp32/sorted", "--repeats", "1", "--warmup", "0", "--out", str(tmp_path / "b"),
+        "--check", str(thresholds)])
+    assert result.exit_code == 5
+    assert "impossible (1.00x, needs >= 2.0x)" in result.output
+
+
+def _cell(name, rps):
+    return CellResult(name=name, backend="x", precision="y", policy="z", description="", rows=1, e2e_s=1, model_s=1,
+                      rows_per_s=rps, model_rows_per_s=rps, tokens_per_s=1, padding_efficiency=1, batches=1,
+                      batch_ms_p50=1, batch_ms_p90=1, batch_ms_p99=1, peak_rss_mib=1, peak_gpu_mib=None, load_s=0)
+
+
+def test_ratio_checks_and_speedups():
+    cells = [_cell("base", 2.0), _cell("fast", 5.0)]
+    compute_speedups(cells, "base")
+    assert [c.speedup for c in cells] == [1.0, 2.5]
+    rules = {"ratios": [{"name": "ok", "numerator": "fast", "denominator": "base", "min": 2.0},
+                        {"name": "low", "numerator": "fast", "denominator": "base", "min": 3.0},
+                        {"name": "missing", "numerator": "gone", "denominator": "base", "min": 1.0}]}
+    result = {c["name"]: c for c in check_thresholds(cells, rules)}
+    assert result["ok"]["passed"] and result["ok"]["value"] == pytest.approx(2.5)
+    assert not result["low"]["passed"] and not result["missing"]["passed"]
+
+
+def test_repeat_keeps_ids_unique_and_the_length_mix(train_records):
+    rows = repeat_to(train_records[:10], 35)
+    assert len(rows) == 35 and len({r.id for r in rows}) == 35
+    assert rows[10].response_a == rows[0].response_a
+
+
+def test_data_report_numbers_match_the_data(tmp_path, train_records, tokenizer):
+    s = summarize(train_records, tokenizer)
+    assert s["class_counts"] == {"a": 534, "b": 505, "tie": 461}
+    assert s["multi_turn_share"] == pytest.approx(np.mean([len(r.prompt) > 1 for r in train_records]))
+    assert 0.4 < s["truncated_share_by_max_length"]["512"] < 0.6  # about half the real rows exceed 512
+    assert s["truncated_share_by_max_length"]["2048"] < s["truncated_share_by_max_length"]["512"]
+    out = tmp_path / "rep"
+    result = CliRunner().invoke(report_app, [str(TRAIN_CSV), "--out", str(out), "--tokenizer", str(TOKENIZER)])
+    assert result.exit_code == 0, result.output
+    text = (out / "data.md").read_text()
+    assert "a 534 (35.6%)" in text and "| 512 |" in text
+    assert (out / "data.png").stat().st_size > 10_000
+    assert json.loads((out / "data.json").read_text())["class_counts"]["tie"] == 461
