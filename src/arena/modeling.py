@@ -151,6 +151,11 @@ def load_classifier(name_or_path: str | Path, *, random_init_from: str | Path | 
         if is_local(name):
             raise ModelError(f"cannot load the model in {name}: {exc}") from None
         raise _offline_hint(name, exc) from None
+    except Exception as exc:  # a truncated or corrupt safetensors file raises the library's own error types
+        if is_local(name):
+            raise ModelError(f"cannot load the weights in {name} ({type(exc).__name__}: {exc}); the checkpoint "
+                             "may be truncated or corrupt") from None
+        raise
 
 
 def max_supported_length(config: Any) -> int | None:
