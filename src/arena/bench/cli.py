@@ -55,7 +55,8 @@ def bench(
     model: Annotated[Path, typer.Option(help="Checkpoint folder (torch cells)")],
     export: Annotated[Path | None, typer.Option(help="arena-export folder (onnx/tensorrt cells)")] = None,
     data: Annotated[str | None, typer.Option(help="CSV of real rows (train or test layout)")] = None,
-    backends: Annotated[str, typer.Option(help="backend:precision list")] = "torch:fp32,onnx:fp32,onnx:int8",
+    backends: Annotated[str, typer.Option(help="backend:precision list (backends: torch, torch.compile, onnx, "
+                                          "tensorrt)")] = "torch:fp32,onnx:fp32,onnx:int8",
     policies: Annotated[str, typer.Option(help="notebook, padded, sorted")] = "notebook,sorted",
     cells: Annotated[str | None, typer.Option(help="Exact cells backend:precision/policy (overrides the matrix)")]
     = None,
@@ -67,6 +68,7 @@ def bench(
     repeats: Annotated[int, typer.Option(help="Timed passes per cell (median reported)")] = 3,
     warmup: Annotated[int, typer.Option(help="Untimed passes per cell")] = 1,
     threads: Annotated[int | None, typer.Option(help="CPU threads for the backends")] = None,
+    encode_workers: Annotated[int, typer.Option(help="Tokenizer processes for padded/sorted end-to-end runs")] = 0,
     baseline: Annotated[str, typer.Option(help="Cell the speed-ups are measured against")] =
     "torch:fp32/notebook",
     out: Annotated[Path, typer.Option(help="Folder for bench.md/json/html and bench.png")] = Path("runs/bench"),
@@ -94,12 +96,12 @@ def bench(
     thresholds = json.loads(check.read_text()) if check is not None else {}
     results = []
     for spec in specs:
-        folder = model if spec.backend == "torch" else (export or model)
+        folder = model if spec.backend in ("torch", "torch.compile") else (export or model)
         if not folder.is_dir():
             raise ConfigError(f"{spec.name}: folder {folder} does not exist")
         log.info("measuring %s on %d rows", spec.name, len(records))
         res = run_cell(spec, folder, records, batch_size=batch_size, max_tokens=max_tokens, repeats=repeats,
-                       warmup=warmup, threads=threads, max_length=max_length)
+                       warmup=warmup, threads=threads, max_length=max_length, encode_workers=encode_workers)
         log.info("%s: %.2f rows/s end to end, %.2f rows/s model only", spec.name, res.rows_per_s,
                  res.model_rows_per_s)
         results.append(res)

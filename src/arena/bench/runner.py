@@ -104,7 +104,8 @@ def notebook_loop(runner, encoder: ArenaEncoder, records: list[Record], batch_si
 
 
 def run_cell(spec: CellSpec, model_dir: Path, records: list[Record], *, batch_size: int, max_tokens: int | None,
-             repeats: int, warmup: int, threads: int | None, max_length: int | None) -> CellResult:
+             repeats: int, warmup: int, threads: int | None, max_length: int | None,
+             encode_workers: int = 0) -> CellResult:
     from dataclasses import replace
 
     from arena.infer.loading import open_model
@@ -121,7 +122,9 @@ def run_cell(spec: CellSpec, model_dir: Path, records: list[Record], *, batch_si
     except ImportError:  # pragma: no cover
         pass
     t0 = time.perf_counter()
-    loaded = open_model(model_dir, backend=spec.backend, precision=spec.precision, threads=threads)
+    compiled = spec.backend == "torch.compile"  # torch with torch.compile(dynamic=True), timed after warm-up
+    loaded = open_model(model_dir, backend="torch" if compiled else spec.backend, precision=spec.precision,
+                        threads=threads, compile=compiled)
     load_s = time.perf_counter() - t0
     encoder = loaded.encoder
     if max_length is not None and max_length != encoder.config.max_length:
@@ -129,7 +132,9 @@ def run_cell(spec: CellSpec, model_dir: Path, records: list[Record], *, batch_si
     policy = spec.policy
     bs = 16 if policy == "notebook" else batch_size
     scorer = Scorer(loaded.runner, encoder, ScoreConfig(policy=policy, batch_size=bs, max_tokens=max_tokens,
-                                                        temperature=loaded.temperature))
+                                                        temperature=loaded.temperature,
+                                                        encode_workers=encode_workers),
+                    tokenizer_path=model_dir)
 
     def end_to_end() -> float:
         t = time.perf_counter()
