@@ -155,3 +155,15 @@ def test_scorer_encode_workers_give_identical_results(tiny_export):
     finally:
         pool.close()
     assert np.array_equal(one, two)
+
+
+def test_two_processes_give_the_same_submission(tmp_path, tiny_export):
+    """--devices shards batches over one process per device (2 CPU processes here); output is identical."""
+    frame = pd.read_csv(TRAIN_CSV).iloc[:120][["id", "prompt", "response_a", "response_b"]]
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    one = run_infer(tmp_path / "t.csv", tiny_export, tmp_path / "one.csv")
+    two = run_infer(tmp_path / "t.csv", tiny_export, tmp_path / "two.csv", devices="cpu,cpu")
+    assert "2 processes" in two["backend"] and one["rows"] == two["rows"] == 120
+    ids = frame["id"].astype(str).tolist()
+    assert np.allclose(check_submission(tmp_path / "one.csv", ids), check_submission(tmp_path / "two.csv", ids),
+                       atol=1e-6)

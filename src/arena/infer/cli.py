@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -39,6 +40,8 @@ def infer(
     = 0,
     compile: Annotated[bool, typer.Option(help="torch.compile (torch backend, GPU)")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    devices: Annotated[str | None, typer.Option(
+        help="Several devices, one process each: cuda:0,cuda:1 (or a count of GPUs; cpu,cpu on a CPU)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Score every row of TEST_CSV and write one probability row per id, in the file's order."""
@@ -47,7 +50,8 @@ def infer(
         raise ConfigError("--tta must be none or swap")
     summary = run_infer(test_csv, model, out, backend=backend, precision=precision, tta=tta == "swap",
                         policy=policy, max_tokens=max_tokens, batch_size=batch_size, chunk_rows=chunk_rows,
-                        threads=threads, encode_workers=encode_workers, compile=compile, device=device)
+                        threads=threads, encode_workers=encode_workers, compile=compile, device=device,
+                        devices=devices)
     typer.echo(f"wrote {summary['rows']} rows to {out} with {summary['backend']} in {summary['wall_s']:.2f} s: "
                f"{summary['rows_per_s']:.1f} rows/s end to end, {summary['model_rows_per_s']:.1f} rows/s model "
                f"only (encode {summary['encode_s']:.2f} s, model {summary['model_s']:.2f} s, "
@@ -58,7 +62,7 @@ def infer(
 def run_infer(test_csv: Path, model: Path, out: Path, *, backend: str = "auto", precision: str = "auto",
               tta: bool = False, policy: str = "sorted", max_tokens: int | None = None, batch_size: int = 64,
               chunk_rows: int = 8192, threads: int | None = None, encode_workers: int = 0, compile: bool = False,
-              device: str = "auto") -> dict:
+              device: str = "auto", devices: str | None = None) -> dict:
     from tqdm.auto import tqdm
 
     from arena.data import iter_records
@@ -66,8 +70,16 @@ def run_infer(test_csv: Path, model: Path, out: Path, *, backend: str = "auto", 
     from arena.infer.pipeline import Scorer, ScoreConfig, Timings
     from arena.infer.submission import submission_writer
 
+    from arena.infer.sharded import ShardedRunner, parse_devices
+
+    shards = parse_devices(devices)
     loaded = open_model(model, backend=backend, precision=precision, threads=threads, compile=compile,
-                        device=device)
+                        device=device if shards is None else shards[0])
+    if shards is not None:
+        per = threads or max(1, (os.cpu_count() or 2) // len(shards)) if shards[0] == "cpu" else threads
+        loaded.runner = ShardedRunner(model, shards, backend=loaded.choice.backend, precision=precision,
+                                      threads=per)
+        loaded.description += f" x {len(shards)} processes on {', '.join(shards)}"
     log.info("backend %s: %s", loaded.description, loaded.choice.reason)
     config = ScoreConfig(policy=policy, batch_size=batch_size, max_tokens=max_tokens, chunk_rows=chunk_rows,
                          tta=tta, temperature=loaded.temperature, encode_workers=encode_workers)
@@ -87,6 +99,8 @@ def run_infer(test_csv: Path, model: Path, out: Path, *, backend: str = "auto", 
             writer.commit(timings.rows)
     finally:
         scorer.close()
+        if shards is not None:
+            loaded.runner.close()
     return {"backend": loaded.description, "reason": loaded.choice.reason, "tta": tta, "policy": policy,
             **timings.summary()}
 

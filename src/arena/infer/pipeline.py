@@ -138,15 +138,24 @@ class Scorer:
         budget = cfg.max_tokens or default_max_tokens(getattr(self.runner, "device", "cpu"), max_length)
         batches, fixed = plan_batches(cfg.policy, encoded.lengths, batch_size=cfg.batch_size,
                                       max_tokens=budget, max_length=max_length)
-        for batch in batches:
-            ids, mask = pad_batch([encoded.ids[i] for i in batch], self.pad_id, length=fixed)
+        if hasattr(self.runner, "map"):  # several devices: all batches of the chunk in flight at once
+            padded = [pad_batch([encoded.ids[i] for i in batch], self.pad_id, length=fixed) for batch in batches]
             t0 = time.perf_counter()
-            out[batch] = self.runner(ids, mask)
-            dt = time.perf_counter() - t0
+            for batch, logits in zip(batches, self.runner.map(padded), strict=True):
+                out[batch] = logits
             if timings is not None:
-                timings.model_s += dt
-                timings.batch_ms.append(dt * 1000)
-                timings.batches += 1
+                timings.model_s += time.perf_counter() - t0
+                timings.batches += len(batches)
+        else:
+            for batch in batches:
+                ids, mask = pad_batch([encoded.ids[i] for i in batch], self.pad_id, length=fixed)
+                t0 = time.perf_counter()
+                out[batch] = self.runner(ids, mask)
+                dt = time.perf_counter() - t0
+                if timings is not None:
+                    timings.model_s += dt
+                    timings.batch_ms.append(dt * 1000)
+                    timings.batches += 1
         if timings is not None:
             stats = padding_stats(batches, encoded.lengths, fixed_length=fixed)
             timings.real_tokens += stats.real_tokens
