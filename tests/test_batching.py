@@ -4,7 +4,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arena.batching import (
-    fixed_batches, length_grouped_batches, padding_stats, plan_batches, round_up, token_budget_batches,
+    fixed_batches,
+    length_grouped_batches,
+    padding_stats,
+    plan_batches,
+    round_up,
+    token_budget_batches,
 )
 from arena.errors import ConfigError
 

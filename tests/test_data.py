@@ -7,7 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arena.data import (
-    ParseReport, Record, labels_of, parse_turns, read_test, read_train, swap_ab, swap_probs,
+    ParseReport,
+    Record,
+    labels_of,
+    parse_turns,
+    read_test,
+    read_train,
+    swap_ab,
+    swap_probs,
 )
 from arena.errors import DataError
 from tests.conftest import TEST_CSV, TRAIN_CSV

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from arena.data import Record, read_test
+from arena.data import Record
 from arena.errors import ArenaError, BackendUnavailable, DataError
 from arena.infer.backends.base import choose_backend
 from arena.infer.cli import app, run_infer
@@ -144,7 +144,7 @@ def test_cli_prints_summary_and_json(tmp_path, tiny_export):
 
 def test_scorer_encode_workers_give_identical_results(tiny_export):
     from arena.infer.loading import open_model
-    from arena.infer.pipeline import Scorer, ScoreConfig
+    from arena.infer.pipeline import ScoreConfig, Scorer
 
     records = [Record(str(i), ("p" * i,), ("a " * (i * 7),), ("b",)) for i in range(30)]
     loaded = open_model(tiny_export)

@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 from arena.batching import round_up, token_budget_batches
 from arena.errors import BackendUnavailable, ConfigError
 from arena.export.tensorrt import (
-    Profile, check_engine, engine_filename, engine_key, pick_profile, plan_profiles, tensorrt_available,
+    Profile,
+    check_engine,
+    engine_filename,
+    engine_key,
+    pick_profile,
+    plan_profiles,
+    tensorrt_available,
 )
 
 

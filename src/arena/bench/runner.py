@@ -28,7 +28,7 @@ from arena.batching import default_max_tokens, padding_stats, plan_batches
 from arena.data import Record
 from arena.encode import ArenaEncoder, pad_batch
 from arena.errors import ConfigError
-from arena.infer.pipeline import Scorer, ScoreConfig
+from arena.infer.pipeline import ScoreConfig, Scorer
 
 log = logging.getLogger(__name__)
 

@@ -104,7 +104,6 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
     import numpy as np
 
     from arena.data import read_records, resolve_csv
-    from arena.encode import ArenaEncoder
     from arena.export import optimize as ort_opt
     from arena.export.manifest import write_manifest
     from arena.export.onnx import export_onnx

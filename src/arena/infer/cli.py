@@ -67,10 +67,9 @@ def run_infer(test_csv: Path, model: Path, out: Path, *, backend: str = "auto", 
 
     from arena.data import iter_records
     from arena.infer.loading import open_model
-    from arena.infer.pipeline import Scorer, ScoreConfig, Timings
-    from arena.infer.submission import submission_writer
-
+    from arena.infer.pipeline import ScoreConfig, Scorer, Timings
     from arena.infer.sharded import ShardedRunner, parse_devices
+    from arena.infer.submission import submission_writer
 
     shards = parse_devices(devices)
     loaded = open_model(model, backend=backend, precision=precision, threads=threads, compile=compile,

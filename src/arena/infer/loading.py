@@ -62,9 +62,9 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
     tokenizer = load_tokenizer(folder)
     encoder = ArenaEncoder(tokenizer, encoder_cfg)
     if choice.backend == "onnx":
-        from arena.infer.backends.onnx import OnnxBackend
-
         import onnxruntime as ort
+
+        from arena.infer.backends.onnx import OnnxBackend
 
         dev = device if device != "auto" else (
             "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu")
