@@ -41,7 +41,7 @@ ALMOST_JSON = st.one_of(
 def test_fuzz_reader_never_crashes_and_never_drops_rows(tmp_path_factory, rows, newline):
     path = tmp_path_factory.mktemp("fuzz") / "test.csv"
     with open(path, "w", encoding="utf-8", newline="") as fh:
-        w = csv.writer(fh, lineterminator=newline)
+        w = csv.writer(fh, lineterminator=newline, quoting=csv.QUOTE_ALL)  # a bare \r must be quoted
         w.writerow(["id", "prompt", "response_a", "response_b"])
         for i, (p, a, b) in enumerate(rows):
             w.writerow([i, p, a, b])

@@ -262,6 +262,13 @@ def read_records(path: str | Path, *, labelled: bool, report: ParseReport | None
     return out
 
 
+def has_labels(path: str | Path) -> bool:
+    """Whether a CSV's header has the label columns (train layout) rather than only the test columns."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        header = {h.strip() for h in next(csv.reader([fh.readline()]), [])}
+    return set(LABELS) <= header
+
+
 def read_train(path: str | Path, report: ParseReport | None = None) -> list[Record]:
     records = read_records(path, labelled=True, report=report)
     if not records:

@@ -81,14 +81,12 @@ def bench(
     from arena.batching import default_max_tokens, token_budget_batches
     from arena.bench.report import plot, write_reports
     from arena.bench.runner import CellSpec, check_thresholds, compute_speedups, repeat_to, run_cell
-    from arena.data import read_records, resolve_csv
+    from arena.data import has_labels, read_records, resolve_csv
     from arena.encode import ArenaEncoder
     from arena.infer.loading import open_model
 
     path = resolve_csv(data, "train.csv")
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        labelled = "winner_tie" in fh.readline()
-    records = repeat_to(read_records(path, labelled=labelled), rows)
+    records = repeat_to(read_records(path, labelled=has_labels(path)), rows)
     if cells:
         specs = [CellSpec.parse(*c.strip().rsplit("/", 1)) for c in cells.split(",")]
     else:

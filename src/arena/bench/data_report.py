@@ -118,11 +118,10 @@ def report(
 ) -> None:
     """Summarise an arena CSV: classes, lengths by winner, truncation by max length, turns."""
     setup_logging()
-    from arena.data import read_records
+    from arena.data import has_labels, read_records
     from arena.modeling import load_tokenizer
 
-    with open(csv_path, encoding="utf-8", errors="replace") as fh:
-        labelled = "winner_tie" in fh.readline()
+    labelled = has_labels(csv_path)
     records = read_records(csv_path, labelled=labelled)
     tok = load_tokenizer(tokenizer) if tokenizer else None
     summary = summarize(records, tok)

@@ -16,14 +16,14 @@ from arena.io import atomic_write_text
 
 def markdown_table(results: Sequence[CellResult], baseline: str) -> str:
     head = ("| cell | backend | rows/s (e2e) | rows/s (model) | tokens/s | padding eff. | batches | "
-            "batch ms p50 / p90 / p99 | peak RSS MiB | vs " + baseline + " |")
-    lines = [head, "|" + "---|" * 10]
+            "batch ms p50 / p90 / p99 | peak RSS MiB | load + warm-up s | vs " + baseline + " |")
+    lines = [head, "|" + "---|" * 11]
     for r in results:
         speed = f"{r.speedup:.2f}x" if r.speedup is not None else "-"
         lines.append(
             f"| {r.name} | {r.description} | {r.rows_per_s:.2f} | {r.model_rows_per_s:.2f} | {r.tokens_per_s:.0f} | "
             f"{r.padding_efficiency:.2f} | {r.batches} | {r.batch_ms_p50:.0f} / {r.batch_ms_p90:.0f} / "
-            f"{r.batch_ms_p99:.0f} | {r.peak_rss_mib:.0f} | {speed} |"
+            f"{r.batch_ms_p99:.0f} | {r.peak_rss_mib:.0f} | {r.load_s:.1f} + {r.warmup_s:.1f} | {speed} |"
         )
     return "\n".join(lines)
 
@@ -58,7 +58,7 @@ def plot(results: Sequence[CellResult], lengths: np.ndarray, boundaries: Sequenc
     ax1.invert_yaxis()
     ax1.set_xlabel("rows / s")
     ax1.set_title("throughput per cell")
-    ax1.legend(loc="lower right", fontsize=8)
+    ax1.legend(loc="best", fontsize=8)
     ax2.hist(lengths, bins=40, color="#888888")
     for b in boundaries:
         ax2.axvline(b, color="#d62728", lw=0.6, alpha=0.6)

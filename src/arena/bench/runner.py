@@ -70,6 +70,8 @@ class CellResult:
     peak_rss_mib: float
     peak_gpu_mib: float | None
     load_s: float
+    warmup_s: float = 0.0
+    """Untimed warm-up passes (includes torch.compile / ORT graph preparation), reported apart from throughput."""
     e2e_runs_s: list[float] = field(default_factory=list)
     speedup: float | None = None
 
@@ -160,8 +162,10 @@ def run_cell(spec: CellSpec, model_dir: Path, records: list[Record], *, batch_si
                 latencies.append((time.perf_counter() - tb) * 1000)
         return time.perf_counter() - t
 
+    tw = time.perf_counter()
     for _ in range(warmup):
         model_only(None)
+    warmup_s = time.perf_counter() - tw
     latencies: list[float] = []
     model_runs = [model_only(latencies) for _ in range(repeats)]
     e2e_runs = [end_to_end() for _ in range(repeats)]
@@ -180,7 +184,7 @@ def run_cell(spec: CellSpec, model_dir: Path, records: list[Record], *, batch_si
         tokens_per_s=stats.real_tokens / e2e, padding_efficiency=stats.efficiency, batches=len(batches),
         batch_ms_p50=float(np.percentile(lat, 50)), batch_ms_p90=float(np.percentile(lat, 90)),
         batch_ms_p99=float(np.percentile(lat, 99)), peak_rss_mib=_peak_rss_mib(), peak_gpu_mib=peak_gpu,
-        load_s=load_s, e2e_runs_s=e2e_runs,
+        load_s=load_s, warmup_s=warmup_s, e2e_runs_s=e2e_runs,
     )
 
 

@@ -103,7 +103,7 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
 
     import numpy as np
 
-    from arena.data import read_records, resolve_csv
+    from arena.data import has_labels, read_records, resolve_csv
     from arena.export import optimize as ort_opt
     from arena.export.manifest import write_manifest
     from arena.export.onnx import export_onnx
@@ -131,7 +131,7 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
     shapes = parse_shapes(parity_shapes, max_length)
 
     path = resolve_csv(data, "train.csv")
-    records = read_records(path, labelled=_has_labels(path))[:256]
+    records = read_records(path, labelled=has_labels(path))[:256]
     if len(records) < max(b for b, _ in shapes):
         raise ConfigError(f"{path} has {len(records)} rows; the parity check needs at least "
                           f"{max(b for b, _ in shapes)}")
@@ -202,11 +202,6 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
         raise ConfigError(f"cannot write --out {out}: {exc}") from None
     return {"out": str(out), "artifacts": {k: v["file"] for k, v in artifacts.items()},
             "parity": {k: v["passed"] for k, v in reports.items()}}
-
-
-def _has_labels(path: Path) -> bool:
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        return "winner_tie" in fh.readline()
 
 
 def _build_trt(folder: Path, records, tokenizer, encoder_cfg, buckets: int, max_tokens: int,
