@@ -168,3 +168,10 @@ def test_swap_exchanges_responses_and_labels():
     assert swap_ab(s) == r
     probs = np.array([[0.5, 0.2, 0.3]])
     assert swap_probs(probs).tolist() == [[0.2, 0.5, 0.3]]
+
+
+def test_unquoted_carriage_return_is_a_clear_error(tmp_path):
+    path = write(tmp_path, 'id,prompt,response_a,response_b\n0,"[]","[]",\r0\n', "test.csv")
+    with pytest.raises(DataError, match="expected 4 fields") as err:
+        read_test(path)
+    assert "line 2" in str(err.value) or "line 3" in str(err.value)
