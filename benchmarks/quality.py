@@ -20,24 +20,10 @@ import pandas as pd
 from arena.data import labels_of, read_train, resolve_csv
 from arena.features import LogisticRegression, cross_validated_baseline, feature_matrix
 from arena.infer.loading import open_model
-from arena.infer.pipeline import Scorer, ScoreConfig
+from arena.infer.pipeline import ScoreConfig, Scorer
+from arena.infer.rules import apply_rules
 from arena.metrics import accuracy, class_prior, fit_temperature, log_loss, softmax
 from arena.train.folds import stratified_folds
-
-
-def post_process(probs: np.ndarray, records, tie_weight: float = 0.5) -> np.ndarray:
-    """Identical responses lean to tie; an empty response loses (its probability moves to the other side)."""
-    out = probs.copy()
-    for i, r in enumerate(records):
-        if r.response_a == r.response_b:
-            out[i] = (1 - tie_weight) * out[i] + tie_weight * np.array([0.0, 0.0, 1.0])
-        a_empty = not "".join(r.response_a).strip()
-        b_empty = not "".join(r.response_b).strip()
-        if a_empty != b_empty:
-            loser, winner = (0, 1) if a_empty else (1, 0)
-            out[i, winner] += 0.5 * out[i, loser]
-            out[i, loser] *= 0.5
-    return out / out.sum(axis=1, keepdims=True)
 
 
 def nested_temperature(logits: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
@@ -100,9 +86,11 @@ def main() -> None:
         "late fusion: features + MiniLM TTA logits (nested LR)": nested_stack(np.hstack([feats, tta_logits]), y,
                                                                               folds, 0.1),
     }
-    rows["late fusion + post-processing rules"] = post_process(rows[
-        "late fusion: features + MiniLM TTA logits (nested LR)"], records)
-    rows["length LR + post-processing rules"] = post_process(length_lr, records)
+    both = ("identical-tie", "empty-loses")
+    rows["MiniLM + swap TTA + rules"] = apply_rules(tta, records, both)
+    rows["late fusion + rules"] = apply_rules(rows["late fusion: features + MiniLM TTA logits (nested LR)"],
+                                              records, both)
+    rows["length LR + rules"] = apply_rules(length_lr, records, both)
     lines = ["| method | OOF log loss | accuracy | vs length LR |", "|---|---|---|---|"]
     base = log_loss(length_lr, y)
     result = {}

@@ -167,3 +167,18 @@ def test_two_processes_give_the_same_submission(tmp_path, tiny_export):
     ids = frame["id"].astype(str).tolist()
     assert np.allclose(check_submission(tmp_path / "one.csv", ids), check_submission(tmp_path / "two.csv", ids),
                        atol=1e-6)
+
+
+def test_rules_move_probability_where_documented():
+    from arena.infer.rules import apply_rules, parse_rules
+
+    recs = [Record("1", ("p",), ("same",), ("same",)), Record("2", ("p",), ("",), ("answer",)),
+            Record("3", ("p",), ("a",), ("b",))]
+    probs = np.array([[0.4, 0.4, 0.2], [0.5, 0.3, 0.2], [0.5, 0.3, 0.2]])
+    out = apply_rules(probs, recs, parse_rules("identical-tie,empty-loses"))
+    assert out[0].tolist() == pytest.approx([0.2, 0.2, 0.6])
+    assert out[1].tolist() == pytest.approx([0.25, 0.55, 0.2])
+    assert out[2].tolist() == pytest.approx(probs[2].tolist())
+    assert np.allclose(out.sum(1), 1) and probs[0, 2] == 0.2  # input unchanged
+    with pytest.raises(Exception, match="unknown --rules"):
+        parse_rules("bogus")

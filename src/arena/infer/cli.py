@@ -31,6 +31,8 @@ def infer(
     = "auto",
     tta: Annotated[str, typer.Option(help="none or swap (score A/B-swapped too and average)")] = "none",
     policy: Annotated[str, typer.Option(help="sorted (token budget), notebook or padded")] = "sorted",
+    rules: Annotated[str | None, typer.Option(help="Post-processing: identical-tie, empty-loses (comma list)")]
+    = None,
     max_tokens: Annotated[int | None, typer.Option(
         help="Token budget per batch (rows x padded length); default 2 rows of max length on CPU, 64 on GPU")] = None,
     batch_size: Annotated[int, typer.Option(help="Max rows per batch")] = 64,
@@ -51,7 +53,7 @@ def infer(
     summary = run_infer(test_csv, model, out, backend=backend, precision=precision, tta=tta == "swap",
                         policy=policy, max_tokens=max_tokens, batch_size=batch_size, chunk_rows=chunk_rows,
                         threads=threads, encode_workers=encode_workers, compile=compile, device=device,
-                        devices=devices)
+                        devices=devices, rules=rules)
     typer.echo(f"wrote {summary['rows']} rows to {out} with {summary['backend']} in {summary['wall_s']:.2f} s: "
                f"{summary['rows_per_s']:.1f} rows/s end to end, {summary['model_rows_per_s']:.1f} rows/s model "
                f"only (encode {summary['encode_s']:.2f} s, model {summary['model_s']:.2f} s, "
@@ -62,12 +64,13 @@ def infer(
 def run_infer(test_csv: Path, model: Path, out: Path, *, backend: str = "auto", precision: str = "auto",
               tta: bool = False, policy: str = "sorted", max_tokens: int | None = None, batch_size: int = 64,
               chunk_rows: int = 8192, threads: int | None = None, encode_workers: int = 0, compile: bool = False,
-              device: str = "auto", devices: str | None = None) -> dict:
+              device: str = "auto", devices: str | None = None, rules: str | None = None) -> dict:
     from tqdm.auto import tqdm
 
     from arena.data import iter_records
     from arena.infer.loading import open_model
     from arena.infer.pipeline import ScoreConfig, Scorer, Timings
+    from arena.infer.rules import parse_rules
     from arena.infer.sharded import ShardedRunner, parse_devices
     from arena.infer.submission import submission_writer
 
@@ -81,7 +84,8 @@ def run_infer(test_csv: Path, model: Path, out: Path, *, backend: str = "auto", 
         loaded.description += f" x {len(shards)} processes on {', '.join(shards)}"
     log.info("backend %s: %s", loaded.description, loaded.choice.reason)
     config = ScoreConfig(policy=policy, batch_size=batch_size, max_tokens=max_tokens, chunk_rows=chunk_rows,
-                         tta=tta, temperature=loaded.temperature, encode_workers=encode_workers)
+                         tta=tta, temperature=loaded.temperature, encode_workers=encode_workers,
+                         rules=parse_rules(rules))
     scorer = Scorer(loaded.runner, loaded.encoder, config, tokenizer_path=model)
     timings = Timings()
     t0 = time.perf_counter()
@@ -101,6 +105,7 @@ def run_infer(test_csv: Path, model: Path, out: Path, *, backend: str = "auto", 
         if shards is not None:
             loaded.runner.close()
     return {"backend": loaded.description, "reason": loaded.choice.reason, "tta": tta, "policy": policy,
+            "rules": list(config.rules),
             **timings.summary()}
 
 

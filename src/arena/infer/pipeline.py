@@ -21,6 +21,7 @@ import numpy as np
 from arena.batching import default_max_tokens, padding_stats, plan_batches
 from arena.data import Record
 from arena.encode import ArenaEncoder, Encoded, EncoderConfig, pad_batch
+from arena.infer.rules import apply_rules
 from arena.infer.tta import combine_swap
 from arena.metrics import softmax
 
@@ -39,6 +40,8 @@ class ScoreConfig:
     temperature: float = 1.0
     encode_workers: int = 0
     """0: encode in a background thread; N > 1: in N worker processes."""
+    rules: tuple[str, ...] = ()
+    """Post-processing rules (:mod:`arena.infer.rules`)."""
 
 
 @dataclass
@@ -185,7 +188,7 @@ class Scorer:
                 if timings is not None:
                     timings.encode_s += enc_s
                     timings.rows += len(records)
-                yield records, self.probs(enc, swapped, timings)
+                yield records, apply_rules(self.probs(enc, swapped, timings), records, self.config.rules)
 
     def score(self, records: list[Record], timings: Timings | None = None) -> np.ndarray:
         """Probabilities (len(records) x 3) in input order."""
