@@ -187,3 +187,25 @@ def test_nan_loss_stops_with_the_step(tmp_path, tiny_config):
     with pytest.raises(TrainingError, match=r"at step \d+\. Try a lower --lr"):
         run_training(tiny_cfg(tiny_config, tmp_path / "nan", lr=1e30, epochs=3, max_rows=40,
                               max_grad_norm=float("inf")))
+
+
+def test_swap_augment_doubles_the_training_rows(tmp_path, tiny_config):
+    plain = run_training(tiny_cfg(tiny_config, tmp_path / "p", epochs=1, max_rows=40))
+    swapped = run_training(tiny_cfg(tiny_config, tmp_path / "s", epochs=1, max_rows=40, swap_augment=True))
+    assert swapped["splits"][0]["steps"] == 2 * plain["splits"][0]["steps"]  # 32 rows -> 64 rows, batch 8
+    assert json.loads((tmp_path / "s" / "train_config.json").read_text())["swap_augment"] is True
+
+
+def test_early_stopping_stops_after_patience(tmp_path, tiny_config):
+    summary = run_training(tiny_cfg(tiny_config, tmp_path / "e", epochs=30, max_rows=40, lr=0.5, eval_steps=1,
+                                    early_stopping=2))
+    history = summary["splits"][0]["history"]
+    best = min(h["log_loss"] for h in history)
+    assert len(history) < 30 * 4  # stopped long before the planned steps
+    assert all(h["log_loss"] >= best for h in history[-2:])  # the last two evaluations did not improve
+
+
+def test_single_fold_writes_a_checkpoint_at_the_output(tmp_path, tiny_config):
+    summary = run_training(tiny_cfg(tiny_config, tmp_path / "f", folds=4, fold=2, epochs=1, max_rows=40))
+    assert [s["name"] for s in summary["splits"]] == ["fold2"] and summary["validation_rows"] == 10
+    assert (tmp_path / "f" / "model.safetensors").is_file()
