@@ -132,8 +132,13 @@ def test_resume_ends_with_the_same_weights(tmp_path, tiny_config):
 
 def test_ddp_two_cpu_processes_agree(tmp_path, tiny_config):
     """torchrun with 2 gloo ranks: both ranks end with identical weights (checked inside the run)."""
+    import socket
+
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    with socket.socket() as sock:  # a free port, so parallel CI jobs on one machine do not collide
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
            "-m", "arena.train.cli", "--data", str(TRAIN_CSV), "--model", str(tiny_config), "--random-init",
            "--tokenizer", str(TOKENIZER), "--max-rows", "48", "--max-length", "64", "--epochs", "1",
            "--batch-size", "4", "--lr", "1e-3", "--output", str(out), "--no-calibrate"]
