@@ -214,3 +214,12 @@ def test_single_fold_writes_a_checkpoint_at_the_output(tmp_path, tiny_config):
     summary = run_training(tiny_cfg(tiny_config, tmp_path / "f", folds=4, fold=2, epochs=1, max_rows=40))
     assert [s["name"] for s in summary["splits"]] == ["fold2"] and summary["validation_rows"] == 10
     assert (tmp_path / "f" / "model.safetensors").is_file()
+
+
+def test_kfold_output_folder_points_to_a_fold(tmp_path):
+    from arena.modeling import check_model_folder
+
+    (tmp_path / "cv" / "fold_0").mkdir(parents=True)
+    (tmp_path / "cv" / "fold_0" / "config.json").write_text("{}")
+    with pytest.raises(ModelError, match="k-fold training output.*fold_0"):
+        check_model_folder(tmp_path / "cv")

@@ -50,7 +50,11 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
     if not folder.is_dir():
         raise ModelError(f"model folder {folder} does not exist")
     manifest = read_manifest(folder)
-    if manifest is not None:
+    if manifest is None:
+        from arena.modeling import check_model_folder
+
+        check_model_folder(folder)
+    else:
         from arena.export.manifest import verify_files
 
         encoder_cfg = EncoderConfig.from_dict(manifest.get("encoder", {}))
