@@ -50,16 +50,15 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
     if not folder.is_dir():
         raise ModelError(f"model folder {folder} does not exist")
     manifest = read_manifest(folder)
-    if manifest is None:
-        from arena.modeling import check_model_folder
-
-        check_model_folder(folder)
-    else:
+    if manifest is not None:
         from arena.export.manifest import verify_files
 
         encoder_cfg = EncoderConfig.from_dict(manifest.get("encoder", {}))
         temperature = float(manifest.get("temperature", 1.0))
     else:
+        from arena.modeling import check_model_folder
+
+        check_model_folder(folder)
         meta = read_meta(folder)
         encoder_cfg, temperature = meta.encoder, meta.temperature
     choice = choose_backend(backend, folder)
