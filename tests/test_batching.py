@@ -79,3 +79,11 @@ def test_policies():
     assert fixed_batches(0, 4) == []
     with pytest.raises(ConfigError):
         plan_batches("bogus", lengths, batch_size=1, max_tokens=1024, max_length=512)
+
+
+def test_default_budget_depends_on_device_and_architecture():
+    from arena.batching import default_max_tokens
+
+    assert default_max_tokens("cpu", 512, "deberta-v2") == 1024
+    assert default_max_tokens("cpu", 256, "bert") == 16 * 256
+    assert default_max_tokens("cuda:0", 512, "deberta-v2") == 64 * 512

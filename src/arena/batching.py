@@ -23,14 +23,19 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple if multiple > 1 else n
 
 
-def default_max_tokens(device: str, max_length: int) -> int:
-    """Token budget per batch when none is given.
+def default_max_tokens(device: str, max_length: int, model_type: str | None = None) -> int:
+    """Token budget per batch when none is given, from measurements (``benchmarks/RESULTS.md``).
 
-    Measured (benchmarks/RESULTS.md): on the 2-core CPUs, DeBERTa-v3 runs fastest in small batches (a budget of
-    about two full rows: torch 5.6 rows/s at 1,024 tokens vs 2.9 at 8,192 for xsmall at 512); on a GPU large batches
-    win (batch 64 at 512 tokens in ``../shared/reference/GPU.md``).
+    * GPU: 64 rows of ``max_length`` (batch 64 at 512 tokens is where ``../shared/reference/GPU.md`` measured).
+    * CPU, DeBERTa (``deberta-v2``): 2 rows. Its disentangled attention is memory-bound on CPU, so small batches run
+      fastest: xsmall at 512 tokens gave 5.6 rows/s at 1,024 tokens per batch against 2.9 at 8,192.
+    * CPU, other encoders (BERT-style, GEMM-bound): 16 rows, like the starter notebook's batch size; MiniLM at 256
+      tokens ran at less than half the speed with 2-row batches.
     """
-    rows = 64 if str(device).startswith("cuda") else 2
+    if str(device).startswith("cuda"):
+        rows = 64
+    else:
+        rows = 2 if model_type == "deberta-v2" else 16
     return rows * round_up(max_length, 8)
 
 

@@ -113,7 +113,8 @@ def bench(
 
         encoder = ArenaEncoder(encoder.tokenizer, replace(encoder.config, max_length=max_length))
     lengths = encoder.encode(records).lengths
-    budget = max_tokens or default_max_tokens(getattr(loaded.runner, "device", "cpu"), encoder.config.max_length)
+    budget = max_tokens or default_max_tokens(getattr(loaded.runner, "device", "cpu"), encoder.config.max_length,
+                                              loaded.model_type)
     boundaries = sorted({int(-(-lengths[b].max() // 8) * 8)
                          for b in token_budget_batches(lengths, budget, batch_size)})
     command = "arena-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -133,6 +133,8 @@ def run_cell(spec: CellSpec, model_dir: Path, records: list[Record], *, batch_si
         encoder = ArenaEncoder(encoder.tokenizer, replace(encoder.config, max_length=max_length))
     policy = spec.policy
     bs = 16 if policy == "notebook" else batch_size
+    max_tokens = max_tokens or default_max_tokens(getattr(loaded.runner, "device", "cpu"), encoder.config.max_length,
+                                                  loaded.model_type)
     scorer = Scorer(loaded.runner, encoder, ScoreConfig(policy=policy, batch_size=bs, max_tokens=max_tokens,
                                                         temperature=loaded.temperature,
                                                         encode_workers=encode_workers),
@@ -147,7 +149,6 @@ def run_cell(spec: CellSpec, model_dir: Path, records: list[Record], *, batch_si
         return time.perf_counter() - t
 
     encoded = encoder.encode(records)
-    max_tokens = max_tokens or default_max_tokens(getattr(loaded.runner, "device", "cpu"), encoder.config.max_length)
     batches, fixed = plan_batches(policy, encoded.lengths, batch_size=bs, max_tokens=max_tokens,
                                   max_length=encoder.config.max_length)
     padded = [pad_batch([encoded.ids[i] for i in b], encoder.pad_id, length=fixed,

@@ -25,6 +25,7 @@ class LoadedModel:
     temperature: float
     choice: Choice
     description: str
+    model_type: str | None = None
 
 
 def _onnx_artifact(folder: Path, manifest: dict[str, Any] | None, precision: str, device: str) -> tuple[Path, str]:
@@ -61,6 +62,7 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
         check_model_folder(folder)
         meta = read_meta(folder)
         encoder_cfg, temperature = meta.encoder, meta.temperature
+    model_type = (manifest or {}).get("model", {}).get("model_type") or _config_model_type(folder)
     choice = choose_backend(backend, folder)
     tokenizer = load_tokenizer(folder)
     encoder = ArenaEncoder(tokenizer, encoder_cfg)
@@ -86,4 +88,13 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
 
         runner = TensorRTBackend(folder, manifest or {})
         desc = "tensorrt (fp16 engine)"
-    return LoadedModel(folder, runner, encoder, temperature, choice, desc)
+    return LoadedModel(folder, runner, encoder, temperature, choice, desc, model_type)
+
+
+def _config_model_type(folder: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None

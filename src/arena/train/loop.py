@@ -347,7 +347,8 @@ def train_split(
 
     val_labels = labels[val_idx]
     base = baselines(train_labels, val_labels)
-    eval_tokens = max(default_max_tokens(device.type, encoded_max(encoded)), config.batch_size * 8)
+    model_type = getattr(getattr(model, "module", model).config, "model_type", None)
+    eval_tokens = max(default_max_tokens(device.type, encoded_max(encoded), model_type), config.batch_size * 8)
     best_logits = np.zeros((len(val_idx), 3), dtype=np.float32)
     if state["best"] is not None and (out_dir / "val_logits.npy").is_file():
         best_logits = np.load(out_dir / "val_logits.npy")
