@@ -85,5 +85,5 @@ def test_default_budget_depends_on_device_and_architecture():
     from arena.batching import default_max_tokens
 
     assert default_max_tokens("cpu", 512, "deberta-v2") == 1024
-    assert default_max_tokens("cpu", 256, "bert") == 16 * 256
+    assert default_max_tokens("cpu", 256, "bert") == 2 * 256
     assert default_max_tokens("cuda:0", 512, "deberta-v2") == 64 * 512

@@ -27,15 +27,13 @@ def default_max_tokens(device: str, max_length: int, model_type: str | None = No
     """Token budget per batch when none is given, from measurements (``benchmarks/RESULTS.md``).
 
     * GPU: 64 rows of ``max_length`` (batch 64 at 512 tokens is where ``../shared/reference/GPU.md`` measured).
-    * CPU, DeBERTa (``deberta-v2``): 2 rows. Its disentangled attention is memory-bound on CPU, so small batches run
-      fastest: xsmall at 512 tokens gave 5.6 rows/s at 1,024 tokens per batch against 2.9 at 8,192.
-    * CPU, other encoders (BERT-style, GEMM-bound): 16 rows, like the starter notebook's batch size; MiniLM at 256
-      tokens ran at less than half the speed with 2-row batches.
+    * CPU: 2 rows. DeBERTa's disentangled attention is memory-bound on CPU, so small batches run fastest (xsmall at
+      512 tokens: 5.1 rows/s at 1,024 tokens per batch against 2.8 at 8,192); MiniLM-L6 (BERT) at 256 tokens ran at
+      31-32 rows/s with any budget from 2 to 16 rows and slower with 32.
+
+    ``model_type`` is accepted so the rule can differ per architecture; the two measured so far share it.
     """
-    if str(device).startswith("cuda"):
-        rows = 64
-    else:
-        rows = 2 if model_type == "deberta-v2" else 16
+    rows = 64 if str(device).startswith("cuda") else 2
     return rows * round_up(max_length, 8)
 
 
