@@ -105,6 +105,19 @@ def _offline_hint(name: str, exc: Exception) -> ModelError:
     )
 
 
+def load_model_config(name_or_path: str | Path) -> Any:
+    """The model's ``AutoConfig`` (a checked local folder or a hub name), without loading weights."""
+    from transformers import AutoConfig
+
+    name = str(name_or_path)
+    if is_local(name):
+        check_model_folder(name)
+    try:
+        return AutoConfig.from_pretrained(name, trust_remote_code=False)
+    except OSError as exc:
+        raise _offline_hint(name, exc) from None
+
+
 def load_tokenizer(name_or_path: str | Path) -> Any:
     from transformers import AutoTokenizer
 
@@ -142,8 +155,7 @@ def load_classifier(name_or_path: str | Path, *, random_init_from: str | Path | 
         return AutoModelForSequenceClassification.from_config(config)
     name = str(name_or_path)
     if is_local(name):
-        check_model_folder(name)
-        config = AutoConfig.from_pretrained(name, trust_remote_code=False)
+        config = load_model_config(name)
         if require_three_labels and config.num_labels != 3:
             raise ModelError(f"{name} has a {config.num_labels}-label head; arena needs 3 labels (a, b, tie)")
     kwargs: dict[str, Any] = dict(use_safetensors=True, trust_remote_code=False)

@@ -78,12 +78,16 @@ def bench(
 ) -> None:
     """Benchmark scoring throughput; print a Markdown table and, last, one line of JSON."""
     setup_logging(verbose)
+    from dataclasses import replace
+
+    import torch
+
     from arena.batching import default_max_tokens, token_budget_batches
     from arena.bench.report import plot, write_reports
     from arena.bench.runner import CellSpec, check_thresholds, compute_speedups, repeat_to, run_cell
     from arena.data import has_labels, read_records, resolve_csv
     from arena.encode import ArenaEncoder
-    from arena.infer.loading import open_model
+    from arena.modeling import load_model_config, load_tokenizer, read_meta
 
     path = resolve_csv(data, "train.csv")
     records = repeat_to(read_records(path, labelled=has_labels(path)), rows)
@@ -106,15 +110,14 @@ def bench(
     compute_speedups(results, baseline)
     checks = check_thresholds(results, thresholds) if thresholds else []
 
-    loaded = open_model(model, backend="torch")
-    encoder = loaded.encoder
+    # The histogram needs only the encoder and the budget the sorted cells used, not another copy of the model.
+    encoder_cfg = read_meta(model).encoder
     if max_length is not None:
-        from dataclasses import replace
-
-        encoder = ArenaEncoder(encoder.tokenizer, replace(encoder.config, max_length=max_length))
+        encoder_cfg = replace(encoder_cfg, max_length=max_length)
+    encoder = ArenaEncoder(load_tokenizer(model), encoder_cfg)
     lengths = encoder.encode(records).lengths
-    budget = max_tokens or default_max_tokens(getattr(loaded.runner, "device", "cpu"), encoder.config.max_length,
-                                              loaded.model_type)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    budget = max_tokens or default_max_tokens(device, encoder_cfg.max_length, load_model_config(model).model_type)
     boundaries = sorted({int(-(-lengths[b].max() // 8) * 8)
                          for b in token_budget_batches(lengths, budget, batch_size)})
     command = "arena-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -209,7 +209,7 @@ def _build_trt(folder: Path, records, tokenizer, encoder_cfg, buckets: int, max_
     import tensorrt as trt_mod
 
     from arena.encode import ArenaEncoder
-    from arena.export.tensorrt import build_engine, engine_filename, engine_key, gpu_identity, plan_profiles
+    from arena.export.tensorrt import build_engine, engine_filename, engine_key, gpu_identity, plan_profiles, slug
     from arena.io import sha256_file
 
     lengths = ArenaEncoder(tokenizer, encoder_cfg).encode(records).lengths
@@ -218,7 +218,7 @@ def _build_trt(folder: Path, records, tokenizer, encoder_cfg, buckets: int, max_
     onnx_sha = sha256_file(folder / "model.onnx")
     key = engine_key(onnx_sha, gpu, cc, trt_mod.__version__, "fp16", profiles)
     name = engine_filename(gpu, trt_mod.__version__, "fp16", key)
-    cache = Path.home() / ".cache" / "arena" / f"trt-timing-{_cache_slug(gpu)}-{trt_mod.__version__}.cache"
+    cache = Path.home() / ".cache" / "arena" / f"trt-timing-{slug(gpu)}-{trt_mod.__version__}.cache"
     cache.parent.mkdir(parents=True, exist_ok=True)
     info = build_engine(folder / "model.onnx", folder / name, profiles, fp16=True, workspace_gib=workspace_gib,
                         timing_cache=cache)
@@ -228,12 +228,6 @@ def _build_trt(folder: Path, records, tokenizer, encoder_cfg, buckets: int, max_
         "file": name, "key": key, "gpu_name": gpu, "compute_capability": cc,
         "tensorrt_version": trt_mod.__version__, "onnx_sha256": onnx_sha, "precision": "fp16",
         "profiles": [asdict(p) for p in profiles], **info}]}
-
-
-def _cache_slug(text: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9]+", "-", text)
 
 
 def main() -> None:

@@ -93,7 +93,8 @@ def pick_profile(profiles: list[Profile], batch: int, seq: int) -> int:
     raise ConfigError(f"no TensorRT profile holds a batch of {batch} x {seq} tokens; rebuild with a wider plan")
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """A file-name-safe form of a GPU name or version."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
@@ -106,7 +107,7 @@ def engine_key(onnx_sha256: str, gpu_name: str, compute_capability: str, trt_ver
 
 
 def engine_filename(gpu_name: str, trt_version: str, precision: str, key: str) -> str:
-    return f"model.{precision}.{_slug(gpu_name)}.trt{trt_version}.{key[:12]}.engine"
+    return f"model.{precision}.{slug(gpu_name)}.trt{trt_version}.{key[:12]}.engine"
 
 
 def check_engine(entry: dict[str, Any], *, gpu_name: str, compute_capability: str, trt_version: str,

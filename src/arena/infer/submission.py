@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 from arena import LABELS
 from arena.errors import ArenaError
+from arena.io import atomic_open
 
 HEADER = ("id", *LABELS)
 
@@ -31,18 +31,10 @@ def check_probs(probs: np.ndarray, ids: Sequence[str]) -> None:
 
 
 class SubmissionWriter:
-    """Append chunks of (ids, probs); :meth:`commit` renames the finished file into place."""
+    """Append chunks of (ids, probs) to an open file; :meth:`commit` checks that every id got its row."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        self.tmp = Path(tmp)
-        self.fh = os.fdopen(fd, "w", encoding="utf-8", newline="")
-        self.writer = csv.writer(self.fh, lineterminator="\n")
+    def __init__(self, fh: IO[str]) -> None:
+        self.writer = csv.writer(fh, lineterminator="\n")
         self.writer.writerow(HEADER)
         self.rows = 0
 
@@ -52,27 +44,13 @@ class SubmissionWriter:
             self.writer.writerow((row_id, repr(float(p[0])), repr(float(p[1])), repr(float(p[2]))))
         self.rows += len(ids)
 
-    def commit(self, expected_rows: int) -> Path:
+    def commit(self, expected_rows: int) -> None:
         if self.rows != expected_rows:
             raise ArenaError(f"internal error: wrote {self.rows} rows for {expected_rows} test ids")
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
-        os.replace(self.tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        with contextlib.suppress(Exception):
-            self.fh.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.tmp.unlink()
 
 
 @contextlib.contextmanager
 def submission_writer(path: str | Path) -> Iterator[SubmissionWriter]:
-    writer = SubmissionWriter(path)
-    try:
-        yield writer
-    except BaseException:
-        writer.abort()
-        raise
+    """A writer whose file appears under ``path`` only when the block ends without an error."""
+    with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
+        yield SubmissionWriter(fh)

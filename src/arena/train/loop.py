@@ -36,9 +36,16 @@ from arena.batching import default_max_tokens, length_grouped_batches, padding_s
 from arena.data import Record, labels_of, read_train, resolve_csv
 from arena.encode import ArenaEncoder, Encoded, EncoderConfig, pad_batch
 from arena.errors import ConfigError, TrainingError
-from arena.io import atomic_open, atomic_write_text
+from arena.io import atomic_dir, atomic_open, atomic_write_text
 from arena.metrics import accuracy, baselines, fit_temperature, log_loss, softmax
-from arena.modeling import CheckpointMeta, check_max_length, load_classifier, load_tokenizer, save_checkpoint
+from arena.modeling import (
+    CheckpointMeta,
+    check_max_length,
+    load_classifier,
+    load_model_config,
+    load_tokenizer,
+    save_checkpoint,
+)
 from arena.train.folds import holdout_split, stratified_folds
 
 log = logging.getLogger(__name__)
@@ -215,7 +222,7 @@ def predict_logits(model: torch.nn.Module, encoded: Encoded, index: np.ndarray, 
 
 
 def _save_state(folder: Path, model, optimizer, scheduler, scaler, state: dict[str, Any], dist: DistInfo) -> None:
-    """Write the resumable state atomically: build ``state.partial`` then swap it in."""
+    """Write the resumable state atomically (:func:`arena.io.atomic_dir`): a crash keeps the previous state."""
     from safetensors.torch import save_file
 
     rng = {"torch": torch.get_rng_state()}
@@ -231,23 +238,18 @@ def _save_state(folder: Path, model, optimizer, scheduler, scaler, state: dict[s
         if dist.world > 1:
             torch.distributed.barrier()
         return
-    tmp = folder / f"{STATE_DIR}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if dist.world > 1:
-        for f in (folder / STATE_DIR).glob("rng_rank*.pt"):
-            shutil.copy2(f, tmp / f.name)
-    raw = model.module if hasattr(model, "module") else model
-    save_file({k: v.detach().cpu().contiguous() for k, v in raw.state_dict().items()}, str(tmp / "model.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng}, tmp / "optim.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-    old = folder / f"{STATE_DIR}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if (folder / STATE_DIR).exists():
-        os.replace(folder / STATE_DIR, old)
-    os.replace(tmp, folder / STATE_DIR)
-    shutil.rmtree(old, ignore_errors=True)
+    for stale in folder.glob(f".{STATE_DIR}.*.partial"):  # left by a run killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
+    with atomic_dir(folder / STATE_DIR, overwrite=True) as tmp:
+        if dist.world > 1:
+            for f in (folder / STATE_DIR).glob("rng_rank*.pt"):
+                shutil.copy2(f, tmp / f.name)
+        raw = model.module if hasattr(model, "module") else model
+        save_file({k: v.detach().cpu().contiguous() for k, v in raw.state_dict().items()},
+                  str(tmp / "model.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng}, tmp / "optim.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
     if dist.world > 1:
         torch.distributed.barrier()
 
@@ -522,7 +524,7 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
     if config.batch_size < 1 or config.grad_accum < 1 or config.epochs <= 0:
         raise ConfigError("--batch-size and --grad-accum must be >= 1 and --epochs > 0")
     model_config = (AutoConfig.from_pretrained(config.model) if config.random_init
-                    else _model_config(config.model))
+                    else load_model_config(config.model))
     check_max_length(model_config, config.encoder.max_length)
     tokenizer = load_tokenizer(config.tokenizer or config.model)
     if config.max_steps == 0:  # no training: write the initial weights as a checkpoint (speed and export work)
@@ -594,16 +596,3 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
     }
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2))
     return summary
-
-
-def _model_config(name: str) -> Any:
-    from transformers import AutoConfig
-
-    from arena.modeling import _offline_hint, check_model_folder, is_local
-
-    if is_local(name):
-        check_model_folder(name)
-    try:
-        return AutoConfig.from_pretrained(name, trust_remote_code=False)
-    except OSError as exc:
-        raise _offline_hint(name, exc) from None
