@@ -1,11 +1,14 @@
 """Out-of-fold quality on the real 1,500-row sample, every method on the same 5 folds (issues 3 and 8).
 
-Usage (after `arena-train --folds 5 --seed 42 ... --output runs/minilm-cv`):
+Usage (after the `arena-train --folds 5 --seed 42 ...` runs listed in benchmarks/RESULTS.md):
 
-    .venv/bin/python benchmarks/quality.py --cv runs/minilm-cv --data ../shared/data/arena/lmsys_kaggle
+    .venv/bin/python benchmarks/quality.py --cv runs/minilm-cv --hybrid runs/minilm-hybrid-cv \
+        --data ../shared/data/arena/lmsys_kaggle
 
-Everything fitted on predictions is fitted without the fold it is scored on (nested), so no row is scored by a
-model, temperature or stacker that saw its label.
+Everything fitted on predictions (temperature, stacker, the L2 strength of the regressions is fixed at 0.1) is
+fitted without the fold it is scored on (nested), so no row is scored by a model, temperature or stacker that saw its
+label. The fine-tuned models themselves select their best evaluation on the fold they are scored on (the usual
+k-fold practice; with at most three evaluations per fold the optimism is small but not zero).
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from arena.data import labels_of, read_train, resolve_csv
-from arena.features import LogisticRegression, cross_validated_baseline, feature_matrix
+from arena.data import Record, labels_of, read_train, resolve_csv
+from arena.features import FEATURE_NAMES, LogisticRegression, cross_validated_baseline, feature_matrix
 from arena.infer.loading import open_model
 from arena.infer.pipeline import ScoreConfig, Scorer
 from arena.infer.rules import apply_rules
 from arena.metrics import accuracy, class_prior, fit_temperature, log_loss, softmax
 from arena.train.folds import stratified_folds
+
+RULES = ("identical-tie", "empty-loses")
 
 
 def nested_temperature(logits: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
@@ -41,9 +46,42 @@ def nested_stack(x: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float) -> 
     return out
 
 
+def cv_predictions(cv: Path, records: list[Record], folds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold logits from ``oof.csv`` and the same rows scored with A and B swapped by their fold's model."""
+    cfg = json.loads((cv / "train_config.json").read_text())
+    if cfg["folds"] != len(np.unique(folds)) or cfg["seed"] != 42:
+        raise SystemExit(f"{cv} was trained on other folds ({cfg['folds']} folds, seed {cfg['seed']})")
+    index = {r.id: i for i, r in enumerate(records)}
+    oof = pd.read_csv(cv / "oof.csv", dtype={"id": str})
+    logits = np.zeros((len(records), 3))
+    logits[[index[i] for i in oof["id"]]] = oof[["logit_a", "logit_b", "logit_tie"]].to_numpy()
+    swapped = np.zeros_like(logits)
+    for k in range(cfg["folds"]):
+        loaded = open_model(cv / f"fold_{k}", backend="torch")
+        scorer = Scorer(loaded.runner, loaded.encoder, ScoreConfig())
+        rows = np.flatnonzero(folds == k)
+        swapped[rows] = scorer.logits(loaded.encoder.encode([records[i] for i in rows], swap=True))
+    return logits, swapped
+
+
+def model_rows(name: str, logits: np.ndarray, swapped: np.ndarray, y: np.ndarray, folds: np.ndarray,
+               records: list[Record]) -> dict[str, np.ndarray]:
+    plain = softmax(logits)
+    tta = (plain + softmax(swapped)[:, [1, 0, 2]]) / 2
+    calibrated = nested_temperature(np.log(np.clip(tta, 1e-12, 1)), y, folds)
+    return {
+        name: plain,
+        f"{name} + swap TTA": tta,
+        f"{name} + swap TTA + temperature (nested)": calibrated,
+        f"{name} + swap TTA + temperature + rules": apply_rules(calibrated, records, RULES),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cv", type=Path, required=True)
+    ap.add_argument("--cv", type=Path, required=True, help="k-fold run with the plain classification head")
+    ap.add_argument("--hybrid", type=Path, action="append", default=[],
+                    help="k-fold run with --head hybrid (repeatable: NAME=PATH or PATH)")
     ap.add_argument("--data", default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -54,47 +92,34 @@ def main() -> None:
         records = records[: cfg["max_rows"]]
     y = labels_of(records)
     folds = stratified_folds(y, cfg["folds"], cfg["seed"])
-    index = {r.id: i for i, r in enumerate(records)}
-    oof = pd.read_csv(args.cv / "oof.csv", dtype={"id": str})
-    logits = np.zeros((len(records), 3))
-    logits[[index[i] for i in oof["id"]]] = oof[["logit_a", "logit_b", "logit_tie"]].to_numpy()
-
-    # swap TTA: score each fold's validation rows with A and B exchanged, using that fold's checkpoint
-    swapped = np.zeros_like(logits)
-    for k in range(cfg["folds"]):
-        loaded = open_model(args.cv / f"fold_{k}", backend="torch")
-        scorer = Scorer(loaded.runner, loaded.encoder, ScoreConfig())
-        rows = np.flatnonzero(folds == k)
-        enc = loaded.encoder.encode([records[i] for i in rows], swap=True)
-        swapped[rows] = scorer.logits(enc)
 
     prior = np.zeros((len(y), 3))
     for k in np.unique(folds):
         prior[folds == k] = class_prior(y[folds != k])
     feats = feature_matrix(records)
     length_lr = cross_validated_baseline(records, folds, l2=0.1)
-    plain = softmax(logits)
-    tta = (plain + softmax(swapped)[:, [1, 0, 2]]) / 2
-    tta_logits = np.log(np.clip(tta, 1e-12, 1))
-    rows = {
+    rows: dict[str, np.ndarray] = {
         "uniform (1/3 each)": np.full((len(y), 3), 1 / 3),
         "class prior": prior,
-        "length-feature logistic regression": length_lr,
-        "MiniLM fine-tune": plain,
-        "MiniLM + swap TTA": tta,
-        "MiniLM + swap TTA + temperature (nested)": nested_temperature(tta_logits, y, folds),
-        "late fusion: features + MiniLM TTA logits (nested LR)": nested_stack(np.hstack([feats, tta_logits]), y,
-                                                                              folds, 0.1),
+        "length-feature logistic regression (baseline)": length_lr,
+        "length LR + rules": apply_rules(length_lr, records, RULES),
+        "feature LR, + |A-B| features": cross_validated_baseline(records, folds, l2=0.1, columns=FEATURE_NAMES),
     }
-    both = ("identical-tie", "empty-loses")
-    rows["MiniLM + swap TTA + rules"] = apply_rules(tta, records, both)
-    rows["late fusion + rules"] = apply_rules(rows["late fusion: features + MiniLM TTA logits (nested LR)"],
-                                              records, both)
-    rows["length LR + rules"] = apply_rules(length_lr, records, both)
+    logits, swapped = cv_predictions(args.cv, records, folds)
+    rows.update(model_rows("MiniLM fine-tune", logits, swapped, y, folds, records))
+    tta_logits = np.log(np.clip(rows["MiniLM fine-tune + swap TTA"], 1e-12, 1))
+    rows["late fusion: all features + MiniLM TTA logits (nested LR)"] = nested_stack(
+        np.hstack([feats, tta_logits]), y, folds, 0.1)
+    for spec in args.hybrid:
+        name, _, path = spec.rpartition("=")
+        h_logits, h_swapped = cv_predictions(Path(path), records, folds)
+        rows.update(model_rows(name or "MiniLM hybrid head", h_logits, h_swapped, y, folds, records))
+
     lines = ["| method | OOF log loss | accuracy | vs length LR |", "|---|---|---|---|"]
     base = log_loss(length_lr, y)
     result = {}
     for name, p in rows.items():
+        assert np.all(np.isfinite(p)) and np.allclose(p.sum(1), 1.0)
         ll, acc = log_loss(p, y), accuracy(p, y)
         result[name] = {"log_loss": ll, "accuracy": acc}
         lines.append(f"| {name} | {ll:.4f} | {acc:.3f} | {ll - base:+.4f} |")

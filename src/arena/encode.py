@@ -53,6 +53,8 @@ class EncoderConfig:
     turn_marker: str = "||"
     min_turn_tokens: int = 8
     """An older turn is cut into the space left only if at least this many of its tokens fit."""
+    features: bool = False
+    """Also compute the hand-crafted features (:mod:`arena.features`) of every row: the hybrid head's third input."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -80,15 +82,23 @@ class EncoderConfig:
 
 @dataclass
 class Encoded:
-    """Token ids of each row (int32, no padding) in the input order."""
+    """Token ids of each row (int32, no padding) in the input order, and the rows' features if asked for."""
 
     ids: list[np.ndarray]
     lengths: np.ndarray = field(init=False)
     fallbacks: int = 0
     """Rows whose pre-cut text was too short and were tokenized again in full."""
+    features: np.ndarray | None = None
+    """(rows, len(FEATURE_NAMES)) float32 when the encoder config has ``features=True``, else None."""
 
     def __post_init__(self) -> None:
         self.lengths = np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+        if self.features is not None and len(self.features) != len(self.ids):
+            raise ValueError(f"{len(self.features)} feature rows for {len(self.ids)} encoded rows")
+
+    def feature_rows(self, index: Sequence[int] | np.ndarray) -> np.ndarray | None:
+        """The features of rows ``index`` (a batch), or None when this encoding has none."""
+        return None if self.features is None else self.features[np.asarray(index, dtype=np.int64)]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -198,14 +208,20 @@ class ArenaEncoder:
         if swap:
             records = [swap_ab(r) for r in records]
         if self.config.strategy == "notebook":
-            return self._encode_notebook(records)
-        ids, retry = self._encode_segments(records, precut=True)
-        if retry:
-            full, still = self._encode_segments([records[i] for i in retry], precut=False)
-            assert not still, "full-text encoding cannot run short"
-            for i, row in zip(retry, full, strict=True):
-                ids[i] = row
-        return Encoded(ids=ids, fallbacks=len(retry))
+            encoded = self._encode_notebook(records)
+        else:
+            ids, retry = self._encode_segments(records, precut=True)
+            if retry:
+                full, still = self._encode_segments([records[i] for i in retry], precut=False)
+                assert not still, "full-text encoding cannot run short"
+                for i, row in zip(retry, full, strict=True):
+                    ids[i] = row
+            encoded = Encoded(ids=ids, fallbacks=len(retry))
+        if self.config.features:
+            from arena.features import feature_matrix
+
+            encoded.features = feature_matrix(records)
+        return encoded
 
     def decode_segments(self, ids: Sequence[int]) -> list[list[int]]:
         """Split one encoded row into its three segments' token ids (without headers); for tests and reports."""

@@ -11,7 +11,6 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from arena.data import Record
 
@@ -23,8 +22,12 @@ _BOLD = re.compile(r"\*\*[^*\n]+\*\*")
 
 PER_RESPONSE = ("log_chars", "log_words", "log_lines", "headers", "list_items", "code_blocks", "bold", "refusal",
                 "empty")
-FEATURE_NAMES = (*(f"a_{n}" for n in PER_RESPONSE), *(f"b_{n}" for n in PER_RESPONSE),
-                 *(f"diff_{n}" for n in PER_RESPONSE), "identical", "log_prompt_chars", "turns")
+BASELINE_FEATURES = (*(f"a_{n}" for n in PER_RESPONSE), *(f"b_{n}" for n in PER_RESPONSE),
+                     *(f"diff_{n}" for n in PER_RESPONSE), "identical", "log_prompt_chars", "turns")
+"""The columns of the length-feature logistic-regression baseline (the first columns of :data:`FEATURE_NAMES`)."""
+FEATURE_NAMES = (*BASELINE_FEATURES, *(f"absdiff_{n}" for n in PER_RESPONSE))
+"""Every feature. ``absdiff_*`` are |a - b|: a tie depends on how *alike* the answers are, which a linear model
+cannot read from the signed differences (swapping A and B flips their sign but must not change P(tie))."""
 
 
 def _response_features(turns: Sequence[str]) -> list[float]:
@@ -41,7 +44,7 @@ def row_features(record: Record) -> np.ndarray:
     diff = [x - y for x, y in zip(a, b, strict=True)]
     extra = [float(record.response_a == record.response_b), np.log1p(sum(len(t) for t in record.prompt)),
              float(len(record.prompt))]
-    return np.array([*a, *b, *diff, *extra], dtype=np.float32)
+    return np.array([*a, *b, *diff, *extra, *(abs(d) for d in diff)], dtype=np.float32)
 
 
 def feature_matrix(records: Sequence[Record]) -> np.ndarray:
@@ -58,6 +61,8 @@ class LogisticRegression:
         self.l2, self.max_iter = l2, max_iter
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> LogisticRegression:
+        import torch
+
         self.mean = x.mean(axis=0)
         self.std = x.std(axis=0) + 1e-6
         xt = torch.from_numpy(((x - self.mean) / self.std).astype(np.float64))
@@ -85,11 +90,14 @@ class LogisticRegression:
         return softmax(self.decision_function(x))
 
 
-def cross_validated_baseline(records: Sequence[Record], folds: np.ndarray, l2: float = 1e-2) -> np.ndarray:
-    """Out-of-fold probabilities of the length-feature logistic regression, on the given fold assignment."""
+def cross_validated_baseline(records: Sequence[Record], folds: np.ndarray, l2: float = 1e-2, *,
+                             columns: Sequence[str] = BASELINE_FEATURES) -> np.ndarray:
+    """Out-of-fold probabilities of the feature logistic regression (by default the length-feature baseline's
+    columns), on the given fold assignment."""
     from arena.data import labels_of
 
-    x, y = feature_matrix(records), labels_of(records)
+    keep = [FEATURE_NAMES.index(c) for c in columns]
+    x, y = feature_matrix(records)[:, keep], labels_of(records)
     out = np.zeros((len(records), 3))
     for k in np.unique(folds):
         train, val = folds != k, folds == k

@@ -37,17 +37,22 @@ class CheckpointMeta:
     temperature: float = 1.0
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    head: dict[str, Any] | None = None
+    """None: the Hugging Face sequence-classification head. Else how the head is built (:mod:`arena.hybrid`)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, "encoder": self.encoder.to_dict(),
-                "temperature": self.temperature, "source": self.source, **self.extra}
+        out = {"format_version": FORMAT_VERSION, "encoder": self.encoder.to_dict(),
+               "temperature": self.temperature, "source": self.source, **self.extra}
+        if self.head is not None:
+            out["head"] = self.head
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CheckpointMeta:
         extra = {k: v for k, v in data.items()
-                 if k not in ("format_version", "encoder", "temperature", "source")}
+                 if k not in ("format_version", "encoder", "temperature", "source", "head")}
         return cls(EncoderConfig.from_dict(data.get("encoder", {})), float(data.get("temperature", 1.0)),
-                   str(data.get("source", "")), extra)
+                   str(data.get("source", "")), extra, data.get("head"))
 
 
 def read_meta(folder: str | Path) -> CheckpointMeta:
@@ -156,6 +161,13 @@ def load_classifier(name_or_path: str | Path, *, random_init_from: str | Path | 
     name = str(name_or_path)
     if is_local(name):
         config = load_model_config(name)
+        head = read_meta(name).head
+        if head is not None:
+            from arena.hybrid import KIND, load_hybrid
+
+            if head.get("kind") != KIND:
+                raise ModelError(f"{name}: unknown head kind {head.get('kind')!r} in {ARENA_META}")
+            return load_hybrid(name, head)
         if require_three_labels and config.num_labels != 3:
             raise ModelError(f"{name} has a {config.num_labels}-label head; arena needs 3 labels (a, b, tie)")
     kwargs: dict[str, Any] = dict(use_safetensors=True, trust_remote_code=False)
@@ -190,9 +202,13 @@ def check_max_length(config: Any, max_length: int) -> None:
 
 
 def save_checkpoint(model: Any, tokenizer: Any, folder: str | Path, meta: CheckpointMeta) -> None:
-    """Write a checkpoint folder: safetensors weights, tokenizer, ``arena.json``."""
+    """Write a checkpoint folder: safetensors weights, tokenizer, ``arena.json`` (with the head's spec)."""
+    from dataclasses import replace
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    spec = getattr(model, "spec", None)
+    meta = replace(meta, head=spec() if callable(spec) else None)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     write_meta(folder, meta)

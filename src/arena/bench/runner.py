@@ -100,8 +100,9 @@ def notebook_loop(runner, encoder: ArenaEncoder, records: list[Record], batch_si
     out = np.zeros((len(records), 3), dtype=np.float32)
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
-        ids, mask = pad_batch(encoder.encode(chunk).ids, encoder.pad_id, multiple=1)
-        out[start:start + len(chunk)] = runner(ids, mask)
+        enc = encoder.encode(chunk)
+        ids, mask = pad_batch(enc.ids, encoder.pad_id, multiple=1)
+        out[start:start + len(chunk)] = runner(ids, mask) if enc.features is None else runner(ids, mask, enc.features)
     return out
 
 
@@ -151,14 +152,14 @@ def run_cell(spec: CellSpec, model_dir: Path, records: list[Record], *, batch_si
     encoded = encoder.encode(records)
     batches, fixed = plan_batches(policy, encoded.lengths, batch_size=bs, max_tokens=max_tokens,
                                   max_length=encoder.config.max_length)
-    padded = [pad_batch([encoded.ids[i] for i in b], encoder.pad_id, length=fixed,
-                        multiple=1 if policy == "notebook" else 8) for b in batches]
+    padded = [(*pad_batch([encoded.ids[i] for i in b], encoder.pad_id, length=fixed,
+                          multiple=1 if policy == "notebook" else 8), encoded.feature_rows(b)) for b in batches]
 
     def model_only(latencies: list[float] | None) -> float:
         t = time.perf_counter()
-        for ids, mask in padded:
+        for ids, mask, feats in padded:
             tb = time.perf_counter()
-            loaded.runner(ids, mask)
+            loaded.runner(ids, mask) if feats is None else loaded.runner(ids, mask, feats)
             if latencies is not None:
                 latencies.append((time.perf_counter() - tb) * 1000)
         return time.perf_counter() - t

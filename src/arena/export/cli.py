@@ -40,7 +40,7 @@ def parity_batches(records, tokenizer, encoder_cfg, shapes: list[tuple[int, int]
         labels = None
         if all(rows[i].label is not None for i in pick):
             labels = np.array([rows[i].label for i in pick])
-        out.append(ParityBatch(input_ids, mask, labels))
+        out.append(ParityBatch(input_ids, mask, labels, encoded.feature_rows(pick)))
     return out
 
 
@@ -124,8 +124,13 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
         ok, why = tensorrt_available()
         if not ok:
             raise ArenaError(f"--trt: {why}")
+    from arena.hybrid import is_hybrid
+
     meta = read_meta(checkpoint)
     model = load_classifier(checkpoint, require_three_labels=True).float().eval()
+    hybrid = is_hybrid(model)
+    if hybrid != meta.encoder.features:  # the parity rows must carry features exactly when the model takes them
+        meta = replace(meta, encoder=replace(meta.encoder, features=hybrid))
     tokenizer = load_tokenizer(checkpoint)
     max_length = meta.encoder.max_length
     shapes = parse_shapes(parity_shapes, max_length)
@@ -179,14 +184,14 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
             trt_section: dict[str, Any] = {"status": "not requested"}
             if trt:  # pragma: no cover - needs TensorRT and a GPU
                 trt_section = _build_trt(tmp, records, tokenizer, meta.encoder, trt_buckets, max_tokens,
-                                         workspace_gib)
+                                         workspace_gib, model.n_features if hybrid else 0)
             write_manifest(tmp, {
                 "source_checkpoint": str(checkpoint.resolve()),
                 "model": {"model_type": model.config.model_type, "num_labels": model.config.num_labels,
                           "hidden_size": model.config.hidden_size,
                           "num_hidden_layers": model.config.num_hidden_layers},
-                "onnx": {**info, "inputs": [{"name": n, "dtype": "int64", "dims": ["batch", "sequence"]}
-                                            for n in info["inputs"]],
+                "head": meta.head or {"kind": "hf"},
+                "onnx": {**info, "inputs": _input_specs(info),
                          "outputs": [{"name": "logits", "dtype": "float32", "dims": ["batch", 3]}]},
                 "max_length": max_length,
                 "tokenizer": type(tokenizer).__name__,
@@ -204,8 +209,18 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
             "parity": {k: v["passed"] for k, v in reports.items()}}
 
 
+def _input_specs(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The graph's inputs as the manifest records them (name, dtype, dims)."""
+    specs: list[dict[str, Any]] = [{"name": n, "dtype": "int64", "dims": ["batch", "sequence"]}
+                                   for n in info["inputs"] if n != "features"]
+    if "features" in info["inputs"]:
+        specs.append({"name": "features", "dtype": "float32", "dims": ["batch", len(info["features"])],
+                      "columns": info["features"]})
+    return specs
+
+
 def _build_trt(folder: Path, records, tokenizer, encoder_cfg, buckets: int, max_tokens: int,
-               workspace_gib: float) -> dict[str, Any]:  # pragma: no cover - needs TensorRT and a GPU
+               workspace_gib: float, n_features: int = 0) -> dict[str, Any]:  # pragma: no cover - needs TensorRT
     import tensorrt as trt_mod
 
     from arena.encode import ArenaEncoder
@@ -221,12 +236,13 @@ def _build_trt(folder: Path, records, tokenizer, encoder_cfg, buckets: int, max_
     cache = Path.home() / ".cache" / "arena" / f"trt-timing-{slug(gpu)}-{trt_mod.__version__}.cache"
     cache.parent.mkdir(parents=True, exist_ok=True)
     info = build_engine(folder / "model.onnx", folder / name, profiles, fp16=True, workspace_gib=workspace_gib,
-                        timing_cache=cache)
+                        timing_cache=cache, n_features=n_features)
     from dataclasses import asdict
 
     return {"status": "built", "onnx_sha256": onnx_sha, "engines": [{
         "file": name, "key": key, "gpu_name": gpu, "compute_capability": cc,
         "tensorrt_version": trt_mod.__version__, "onnx_sha256": onnx_sha, "precision": "fp16",
+        "features": n_features,
         "profiles": [asdict(p) for p in profiles], **info}]}
 
 

@@ -19,6 +19,7 @@ from arena.errors import ModelError
 log = logging.getLogger(__name__)
 
 INPUT_NAMES = ("input_ids", "attention_mask")
+FEATURES = "features"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 17
 EXPORTERS = ("torchscript", "dynamo")
@@ -34,6 +35,17 @@ class _LogitsOnly(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+class _HybridLogits(torch.nn.Module):
+    """A hybrid model's graph: (input_ids, attention_mask, features) -> logits."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, features=features).logits
 
 
 def model_inputs(model: torch.nn.Module) -> list[str]:
@@ -52,38 +64,50 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, opset: int = DEFAUL
         raise ModelError(f"--exporter must be one of {', '.join(EXPORTERS)}")
     if opset < 17:
         raise ModelError(f"--opset {opset} is too old; LayerNormalization needs opset 17 or newer")
+    from arena.hybrid import is_hybrid
+
     path = Path(path)
     model = model.float().eval().cpu()
+    hybrid = is_hybrid(model)
     # A new Module is in training mode, and the exporter restores that mode afterwards, which would switch the
     # caller's model (and its dropout) to training: keep everything in eval mode.
-    wrapped = _LogitsOnly(model).eval()
+    wrapped = (_HybridLogits(model) if hybrid else _LogitsOnly(model)).eval()
     ids = torch.randint(5, 1000, (2, sample_length), dtype=torch.int64)
     mask = torch.ones_like(ids)
     mask[1, sample_length // 2:] = 0
+    names = [*INPUT_NAMES, FEATURES] if hybrid else list(INPUT_NAMES)
+    args: tuple[torch.Tensor, ...] = (ids, mask)
+    axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "sequence"},
+                                       "attention_mask": {0: "batch", 1: "sequence"}, OUTPUT_NAME: {0: "batch"}}
+    if hybrid:
+        args = (ids, mask, torch.rand(2, model.n_features) * 5)
+        axes[FEATURES] = {0: "batch"}
     n_params = sum(p.numel() for p in model.parameters())
     big = n_params * 4 >= TWO_GB
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python scalars in DeBERTa's relative positions
         if exporter == "torchscript":
             torch.onnx.export(
-                wrapped, (ids, mask), str(path), dynamo=False, opset_version=opset,
-                input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
-                              "attention_mask": {0: "batch", 1: "sequence"}, OUTPUT_NAME: {0: "batch"}},
-                do_constant_folding=True,
+                wrapped, args, str(path), dynamo=False, opset_version=opset,
+                input_names=names, output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True,
             )
         else:
             batch = torch.export.Dim("batch", min=1, max=4096)
             seq = torch.export.Dim("sequence", min=2, max=8192)
+            shapes: dict[str, dict[int, Any]] = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+            if hybrid:
+                shapes[FEATURES] = {0: batch}
             program = torch.onnx.export(
-                wrapped, (ids, mask), dynamo=True, opset_version=opset, input_names=list(INPUT_NAMES),
-                output_names=[OUTPUT_NAME],
-                dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+                wrapped, args, dynamo=True, opset_version=opset, input_names=names,
+                output_names=[OUTPUT_NAME], dynamic_shapes=shapes,
             )
             program.save(str(path), external_data=big)
     model.eval()
-    return {"exporter": exporter, "opset": opset, "inputs": list(INPUT_NAMES), "output": OUTPUT_NAME,
-            "parameters": int(n_params), "external_data": big}
+    info: dict[str, Any] = {"exporter": exporter, "opset": opset, "inputs": names, "output": OUTPUT_NAME,
+                            "parameters": int(n_params), "external_data": big}
+    if hybrid:
+        info["features"] = list(model.feature_names)
+    return info
 
 
 def check_onnx_file(path: str | Path) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from arena.metrics import log_loss, softmax
 
-Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Runner = Callable[..., np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,13 @@ class ParityBatch:
     input_ids: np.ndarray
     attention_mask: np.ndarray
     labels: np.ndarray | None = None
+    features: np.ndarray | None = None
+    """A hybrid model's third input (float32, (batch, n_features)); None for a plain classifier."""
+
+    def run(self, runner: Runner) -> np.ndarray:
+        if self.features is None:
+            return np.asarray(runner(self.input_ids, self.attention_mask), dtype=np.float64)
+        return np.asarray(runner(self.input_ids, self.attention_mask, self.features), dtype=np.float64)
 
 
 def compare(name: str, reference: Runner, candidate: Runner, batches: Sequence[ParityBatch],
@@ -95,10 +102,10 @@ def compare(name: str, reference: Runner, candidate: Runner, batches: Sequence[P
         if reference_cache is not None and k in reference_cache:
             ref = reference_cache[k]
         else:
-            ref = np.asarray(reference(b.input_ids, b.attention_mask), dtype=np.float64)
+            ref = b.run(reference)
             if reference_cache is not None:
                 reference_cache[k] = ref
-        got = np.asarray(candidate(b.input_ids, b.attention_mask), dtype=np.float64)
+        got = b.run(candidate)
         if got.shape != ref.shape:
             report.failures.append(f"{b.input_ids.shape}: output shape {got.shape} != reference {ref.shape}")
             continue

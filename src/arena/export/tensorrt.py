@@ -32,6 +32,7 @@ from arena.errors import BackendUnavailable, ConfigError, ModelError
 log = logging.getLogger(__name__)
 
 INPUTS = ("input_ids", "attention_mask")
+FEATURES = "features"
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,14 @@ class Profile:
 
     def shapes(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
         return (self.batch_min, self.seq_min), (self.batch_opt, self.seq_opt), (self.batch_max, self.seq_max)
+
+    def input_shapes(self, n_features: int = 0) -> dict[str, tuple[tuple[int, ...], ...]]:
+        """min / opt / max shape of every engine input: the token inputs are (batch, sequence); a hybrid model's
+        ``features`` input is (batch, n_features), its batch range the same as the tokens'."""
+        out: dict[str, tuple[tuple[int, ...], ...]] = {name: self.shapes() for name in INPUTS}
+        if n_features:
+            out[FEATURES] = tuple((b, n_features) for b in (self.batch_min, self.batch_opt, self.batch_max))
+        return out
 
 
 def plan_profiles(lengths: np.ndarray, *, max_length: int, max_tokens: int, max_batch: int = 256,
@@ -165,9 +174,12 @@ def _keep_fp32(trt: Any, layer: Any) -> bool:
 
 
 def build_engine(onnx_path: Path, engine_path: Path, profiles: list[Profile], *, fp16: bool = True,
-                 workspace_gib: float = 4.0, timing_cache: Path | None = None,
-                 fp32_norms: bool = True) -> dict[str, Any]:  # pragma: no cover - needs TensorRT and a GPU
-    """Parse the ONNX file and build a serialized engine with one optimisation profile per bucket."""
+                 workspace_gib: float = 4.0, timing_cache: Path | None = None, fp32_norms: bool = True,
+                 n_features: int = 0) -> dict[str, Any]:  # pragma: no cover - needs TensorRT and a GPU
+    """Parse the ONNX file and build a serialized engine with one optimisation profile per bucket.
+
+    ``n_features``: the width of a hybrid model's ``features`` input (0: the model has only token inputs).
+    """
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -196,8 +208,7 @@ def build_engine(onnx_path: Path, engine_path: Path, profiles: list[Profile], *,
     config.set_timing_cache(cache, ignore_mismatch=False)
     for p in profiles:
         prof = builder.create_optimization_profile()
-        lo, opt, hi = p.shapes()
-        for name in INPUTS:
+        for name, (lo, opt, hi) in p.input_shapes(n_features).items():
             prof.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(prof)
     serialized = builder.build_serialized_network(network, config)
@@ -212,12 +223,14 @@ def build_engine(onnx_path: Path, engine_path: Path, profiles: list[Profile], *,
 class TensorRTRunner:  # pragma: no cover - needs TensorRT and a GPU
     """Run an engine: pick the profile that fits each batch, bind torch CUDA buffers, execute on a stream."""
 
-    def __init__(self, engine_path: Path, profiles: list[Profile]) -> None:
+    def __init__(self, engine_path: Path, profiles: list[Profile], *, n_features: int = 0) -> None:
         import tensorrt as trt
         import torch
 
         self.torch = torch
         self.profiles = profiles
+        self.n_features = n_features
+        self.needs_features = n_features > 0
         logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(logger)
         data = Path(engine_path).read_bytes()
@@ -229,7 +242,8 @@ class TensorRTRunner:  # pragma: no cover - needs TensorRT and a GPU
         self.input_dtypes = {n: self.engine.get_tensor_dtype(n) for n in INPUTS}
         self.current = -1
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                 features: np.ndarray | None = None) -> np.ndarray:
         import tensorrt as trt
 
         torch = self.torch
@@ -243,6 +257,11 @@ class TensorRTRunner:  # pragma: no cover - needs TensorRT and a GPU
             dtype = torch.int32 if self.input_dtypes[name] == trt.int32 else torch.int64
             tensors[name] = torch.from_numpy(array).to("cuda", dtype=dtype, non_blocking=True)
             self.context.set_input_shape(name, (batch, seq))
+        if self.n_features:
+            if features is None or features.shape != (batch, self.n_features):
+                raise ConfigError(f"this engine takes a ({batch}, {self.n_features}) features input")
+            tensors[FEATURES] = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to("cuda")
+            self.context.set_input_shape(FEATURES, (batch, self.n_features))
         out = torch.empty((batch, 3), dtype=torch.float32, device="cuda")
         for name, t in tensors.items():
             self.context.set_tensor_address(name, t.data_ptr())

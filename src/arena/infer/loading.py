@@ -88,6 +88,13 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
 
         runner = TensorRTBackend(folder, manifest or {})
         desc = "tensorrt (fp16 engine)"
+    needs = bool(getattr(runner, "needs_features", False))
+    if needs != encoder_cfg.features:  # the model decides whether rows need features (the hybrid head's input)
+        from dataclasses import replace
+
+        if needs:
+            log.warning("%s: the model takes features but its encoder settings do not say so; computing them", folder)
+        encoder = ArenaEncoder(tokenizer, replace(encoder_cfg, features=needs))
     return LoadedModel(folder, runner, encoder, temperature, choice, desc, model_type)
 
 

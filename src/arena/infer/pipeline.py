@@ -9,6 +9,7 @@ the backend computes the current one: the tokenizer and the backends release the
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -74,7 +75,8 @@ class Timings:
         }
 
 
-Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Runner = Callable[..., np.ndarray]
+"""``runner(input_ids, attention_mask, features=None) -> logits``; ``features`` only for hybrid models."""
 
 # -------------------------------------------------------------------------------------- encode worker processes
 _WORKER: ArenaEncoder | None = None
@@ -87,9 +89,9 @@ def _worker_init(tokenizer_path: str, encoder: dict[str, Any]) -> None:
     _WORKER = ArenaEncoder(load_tokenizer(tokenizer_path), EncoderConfig.from_dict(encoder))
 
 
-def _worker_encode(records: list[Record], swap: bool) -> list[np.ndarray]:
+def _worker_encode(records: list[Record], swap: bool) -> Encoded:
     assert _WORKER is not None
-    return _WORKER.encode(records, swap=swap).ids
+    return _WORKER.encode(records, swap=swap)
 
 
 class Scorer:
@@ -105,7 +107,9 @@ class Scorer:
         if config.encode_workers > 1:
             if tokenizer_path is None:
                 raise ValueError("encode_workers > 1 needs tokenizer_path")
-            self._pool = ProcessPoolExecutor(config.encode_workers, initializer=_worker_init,
+            # spawn, not fork: a forked child of a process whose torch/OpenMP threads have run can deadlock
+            self._pool = ProcessPoolExecutor(config.encode_workers, mp_context=mp.get_context("spawn"),
+                                             initializer=_worker_init,
                                              initargs=(str(tokenizer_path), encoder.config.to_dict()))
 
     def close(self) -> None:
@@ -120,9 +124,12 @@ class Scorer:
         size = -(-len(records) // n)
         parts = [records[i:i + size] for i in range(0, len(records), size)]
         ids: list[np.ndarray] = []
+        feats: list[np.ndarray] = []
         for part in self._pool.map(_worker_encode, parts, [swap] * len(parts)):
-            ids.extend(part)
-        return Encoded(ids=ids)
+            ids.extend(part.ids)
+            if part.features is not None:
+                feats.append(part.features)
+        return Encoded(ids=ids, features=np.concatenate(feats) if feats else None)
 
     def _encode_chunk(self, records: list[Record]) -> tuple[Encoded, Encoded | None, float]:
         t0 = time.perf_counter()
@@ -142,7 +149,8 @@ class Scorer:
         batches, fixed = plan_batches(cfg.policy, encoded.lengths, batch_size=cfg.batch_size,
                                       max_tokens=budget, max_length=max_length)
         if hasattr(self.runner, "map"):  # several devices: all batches of the chunk in flight at once
-            padded = [pad_batch([encoded.ids[i] for i in batch], self.pad_id, length=fixed) for batch in batches]
+            padded = [(*pad_batch([encoded.ids[i] for i in batch], self.pad_id, length=fixed),
+                       encoded.feature_rows(batch)) for batch in batches]
             t0 = time.perf_counter()
             for batch, logits in zip(batches, self.runner.map(padded), strict=True):
                 out[batch] = logits
@@ -152,8 +160,9 @@ class Scorer:
         else:
             for batch in batches:
                 ids, mask = pad_batch([encoded.ids[i] for i in batch], self.pad_id, length=fixed)
+                feats = encoded.feature_rows(batch)
                 t0 = time.perf_counter()
-                out[batch] = self.runner(ids, mask)
+                out[batch] = self.runner(ids, mask) if feats is None else self.runner(ids, mask, feats)
                 dt = time.perf_counter() - t0
                 if timings is not None:
                     timings.model_s += dt

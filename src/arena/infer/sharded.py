@@ -26,8 +26,8 @@ def _init(folder: str, backend: str, precision: str, devices: Any, threads: int 
     _RUNNER = open_model(folder, backend=backend, precision=precision, device=device, threads=threads).runner
 
 
-def _run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return _RUNNER(ids, mask)
+def _run(ids: np.ndarray, mask: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+    return _RUNNER(ids, mask, features)
 
 
 class ShardedRunner:
@@ -44,11 +44,12 @@ class ShardedRunner:
         self.pool = ProcessPoolExecutor(len(devices), mp_context=ctx, initializer=_init,
                                         initargs=(str(folder), backend, precision, queue, threads))
 
-    def map(self, batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-        return list(self.pool.map(_run, [b[0] for b in batches], [b[1] for b in batches]))
+    def map(self, batches: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> list[np.ndarray]:
+        """Run (input_ids, attention_mask, features or None) batches on all devices; results in batch order."""
+        return list(self.pool.map(_run, *zip(*batches, strict=True)))
 
-    def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return self.pool.submit(_run, ids, mask).result()
+    def __call__(self, ids: np.ndarray, mask: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        return self.pool.submit(_run, ids, mask, features).result()
 
     def close(self) -> None:
         self.pool.shutdown(cancel_futures=True)

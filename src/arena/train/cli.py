@@ -48,6 +48,9 @@ def train(
     save_steps: Annotated[int | None, typer.Option(help="Save resumable state every N steps")] = None,
     early_stopping: Annotated[int | None, typer.Option(help="Patience in evaluations")] = None,
     swap_augment: Annotated[bool, typer.Option(help="Add A/B-swapped copies of the training rows")] = False,
+    head: Annotated[str, typer.Option(help="hf (the model's classification head) or hybrid (pooled encoder output "
+                                      "+ hand-crafted features, started from their logistic regression)")] = "hf",
+    head_lr: Annotated[float, typer.Option(help="Learning rate of the hybrid head's own layers")] = 1e-3,
     calibrate: Annotated[bool, typer.Option(help="Fit a temperature on out-of-fold logits")] = True,
     compile: Annotated[bool, typer.Option(help="torch.compile the model (GPU)")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --output")] = False,
@@ -65,8 +68,8 @@ def train(
         grad_accum=grad_accum, epochs=epochs, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
         scheduler=scheduler, precision=precision, seed=seed, max_rows=max_rows, val_fraction=val_fraction,
         folds=folds, fold=fold, eval_steps=eval_steps, save_steps=save_steps, early_stopping=early_stopping,
-        swap_augment=swap_augment, calibrate=calibrate, compile=compile, resume=resume, keep_state=keep_state,
-        max_steps=max_steps,
+        swap_augment=swap_augment, head=head, head_lr=head_lr, calibrate=calibrate, compile=compile, resume=resume,
+        keep_state=keep_state, max_steps=max_steps,
     )
     summary = run_training(cfg)
     if summary:

@@ -36,6 +36,7 @@ from arena.batching import default_max_tokens, length_grouped_batches, padding_s
 from arena.data import Record, labels_of, read_train, resolve_csv
 from arena.encode import ArenaEncoder, Encoded, EncoderConfig, pad_batch
 from arena.errors import ConfigError, TrainingError
+from arena.hybrid import forward_logits, init_from_logistic_regression, is_hybrid
 from arena.io import atomic_dir, atomic_open, atomic_write_text
 from arena.metrics import accuracy, baselines, fit_temperature, log_loss, softmax
 from arena.modeling import (
@@ -85,6 +86,11 @@ class TrainConfig:
     early_stopping: int | None = None
     """Stop after this many evaluations without a better validation log loss."""
     swap_augment: bool = False
+    head: str = "hf"
+    """``hf``: the model's own sequence-classification head. ``hybrid``: pooled encoder output plus the hand-crafted
+    features (:mod:`arena.hybrid`), the feature path started from their logistic regression."""
+    head_lr: float = 1e-3
+    """Learning rate of the hybrid head's own layers (the encoder uses ``lr``)."""
     max_grad_norm: float = 1.0
     calibrate: bool = True
     """Fit a temperature on the validation (out-of-fold) logits and save it with the model."""
@@ -179,13 +185,31 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+def _param_groups(model: torch.nn.Module, weight_decay: float, lr: float,
+                  head_lr: float | None = None) -> list[dict[str, Any]]:
+    """AdamW groups: no decay on biases and norms; a hybrid model's head (outside ``backbone.``) at ``head_lr``."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        head = head_lr is not None and not name.startswith("backbone.")
+        decay = not (p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias"))
+        groups.setdefault((head, decay), []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if decay else 0.0,
+             "lr": head_lr if head else lr} for (head, decay), ps in sorted(groups.items())]
+
+
+HEADS = ("hf", "hybrid")
+
+
+def build_model(config: TrainConfig) -> torch.nn.Module:
+    """The model to fine-tune: the Hugging Face classifier, or the hybrid head on the bare encoder."""
+    random_from = config.model if config.random_init else None
+    if config.head == "hybrid":
+        from arena.hybrid import build_hybrid
+
+        return build_hybrid(config.model, random_init_from=random_from)
+    return load_classifier(config.model, random_init_from=random_from)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -210,9 +234,10 @@ def predict_logits(model: torch.nn.Module, encoded: Encoded, index: np.ndarray, 
     lengths = encoded.lengths[index]
     for batch in token_budget_batches(lengths, max_tokens):
         ids, mask = pad_batch([encoded.ids[index[i]] for i in batch], pad_id)
+        feats = encoded.feature_rows(index[batch])
         with _autocast(device, dtype):
-            logits = model(input_ids=torch.from_numpy(ids).to(device),
-                           attention_mask=torch.from_numpy(mask).to(device)).logits
+            logits = forward_logits(model, torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device),
+                                    None if feats is None else torch.from_numpy(feats).to(device))
         out[batch] = logits.float().cpu().numpy()
     model.train(was_training)
     return out
@@ -308,18 +333,30 @@ def train_split(
     # Training rows: the originals, plus A/B-swapped copies with --swap-augment (labels a <-> b).
     train_rows = [encoded.ids[i] for i in train_idx]
     train_labels = labels[train_idx]
+    train_feats = encoded.feature_rows(train_idx)
     if swapped is not None:
         train_rows += [swapped.ids[i] for i in train_idx]
         train_labels = np.concatenate([train_labels, np.array([1, 0, 2])[labels[train_idx]]])
+        if train_feats is not None:
+            train_feats = np.concatenate([train_feats, swapped.feature_rows(train_idx)])
     train_lengths = np.fromiter((len(r) for r in train_rows), dtype=np.int64, count=len(train_rows))
     pad_id = tokenizer.pad_token_id or 0
 
     torch.manual_seed(config.seed)
-    model = load_classifier(config.model, random_init_from=config.model if config.random_init else None)
+    model = build_model(config)
+    hybrid = is_hybrid(model)
+    if hybrid:
+        if train_feats is None:
+            raise ConfigError("the hybrid head needs features: encode with EncoderConfig(features=True)")
+        start = init_from_logistic_regression(model, train_feats, train_labels)
+        if dist.main:
+            log.info("%s: hybrid head starts from the feature logistic regression (train log loss %.4f)",
+                     name, start)
     model.to(device)
     model.train()
     fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, fused=fused)
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay, config.lr,
+                                                config.head_lr if hybrid else None), lr=config.lr, fused=fused)
     batches_per_epoch = len(length_grouped_batches(train_lengths, config.batch_size, config.seed)) // dist.world
     steps_per_epoch = max(1, batches_per_epoch // config.grad_accum)
     total_steps = max(1, int(math.ceil(steps_per_epoch * config.epochs)))
@@ -397,6 +434,8 @@ def train_split(
         state["history"] = [asdict(h) for h in history]
         state["best"] = asdict(best)
 
+    if hybrid and state["global_step"] == 0 and not history:
+        evaluate()  # the starting point (the feature regression) is a candidate for selection too
     epoch_count = int(math.ceil(config.epochs))
     while state["epoch"] < epoch_count and not stop:
         epoch = state["epoch"]
@@ -407,11 +446,12 @@ def train_split(
             batch = batches[pos]
             ids, mask = pad_batch([train_rows[i] for i in batch], pad_id)
             target = torch.from_numpy(train_labels[batch]).to(device)
+            feats = None if train_feats is None else torch.from_numpy(train_feats[batch]).to(device)
             sync = (pos + 1) % config.grad_accum == 0 or pos + 1 == len(batches)
             ctx = model.no_sync() if dist.world > 1 and not sync else contextlib.nullcontext()
             with ctx, _autocast(device, dtype):
-                logits = forward_model(input_ids=torch.from_numpy(ids).to(device),
-                                       attention_mask=torch.from_numpy(mask).to(device)).logits
+                logits = forward_logits(forward_model, torch.from_numpy(ids).to(device),
+                                        torch.from_numpy(mask).to(device), feats)
                 loss = torch.nn.functional.cross_entropy(logits.float(), target)
             if not torch.isfinite(loss):
                 raise TrainingError(
@@ -521,6 +561,10 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
         raise ConfigError("--fold needs --folds")
     if config.random_init and not config.tokenizer:
         raise ConfigError("--random-init builds weights from a config.json and needs --tokenizer")
+    if config.head not in HEADS:
+        raise ConfigError(f"--head must be one of {', '.join(HEADS)}; got {config.head!r}")
+    if config.head == "hybrid" and not config.encoder.features:  # the hybrid head's third input
+        config = replace(config, encoder=replace(config.encoder, features=True))
     if config.batch_size < 1 or config.grad_accum < 1 or config.epochs <= 0:
         raise ConfigError("--batch-size and --grad-accum must be >= 1 and --epochs > 0")
     model_config = (AutoConfig.from_pretrained(config.model) if config.random_init
@@ -529,7 +573,11 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
     tokenizer = load_tokenizer(config.tokenizer or config.model)
     if config.max_steps == 0:  # no training: write the initial weights as a checkpoint (speed and export work)
         torch.manual_seed(config.seed)
-        model = load_classifier(config.model, random_init_from=config.model if config.random_init else None)
+        model = build_model(config)
+        if is_hybrid(model):
+            from arena.features import feature_matrix
+
+            init_from_logistic_regression(model, feature_matrix(records), labels)
         save_checkpoint(model, tokenizer, config.output, CheckpointMeta(
             encoder=config.encoder, source=str(config.model), extra={"train_config": config.to_dict(),
                                                                      "trained": False}))

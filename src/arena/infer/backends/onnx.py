@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arena.errors import BackendUnavailable, ModelError
+from arena.errors import BackendUnavailable, ConfigError, ModelError
 
 
 def make_session(path: str | Path, *, device: str = "cpu", threads: int | None = None):
@@ -46,11 +46,17 @@ class OnnxBackend:
         self.path = Path(path)
         self.session = make_session(path, device=device, threads=threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.needs_features = "features" in self.input_names
         self._binding = device.startswith("cuda")
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                 features: np.ndarray | None = None) -> np.ndarray:
         feeds = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
                  "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)}
+        if self.needs_features:
+            if features is None:
+                raise ConfigError(f"{self.path.name} is a hybrid model: it needs the rows' features as a third input")
+            feeds["features"] = np.ascontiguousarray(features, dtype=np.float32)
         feeds = {k: v for k, v in feeds.items() if k in self.input_names}
         if self._binding:  # pragma: no cover - needs onnxruntime-gpu
             binding = self.session.io_binding()

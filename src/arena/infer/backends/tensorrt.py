@@ -34,10 +34,12 @@ class TensorRTBackend:  # pragma: no cover - needs TensorRT and a GPU
                 last = exc
                 continue
             profiles = [Profile(**p) for p in entry["profiles"]]
-            self.runner = TensorRTRunner(folder / entry["file"], profiles)
+            self.runner = TensorRTRunner(folder / entry["file"], profiles, n_features=int(entry.get("features", 0)))
             self.profiles = profiles
+            self.needs_features = self.runner.needs_features
             return
         raise last if section.get("engines") else BackendUnavailable(f"{folder} has no TensorRT engines")
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        return self.runner(input_ids, attention_mask)
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                 features: np.ndarray | None = None) -> np.ndarray:
+        return self.runner(input_ids, attention_mask, features)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from arena.errors import ConfigError
+from arena.hybrid import forward_logits, is_hybrid
 from arena.modeling import load_classifier
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -37,12 +38,19 @@ class TorchBackend:
             self.model = self.model.to(DTYPES[precision])
         self._autocast = precision == "bf16" and not self.device.startswith("cuda")
         self.forward = torch.compile(self.model, dynamic=True) if compile else self.model
+        self.needs_features = is_hybrid(self.model)
 
     @torch.inference_mode()
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                 features: np.ndarray | None = None) -> np.ndarray:
         ids = torch.from_numpy(np.ascontiguousarray(input_ids)).to(self.device, non_blocking=True)
         mask = torch.from_numpy(np.ascontiguousarray(attention_mask)).to(self.device, non_blocking=True)
+        feats = None
+        if self.needs_features:
+            if features is None:
+                raise ConfigError("this is a hybrid model: it needs the rows' features as a third input")
+            feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self._autocast else contextlib.nullcontext()
         with ctx:
-            logits = self.forward(input_ids=ids, attention_mask=mask).logits
+            logits = forward_logits(self.forward, ids, mask, feats)
         return logits.float().cpu().numpy()
