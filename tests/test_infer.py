@@ -157,6 +157,25 @@ def test_scorer_encode_workers_give_identical_results(tiny_export):
     assert np.array_equal(one, two)
 
 
+def test_encode_workers_after_torch_has_run_do_not_hang(tmp_path, tiny_checkpoint):
+    """Regression: forked encode workers deadlocked once torch and the parallel tokenizer had run in the parent
+    (``arena-infer --backend torch --encode-workers 2`` hung); workers are spawned now."""
+    import os
+    import subprocess
+    import sys
+
+    frame = pd.read_csv(TRAIN_CSV).iloc[:40][["id", "prompt", "response_a", "response_b"]]
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "true"}
+    cmd = [sys.executable, "-m", "arena.infer.cli", str(tmp_path / "t.csv"), "--model", str(tiny_checkpoint),
+           "--backend", "torch", "--encode-workers", "2", "--chunk-rows", "16", "--out", str(tmp_path / "w.csv")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_infer(tmp_path / "t.csv", tiny_checkpoint, tmp_path / "one.csv", backend="torch")
+    ids = frame["id"].astype(str).tolist()
+    assert np.abs(check_submission(tmp_path / "w.csv", ids) - check_submission(tmp_path / "one.csv", ids)).max() < 1e-6
+
+
 def test_two_processes_give_the_same_submission(tmp_path, tiny_export):
     """--devices shards batches over one process per device (2 CPU processes here); output is identical."""
     frame = pd.read_csv(TRAIN_CSV).iloc[:120][["id", "prompt", "response_a", "response_b"]]
