@@ -80,7 +80,7 @@ def model_rows(name: str, logits: np.ndarray, swapped: np.ndarray, y: np.ndarray
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cv", type=Path, required=True, help="k-fold run with the plain classification head")
-    ap.add_argument("--hybrid", type=Path, action="append", default=[],
+    ap.add_argument("--hybrid", action="append", default=[],
                     help="k-fold run with --head hybrid (repeatable: NAME=PATH or PATH)")
     ap.add_argument("--data", default=None)
     ap.add_argument("--out", type=Path, default=None)

@@ -64,7 +64,10 @@ class LogisticRegression:
         import torch
 
         self.mean = x.mean(axis=0)
-        self.std = x.std(axis=0) + 1e-6
+        std = x.std(axis=0)
+        # A feature constant on the training rows (e.g. no row with one empty answer in this fold) gets scale 1,
+        # not ~0: else one unseen value becomes a z-score of a million at inference.
+        self.std = np.where(std < 1e-6, 1.0, std)
         xt = torch.from_numpy(((x - self.mean) / self.std).astype(np.float64))
         yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
         w = torch.zeros(x.shape[1], 3, dtype=torch.float64, requires_grad=True)

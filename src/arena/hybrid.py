@@ -3,7 +3,7 @@
 ::
 
     z      = (features - mean) / std                       mean, std: buffers fitted on the training rows
-    logits = feature_linear(z) + head([dropout(pooled), gelu(feature_mlp(z))])
+    logits = feature_linear(z) + head([dropout(pooled), gelu(feature_mlp(clip(z, -10, 10)))])
 
 * ``pooled`` is the attention-masked mean of the encoder's last hidden state (any encoder; sentence-transformers
   checkpoints such as MiniLM were trained for it).
@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 HEAD_FILE = "hybrid_head.safetensors"
+Z_CLIP = 10.0
 KIND = "hybrid"
 
 
@@ -82,7 +83,9 @@ class HybridClassifier(nn.Module):
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         z = (features.to(self.feature_mean.dtype) - self.feature_mean) / self.feature_std
         z = z.to(hidden.dtype)
-        extra = nn.functional.gelu(self.feature_mlp(z))
+        # the non-linear path sees clipped z-scores: one extreme row must not blow up its activations (the linear
+        # path keeps the exact regression it started from)
+        extra = nn.functional.gelu(self.feature_mlp(z.clamp(-Z_CLIP, Z_CLIP)))
         logits = self.feature_linear(z) + self.head(torch.cat([self.dropout(pooled), extra], dim=-1))
         return HybridOutput(logits)
 

@@ -38,8 +38,10 @@ def main_command(
     tok = load_tokenizer(tokenizer)
     seg = ArenaEncoder(tok, EncoderConfig(max_length=max_length))
     nb = ArenaEncoder(tok, EncoderConfig(max_length=max_length, strategy="notebook"))
+    hybrid = ArenaEncoder(tok, EncoderConfig(max_length=max_length, features=True))
     variants = {
         "segments (pre-cut, exact fallback)": lambda: seg.encode(records),
+        "segments + hand-crafted features (hybrid head input)": lambda: hybrid.encode(records),
         "segments without pre-cut (whole texts)": lambda: seg._encode_segments(records, precut=False),
         "notebook format (pre-cut)": lambda: nb.encode(records),
     }
