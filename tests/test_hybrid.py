@@ -12,7 +12,7 @@ from arena.encode import ArenaEncoder, EncoderConfig
 from arena.errors import ConfigError, ModelError
 from arena.export.tensorrt import Profile
 from arena.features import BASELINE_FEATURES, FEATURE_NAMES, PER_RESPONSE, LogisticRegression, feature_matrix
-from arena.hybrid import HEAD_FILE, HybridClassifier, build_hybrid, init_from_logistic_regression, is_hybrid
+from arena.hybrid import HEAD_FILE, Z_CLIP, HybridClassifier, build_hybrid, init_from_logistic_regression, is_hybrid
 from arena.infer.cli import run_infer
 from arena.modeling import load_classifier, read_meta
 from tests.conftest import TEST_CSV, TOKENIZER, TRAIN_CSV
@@ -55,7 +55,7 @@ def hybrid_parts(tiny_config, train_records):
 def test_untrained_hybrid_predicts_exactly_the_feature_regression(hybrid_parts, tokenizer, train_records):
     """Head at zero + feature path copied from the regression: the network starts as the baseline."""
     model, x, y = hybrid_parts
-    lr = LogisticRegression(0.1).fit(x.astype(np.float64), y)
+    lr = LogisticRegression(0.1, clip=Z_CLIP).fit(x.astype(np.float64), y)
     enc = ArenaEncoder(tokenizer, EncoderConfig(max_length=64, features=True)).encode(train_records[:16])
     from arena.encode import pad_batch
 
@@ -193,3 +193,26 @@ def test_tensorrt_profiles_give_the_features_input_the_batch_range():
     shapes = p.input_shapes(len(FEATURE_NAMES))
     assert shapes["features"] == ((1, len(FEATURE_NAMES)), (16, len(FEATURE_NAMES)), (64, len(FEATURE_NAMES)))
     assert shapes["input_ids"] == ((1, 8), (16, 64), (64, 128))
+
+
+def test_a_feature_constant_in_training_cannot_explode_at_inference(tiny_config):
+    """Regression: in one real fold no training row had exactly one empty answer; its std was ~0 and the one
+    validation row that had one became a z-score of a million."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, len(FEATURE_NAMES))).astype(np.float32)
+    x[:, FEATURE_NAMES.index("diff_empty")] = 0.0
+    y = rng.integers(0, 3, 200)
+    lr = LogisticRegression(0.1).fit(x, y)
+    assert lr.std[FEATURE_NAMES.index("diff_empty")] == 1.0
+    row = x[:1].copy()
+    row[0, FEATURE_NAMES.index("diff_empty")] = 1.0
+    np.testing.assert_allclose(lr.predict_proba(row), lr.predict_proba(x[:1]), atol=1e-9)
+    torch.manual_seed(0)
+    model = build_hybrid(str(tiny_config), random_init_from=str(tiny_config)).eval()
+    init_from_logistic_regression(model, x, y)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.head.weight)  # as if trained: the non-linear path now counts
+        huge = torch.from_numpy(row * 1e6)
+        ids = torch.ones((1, 8), dtype=torch.int64)
+        logits = model(input_ids=ids, attention_mask=ids, features=huge).logits
+    assert torch.isfinite(logits).all() and logits.abs().max() < 1e4

@@ -57,8 +57,13 @@ def feature_matrix(records: Sequence[Record]) -> np.ndarray:
 class LogisticRegression:
     """Multinomial logistic regression with L2, fitted by L-BFGS on standardised features (numpy in, numpy out)."""
 
-    def __init__(self, l2: float = 1e-2, max_iter: int = 200) -> None:
-        self.l2, self.max_iter = l2, max_iter
+    def __init__(self, l2: float = 1e-2, max_iter: int = 200, clip: float | None = None) -> None:
+        """``clip``: limit the standardised features to +-clip (the hybrid head's starting point does)."""
+        self.l2, self.max_iter, self.clip = l2, max_iter, clip
+
+    def standardise(self, x: np.ndarray) -> np.ndarray:
+        z = (x - self.mean) / self.std
+        return z if self.clip is None else np.clip(z, -self.clip, self.clip)
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> LogisticRegression:
         import torch
@@ -68,7 +73,7 @@ class LogisticRegression:
         # A feature constant on the training rows (e.g. no row with one empty answer in this fold) gets scale 1,
         # not ~0: else one unseen value becomes a z-score of a million at inference.
         self.std = np.where(std < 1e-6, 1.0, std)
-        xt = torch.from_numpy(((x - self.mean) / self.std).astype(np.float64))
+        xt = torch.from_numpy(self.standardise(x).astype(np.float64))
         yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
         w = torch.zeros(x.shape[1], 3, dtype=torch.float64, requires_grad=True)
         b = torch.zeros(3, dtype=torch.float64, requires_grad=True)
@@ -85,7 +90,7 @@ class LogisticRegression:
         return self
 
     def decision_function(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self.mean) / self.std) @ self.w + self.b
+        return self.standardise(x) @ self.w + self.b
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         from arena.metrics import softmax

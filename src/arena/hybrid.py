@@ -2,8 +2,8 @@
 
 ::
 
-    z      = (features - mean) / std                       mean, std: buffers fitted on the training rows
-    logits = feature_linear(z) + head([dropout(pooled), gelu(feature_mlp(clip(z, -10, 10)))])
+    z      = clip((features - mean) / std, -10, 10)         mean, std: buffers fitted on the training rows
+    logits = feature_linear(z) + head([dropout(pooled), gelu(feature_mlp(z))])
 
 * ``pooled`` is the attention-masked mean of the encoder's last hidden state (any encoder; sentence-transformers
   checkpoints such as MiniLM were trained for it).
@@ -81,11 +81,10 @@ class HybridClassifier(nn.Module):
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        z = (features.to(self.feature_mean.dtype) - self.feature_mean) / self.feature_std
+        # clipped z-scores: one extreme row (a response with 500 headers) cannot blow up the logits
+        z = ((features.to(self.feature_mean.dtype) - self.feature_mean) / self.feature_std).clamp(-Z_CLIP, Z_CLIP)
         z = z.to(hidden.dtype)
-        # the non-linear path sees clipped z-scores: one extreme row must not blow up its activations (the linear
-        # path keeps the exact regression it started from)
-        extra = nn.functional.gelu(self.feature_mlp(z.clamp(-Z_CLIP, Z_CLIP)))
+        extra = nn.functional.gelu(self.feature_mlp(z))
         logits = self.feature_linear(z) + self.head(torch.cat([self.dropout(pooled), extra], dim=-1))
         return HybridOutput(logits)
 
@@ -116,7 +115,7 @@ def init_from_logistic_regression(model: HybridClassifier, features: np.ndarray,
     from arena.features import LogisticRegression
     from arena.metrics import log_loss
 
-    lr = LogisticRegression(l2).fit(features.astype(np.float64), labels)
+    lr = LogisticRegression(l2, clip=Z_CLIP).fit(features.astype(np.float64), labels)
     with torch.no_grad():
         model.feature_mean.copy_(torch.from_numpy(lr.mean.astype(np.float32)))
         model.feature_std.copy_(torch.from_numpy(lr.std.astype(np.float32)))
