@@ -47,7 +47,7 @@ lint: install
 # depend on their values), real rows, ratios checked against benchmarks/thresholds.json.
 bench-ci: install
 	$(BIN)/arena-train --model $(CONFIGS)/deberta-v3-xsmall.json --random-init --tokenizer $(TOKENIZER) \
-	    --max-steps 0 --max-length 512 --output runs/ci/xsmall
+	    --max-steps 0 --head hf --max-length 512 --output runs/ci/xsmall
 	$(BIN)/arena-export runs/ci/xsmall --out runs/ci/xsmall-export --int8 --parity-shapes 1x17,4x133,4x512 \
 	    --overwrite
 	$(BIN)/arena-bench --model runs/ci/xsmall --export runs/ci/xsmall-export --data $(DATA)/train_sample.csv \

@@ -11,7 +11,7 @@ OUT=${OUT:-runs/gpu}
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -m arena.train.cli --model "$SHARED/models/deberta-v3/configs/deberta-v3-small.json" --random-init \
-  --tokenizer "$SHARED/models/deberta-v3/tokenizer" --max-steps 0 --max-length 512 --output runs/gpu-small
+  --tokenizer "$SHARED/models/deberta-v3/tokenizer" --max-steps 0 --head hf --max-length 512 --output runs/gpu-small
 timeout 330 python3 -m arena.bench.cli --model runs/gpu-small --data "$SHARED/data/arena/lmsys_kaggle/train_sample.csv" \
   --rows 25000 --cells torch:fp32/notebook,torch:fp16/sorted,torch.compile:fp16/sorted --repeats 1 --warmup 1 \
   --encode-workers 8 --out "$OUT" --title "GPU: DeBERTa-v3-small architecture, 25,000 real rows, max length 512"

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from arena.data import Record, labels_of, read_train, resolve_csv
+from arena.data import Record, labels_of, read_train, resolve_csv, swap_ab
 from arena.features import FEATURE_NAMES, LogisticRegression, cross_validated_baseline, feature_matrix
+from arena.hybrid import Z_CLIP
 from arena.infer.loading import open_model
 from arena.infer.pipeline import ScoreConfig, Scorer
 from arena.infer.rules import apply_rules
@@ -39,10 +40,26 @@ def nested_temperature(logits: np.ndarray, y: np.ndarray, folds: np.ndarray) -> 
     return out
 
 
-def nested_stack(x: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float) -> np.ndarray:
+def nested_stack(x: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float,
+                 clip: float | None = None) -> np.ndarray:
     out = np.zeros((len(y), 3))
     for k in np.unique(folds):
-        out[folds == k] = LogisticRegression(l2).fit(x[folds != k], y[folds != k]).predict_proba(x[folds == k])
+        fitted = LogisticRegression(l2, clip=clip).fit(x[folds != k], y[folds != k])
+        out[folds == k] = fitted.predict_proba(x[folds == k])
+    return out
+
+
+def nested_symmetric_lr(x: np.ndarray, x_swapped: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float,
+                        clip: float | None = None) -> np.ndarray:
+    """The feature regression fitted on the training rows and their A/B-swapped copies (labels a <-> b), as the
+    hybrid head's starting point is under --swap-augment."""
+    flip = np.array([1, 0, 2])
+    out = np.zeros((len(y), 3))
+    for k in np.unique(folds):
+        tr, va = folds != k, folds == k
+        fitted = LogisticRegression(l2, clip=clip).fit(np.vstack([x[tr], x_swapped[tr]]),
+                                                       np.concatenate([y[tr], flip[y[tr]]]))
+        out[va] = fitted.predict_proba(x[va])
     return out
 
 
@@ -77,6 +94,23 @@ def model_rows(name: str, logits: np.ndarray, swapped: np.ndarray, y: np.ndarray
     }
 
 
+def selection_report(cv: Path) -> list[str]:
+    """Out-of-fold log loss under fixed rules (the starting point, the last evaluation) next to the per-fold best,
+    from ``metrics.json``: how much of a k-fold score comes from picking the evaluation on the scored fold."""
+    splits = json.loads((cv / "metrics.json").read_text())["splits"]
+    sizes = np.array([s.get("validation_rows", 1) for s in splits], dtype=float)  # older runs: equal folds
+    rules = {"first evaluation": 0, "last evaluation": -1}
+    lines = [f"{cv.name}: per fold " + "; ".join(
+        f"{s['name']} " + ", ".join(f"{h['step']}:{h['log_loss']:.4f}" for h in s["history"])
+        + f" (kept {s['best']['step']})" for s in splits)]
+    for name, i in rules.items():
+        ll = np.average([s["history"][i]["log_loss"] for s in splits], weights=sizes)
+        lines.append(f"{cv.name}: always the {name}: OOF log loss {ll:.4f}")
+    best = np.average([s["best"]["log_loss"] for s in splits], weights=sizes)
+    lines.append(f"{cv.name}: best evaluation per fold (what oof.csv holds): {best:.4f}")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cv", type=Path, required=True, help="k-fold run with the plain classification head")
@@ -104,16 +138,22 @@ def main() -> None:
         "length-feature logistic regression (baseline)": length_lr,
         "length LR + rules": apply_rules(length_lr, records, RULES),
         "feature LR, + |A-B| features": cross_validated_baseline(records, folds, l2=0.1, columns=FEATURE_NAMES),
+        "feature LR, + |A-B|, z clipped to +-10 (the hybrid head's start)": nested_stack(
+            feats, y, folds, 0.1, clip=Z_CLIP),
+        "feature LR, + |A-B|, clipped, fitted on rows + A/B-swapped copies (start under --swap-augment)":
+            nested_symmetric_lr(feats, feature_matrix([swap_ab(r) for r in records]), y, folds, 0.1, clip=Z_CLIP),
     }
     logits, swapped = cv_predictions(args.cv, records, folds)
     rows.update(model_rows("MiniLM fine-tune", logits, swapped, y, folds, records))
     tta_logits = np.log(np.clip(rows["MiniLM fine-tune + swap TTA"], 1e-12, 1))
     rows["late fusion: all features + MiniLM TTA logits (nested LR)"] = nested_stack(
         np.hstack([feats, tta_logits]), y, folds, 0.1)
+    notes: list[str] = []
     for spec in args.hybrid:
         name, _, path = spec.rpartition("=")
         h_logits, h_swapped = cv_predictions(Path(path), records, folds)
         rows.update(model_rows(name or "MiniLM hybrid head", h_logits, h_swapped, y, folds, records))
+        notes += selection_report(Path(path))
 
     lines = ["| method | OOF log loss | accuracy | vs length LR |", "|---|---|---|---|"]
     base = log_loss(length_lr, y)
@@ -128,6 +168,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     print(f"\nrows with identical responses: {ident}; rows with exactly one empty response: {empty}")
+    print("\n".join(notes))
     print(json.dumps(result))
     if args.out:
         args.out.write_text(table + "\n")

@@ -17,7 +17,7 @@ $B/python -m arena.bench.encode_speed --data $DATA/train_sample.csv --tokenizer 
 
 # 2. scoring throughput, DeBERTa-v3-xsmall architecture at 512 tokens (issues 4, 5, 6)
 $B/arena-train --model ../shared/models/deberta-v3/configs/deberta-v3-xsmall.json --random-init --tokenizer $TOK \
-  --max-steps 0 --max-length 512 --output runs/cpu/xsmall
+  --max-steps 0 --head hf --max-length 512 --output runs/cpu/xsmall
 $B/arena-export runs/cpu/xsmall --out runs/cpu/xsmall-export --int8 --optimize --overwrite 2> $RAW/export_xsmall.log
 grep -E "parity|fusions" $RAW/export_xsmall.log > $RAW/export_xsmall_parity.txt || true
 $B/arena-bench --model runs/cpu/xsmall --export runs/cpu/xsmall-export --data $DATA/train_sample.csv --rows 240 \
@@ -58,7 +58,7 @@ for n in (10_000, 100_000):
     g["id"] = np.arange(n) + 10_000_000
     g.to_csv(f"runs/cpu/rows{n}.csv", index=False)
 PY
-$B/arena-train --model runs/cpu/tiny/config.json --random-init --tokenizer $TOK --max-steps 0 --max-length 128 \
+$B/arena-train --model runs/cpu/tiny/config.json --random-init --tokenizer $TOK --max-steps 0 --head hf --max-length 128 \
   --output runs/cpu/tiny-ckpt
 $B/arena-export runs/cpu/tiny-ckpt --out runs/cpu/tiny-export --overwrite --parity-shapes 1x17,7x64,16x128 2>/dev/null
 : > $RAW/memory.txt

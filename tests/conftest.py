@@ -84,7 +84,7 @@ def tiny_checkpoint(tmp_path_factory, tiny_config) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-ckpt") / "model"
     run_training(TrainConfig(data=str(TRAIN_CSV), model=str(tiny_config), tokenizer=str(TOKENIZER),
-                             random_init=True, output=str(out), max_steps=0,
+                             random_init=True, output=str(out), max_steps=0, head="hf",
                              encoder=EncoderConfig(max_length=128)))
     return out
 

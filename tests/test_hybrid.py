@@ -89,7 +89,8 @@ def hybrid_checkpoint(tmp_path_factory, tiny_config):
     out = tmp_path_factory.mktemp("hybrid") / "model"
     summary = run_training(TrainConfig(
         data=str(TRAIN_CSV), model=str(tiny_config), tokenizer=str(TOKENIZER), random_init=True, output=str(out),
-        max_rows=240, epochs=1, batch_size=8, max_steps=6, head="hybrid", encoder=EncoderConfig(max_length=96)))
+        max_rows=240, epochs=1, batch_size=8, max_steps=6, head="hybrid", swap_augment=True,
+        encoder=EncoderConfig(max_length=96)))
     return out, summary
 
 

@@ -145,7 +145,7 @@ def _wait_for(predicate, timeout=120):
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, tiny_config):
     args = ["-m", "arena.train.cli", "--data", str(TRAIN_CSV), "--model", str(tiny_config), "--random-init",
             "--tokenizer", str(TOKENIZER), "--max-rows", "64", "--max-length", "64", "--epochs", "2",
-            "--batch-size", "4", "--lr", "1e-3", "--save-steps", "1", "--no-calibrate"]
+            "--batch-size", "4", "--lr", "1e-3", "--save-steps", "1", "--no-calibrate", "--no-swap-augment"]
     full = subprocess.run([sys.executable, *args, "--output", str(tmp_path / "full")], env=ENV,
                           capture_output=True, text=True, timeout=300)
     assert full.returncode == 0, full.stderr[-2000:]

@@ -19,7 +19,7 @@ from tests.conftest import ROOT, TEST_CSV, TOKENIZER, TRAIN_CSV
 def tiny_cfg(tiny_config, out, **kw) -> TrainConfig:
     base = dict(data=str(TRAIN_CSV), model=str(tiny_config), tokenizer=str(TOKENIZER), random_init=True,
                 output=str(out), encoder=EncoderConfig(max_length=64), batch_size=8, lr=3e-3, warmup_ratio=0.0,
-                max_rows=40, calibrate=False)
+                max_rows=40, calibrate=False, head="hf", swap_augment=False)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -141,7 +141,8 @@ def test_ddp_two_cpu_processes_agree(tmp_path, tiny_config):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
            "-m", "arena.train.cli", "--data", str(TRAIN_CSV), "--model", str(tiny_config), "--random-init",
            "--tokenizer", str(TOKENIZER), "--max-rows", "48", "--max-length", "64", "--epochs", "1",
-           "--batch-size", "4", "--lr", "1e-3", "--output", str(out), "--no-calibrate"]
+           "--batch-size", "4", "--lr", "1e-3", "--output", str(out), "--no-calibrate", "--no-swap-augment"]
+    # the default head (hybrid): DDP over the encoder and the head, started from the same regression on each rank
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -47,10 +47,12 @@ def train(
     eval_steps: Annotated[int | None, typer.Option(help="Evaluate every N steps (always at epoch end)")] = None,
     save_steps: Annotated[int | None, typer.Option(help="Save resumable state every N steps")] = None,
     early_stopping: Annotated[int | None, typer.Option(help="Patience in evaluations")] = None,
-    swap_augment: Annotated[bool, typer.Option(help="Add A/B-swapped copies of the training rows")] = False,
-    head: Annotated[str, typer.Option(help="hf (the model's classification head) or hybrid (pooled encoder output "
-                                      "+ hand-crafted features, started from their logistic regression)")] = "hf",
-    head_lr: Annotated[float, typer.Option(help="Learning rate of the hybrid head's own layers")] = 1e-3,
+    swap_augment: Annotated[bool, typer.Option(help="Add A/B-swapped copies of the training rows (doubles the "
+                                              "training rows; part of the default recipe)")] = True,
+    head: Annotated[str, typer.Option(help="hybrid (pooled encoder output + hand-crafted features, started from "
+                                      "their logistic regression; the default recipe) or hf (the model's own "
+                                      "classification head)")] = "hybrid",
+    head_lr: Annotated[float, typer.Option(help="Learning rate of the hybrid head's own layers")] = 2e-4,
     calibrate: Annotated[bool, typer.Option(help="Fit a temperature on out-of-fold logits")] = True,
     compile: Annotated[bool, typer.Option(help="torch.compile the model (GPU)")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --output")] = False,
