@@ -169,8 +169,15 @@ def test_encode_workers_after_torch_has_run_do_not_hang(tmp_path, tiny_checkpoin
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "true"}
     cmd = [sys.executable, "-m", "arena.infer.cli", str(tmp_path / "t.csv"), "--model", str(tiny_checkpoint),
            "--backend", "torch", "--encode-workers", "2", "--chunk-rows", "16", "--out", str(tmp_path / "w.csv")]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-2000:]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # on a hang, kill the workers too, not only the parent
+    try:
+        _, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.communicate()
+        pytest.fail("arena-infer --encode-workers 2 hung (killed after 240 s)")
+    assert proc.returncode == 0, err[-2000:]
     run_infer(tmp_path / "t.csv", tiny_checkpoint, tmp_path / "one.csv", backend="torch")
     ids = frame["id"].astype(str).tolist()
     assert np.abs(check_submission(tmp_path / "w.csv", ids) - check_submission(tmp_path / "one.csv", ids)).max() < 1e-6
