@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from arena.data import Record, labels_of, read_train, resolve_csv, swap_ab
+from arena.data import SWAP_CLASSES, Record, labels_of, read_train, resolve_csv, swap_ab
 from arena.features import FEATURE_NAMES, LogisticRegression, cross_validated_baseline, feature_matrix
 from arena.hybrid import Z_CLIP
 from arena.infer.loading import open_model
 from arena.infer.pipeline import ScoreConfig, Scorer
 from arena.infer.rules import apply_rules
+from arena.infer.tta import combine_swap
 from arena.metrics import accuracy, class_prior, fit_temperature, log_loss, softmax
 from arena.train.folds import stratified_folds
 
@@ -53,12 +54,11 @@ def nested_symmetric_lr(x: np.ndarray, x_swapped: np.ndarray, y: np.ndarray, fol
                         clip: float | None = None) -> np.ndarray:
     """The feature regression fitted on the training rows and their A/B-swapped copies (labels a <-> b), as the
     hybrid head's starting point is under --swap-augment."""
-    flip = np.array([1, 0, 2])
     out = np.zeros((len(y), 3))
     for k in np.unique(folds):
         tr, va = folds != k, folds == k
         fitted = LogisticRegression(l2, clip=clip).fit(np.vstack([x[tr], x_swapped[tr]]),
-                                                       np.concatenate([y[tr], flip[y[tr]]]))
+                                                       np.concatenate([y[tr], SWAP_CLASSES[y[tr]]]))
         out[va] = fitted.predict_proba(x[va])
     return out
 
@@ -84,7 +84,7 @@ def cv_predictions(cv: Path, records: list[Record], folds: np.ndarray) -> tuple[
 def model_rows(name: str, logits: np.ndarray, swapped: np.ndarray, y: np.ndarray, folds: np.ndarray,
                records: list[Record]) -> dict[str, np.ndarray]:
     plain = softmax(logits)
-    tta = (plain + softmax(swapped)[:, [1, 0, 2]]) / 2
+    tta = combine_swap(plain, softmax(swapped))
     calibrated = nested_temperature(np.log(np.clip(tta, 1e-12, 1)), y, folds)
     return {
         name: plain,

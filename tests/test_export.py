@@ -67,8 +67,8 @@ def test_parity_failure_keeps_nothing(tmp_path, tiny_checkpoint):
 
 def test_compare_judges_each_limit():
     ids = np.ones((4, 8), dtype=np.int64)
-    ref = lambda i, m: np.tile([[2.0, 0.0, 0.0]], (len(i), 1))  # noqa: E731
-    flip = lambda i, m: np.tile([[0.0, 2.0, 0.0]], (len(i), 1))  # noqa: E731
+    ref = lambda i, m, f: np.tile([[2.0, 0.0, 0.0]], (len(i), 1))  # noqa: E731
+    flip = lambda i, m, f: np.tile([[0.0, 2.0, 0.0]], (len(i), 1))  # noqa: E731
     report = compare("x", ref, flip, [ParityBatch(ids, ids, np.zeros(4, dtype=int))], Tolerance.fp16())
     assert not report.passed
     assert any("argmax agreement" in f for f in report.failures)

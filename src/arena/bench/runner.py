@@ -102,7 +102,7 @@ def notebook_loop(runner, encoder: ArenaEncoder, records: list[Record], batch_si
         chunk = records[start:start + batch_size]
         enc = encoder.encode(chunk)
         ids, mask = pad_batch(enc.ids, encoder.pad_id, multiple=1)
-        out[start:start + len(chunk)] = runner(ids, mask) if enc.features is None else runner(ids, mask, enc.features)
+        out[start:start + len(chunk)] = runner(ids, mask, enc.features)
     return out
 
 
@@ -159,7 +159,7 @@ def run_cell(spec: CellSpec, model_dir: Path, records: list[Record], *, batch_si
         t = time.perf_counter()
         for ids, mask, feats in padded:
             tb = time.perf_counter()
-            loaded.runner(ids, mask) if feats is None else loaded.runner(ids, mask, feats)
+            loaded.runner(ids, mask, feats)
             if latencies is not None:
                 latencies.append((time.perf_counter() - tb) * 1000)
         return time.perf_counter() - t

@@ -14,7 +14,8 @@ import numpy as np
 
 from arena.metrics import log_loss, softmax
 
-Runner = Callable[..., np.ndarray]
+Runner = Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
+"""``runner(input_ids, attention_mask, features)``: the backend contract (``features`` None for plain models)."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,6 @@ class ParityBatch:
     """A hybrid model's third input (float32, (batch, n_features)); None for a plain classifier."""
 
     def run(self, runner: Runner) -> np.ndarray:
-        if self.features is None:
-            return np.asarray(runner(self.input_ids, self.attention_mask), dtype=np.float64)
         return np.asarray(runner(self.input_ids, self.attention_mask, self.features), dtype=np.float64)
 
 

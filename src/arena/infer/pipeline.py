@@ -162,7 +162,7 @@ class Scorer:
                 ids, mask = pad_batch([encoded.ids[i] for i in batch], self.pad_id, length=fixed)
                 feats = encoded.feature_rows(batch)
                 t0 = time.perf_counter()
-                out[batch] = self.runner(ids, mask) if feats is None else self.runner(ids, mask, feats)
+                out[batch] = self.runner(ids, mask, feats)
                 dt = time.perf_counter() - t0
                 if timings is not None:
                     timings.model_s += dt

@@ -33,7 +33,7 @@ import torch
 
 from arena import LABELS
 from arena.batching import default_max_tokens, length_grouped_batches, padding_stats, token_budget_batches
-from arena.data import Record, labels_of, read_train, resolve_csv
+from arena.data import SWAP_CLASSES, Record, labels_of, read_train, resolve_csv, swap_ab
 from arena.encode import ArenaEncoder, Encoded, EncoderConfig, pad_batch
 from arena.errors import ConfigError, TrainingError
 from arena.hybrid import forward_logits, init_from_logistic_regression, is_hybrid
@@ -189,12 +189,13 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 def _param_groups(model: torch.nn.Module, weight_decay: float, lr: float,
                   head_lr: float | None = None) -> list[dict[str, Any]]:
-    """AdamW groups: no decay on biases and norms; a hybrid model's head (outside ``backbone.``) at ``head_lr``."""
+    """AdamW groups: no decay on biases and norms; a hybrid model's head parameters at ``head_lr``."""
+    head_ids = {id(p) for p in model.head_parameters()} if head_lr is not None else set()
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        head = head_lr is not None and not name.startswith("backbone.")
+        head = id(p) in head_ids
         decay = not (p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias"))
         groups.setdefault((head, decay), []).append(p)
     return [{"params": ps, "weight_decay": weight_decay if decay else 0.0,
@@ -338,7 +339,7 @@ def train_split(
     train_feats = encoded.feature_rows(train_idx)
     if swapped is not None:
         train_rows += [swapped.ids[i] for i in train_idx]
-        train_labels = np.concatenate([train_labels, np.array([1, 0, 2])[labels[train_idx]]])
+        train_labels = np.concatenate([train_labels, SWAP_CLASSES[labels[train_idx]]])
         if train_feats is not None:
             train_feats = np.concatenate([train_feats, swapped.feature_rows(train_idx)])
     train_lengths = np.fromiter((len(r) for r in train_rows), dtype=np.int64, count=len(train_rows))
@@ -577,13 +578,12 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
         torch.manual_seed(config.seed)
         model = build_model(config)
         if is_hybrid(model):
-            from arena.data import swap_ab
             from arena.features import feature_matrix
 
             feats, y = feature_matrix(records), labels
             if config.swap_augment:
                 feats = np.concatenate([feats, feature_matrix([swap_ab(r) for r in records])])
-                y = np.concatenate([labels, np.array([1, 0, 2])[labels]])
+                y = np.concatenate([labels, SWAP_CLASSES[labels]])
             init_from_logistic_regression(model, feats, y)
         save_checkpoint(model, tokenizer, config.output, CheckpointMeta(
             encoder=config.encoder, source=str(config.model), extra={"train_config": config.to_dict(),

@@ -21,7 +21,10 @@ class Backend(Protocol):
     name: str
     device: str
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                 features: np.ndarray | None = None) -> np.ndarray:
+        """Logits for one padded batch; ``features`` only for hybrid models (None otherwise)."""
+        ...
 
 
 @dataclass
