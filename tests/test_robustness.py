@@ -218,7 +218,8 @@ def test_corrupt_csv_header_bytes(tmp_path):
 
 @pytest.mark.tensorrt
 def test_corrupt_engine_gives_a_clear_error(tmp_path):  # pragma: no cover - needs TensorRT + GPU
-    from arena.export.tensorrt import Profile, TensorRTRunner
+    from arena.artifacts import Profile
+    from arena.backends.tensorrt import TensorRTRunner
 
     engine = tmp_path / "bad.engine"
     engine.write_bytes(b"garbage" * 100)

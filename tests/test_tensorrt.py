@@ -5,17 +5,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from arena.artifacts import Profile, check_engine, engine_filename, engine_key, pick_profile
+from arena.backends.tensorrt import tensorrt_available
 from arena.batching import round_up, token_budget_batches
 from arena.errors import BackendUnavailable, ConfigError
-from arena.export.tensorrt import (
-    Profile,
-    check_engine,
-    engine_filename,
-    engine_key,
-    pick_profile,
-    plan_profiles,
-    tensorrt_available,
-)
+from arena.export.tensorrt import plan_profiles
 
 
 @given(st.lists(st.integers(1, 512), min_size=1, max_size=300), st.integers(1, 6),
@@ -84,8 +78,9 @@ def test_tensorrt_unavailable_reason_is_specific():
 
 @pytest.mark.tensorrt
 def test_build_and_run_engine_matches_onnx(tmp_path, tiny_export):  # pragma: no cover - needs TensorRT + GPU
-    from arena.export.tensorrt import TensorRTRunner, build_engine
-    from arena.infer.backends.onnx import OnnxBackend
+    from arena.backends.onnx import OnnxBackend
+    from arena.backends.tensorrt import TensorRTRunner
+    from arena.export.tensorrt import build_engine
 
     profiles = plan_profiles(np.array([17, 64, 128]), max_length=128, max_tokens=4096, buckets=2)
     engine = tmp_path / "m.engine"

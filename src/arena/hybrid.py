@@ -130,7 +130,7 @@ def build_hybrid(name_or_path: str, *, random_init_from: str | None = None, hidd
     from transformers import AutoConfig, AutoModel
 
     from arena.features import FEATURE_NAMES
-    from arena.modeling import _offline_hint, is_local, label_maps
+    from arena.hub import is_local, label_maps, offline_hint
 
     id2label, label2id = label_maps()
     if random_init_from is not None:
@@ -144,7 +144,7 @@ def build_hybrid(name_or_path: str, *, random_init_from: str | None = None, hidd
                 from arena.errors import ModelError
 
                 raise ModelError(f"cannot load the encoder in {name_or_path}: {exc}") from None
-            raise _offline_hint(name_or_path, exc) from None
+            raise offline_hint(name_or_path, exc) from None
     backbone.config.num_labels = 3
     backbone.config.id2label, backbone.config.label2id = id2label, label2id
     return HybridClassifier(backbone, FEATURE_NAMES, hidden=hidden, dropout=dropout)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from arena import LABELS
 from arena.encode import EncoderConfig
 from arena.errors import ConfigError, ModelError
+from arena.hub import is_local, label_maps, offline_hint
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +70,6 @@ def write_meta(folder: str | Path, meta: CheckpointMeta) -> None:
     atomic_write_text(Path(folder) / ARENA_META, json.dumps(meta.to_dict(), indent=2))
 
 
-def is_local(name_or_path: str | Path) -> bool:
-    text = str(name_or_path)
-    return Path(text).exists() or text.startswith((".", "/", "~")) or os.sep in text and text.count("/") > 1
-
-
 def check_model_folder(folder: str | Path, *, need_weights: bool = True) -> Path:
     """Raise :class:`ModelError` unless ``folder`` is a loadable, safe Hugging Face model folder."""
     folder = Path(folder)
@@ -102,14 +96,6 @@ def check_model_folder(folder: str | Path, *, need_weights: bool = True) -> Path
     return folder
 
 
-def _offline_hint(name: str, exc: Exception) -> ModelError:
-    return ModelError(
-        f"could not load {name!r}: it is not a local folder and it could not be fetched from the Hugging Face hub "
-        f"({type(exc).__name__}). Loading by name needs the hub; without network, download it elsewhere "
-        f"(e.g. `hf download {name} --local-dir DIR`) and pass --model DIR."
-    )
-
-
 def load_model_config(name_or_path: str | Path) -> Any:
     """The model's ``AutoConfig`` (a checked local folder or a hub name), without loading weights."""
     from transformers import AutoConfig
@@ -120,7 +106,7 @@ def load_model_config(name_or_path: str | Path) -> Any:
     try:
         return AutoConfig.from_pretrained(name, trust_remote_code=False)
     except OSError as exc:
-        raise _offline_hint(name, exc) from None
+        raise offline_hint(name, exc) from None
 
 
 def load_tokenizer(name_or_path: str | Path) -> Any:
@@ -134,12 +120,21 @@ def load_tokenizer(name_or_path: str | Path) -> Any:
     except (OSError, ValueError) as exc:
         if is_local(name):
             raise ModelError(f"{name} does not hold a tokenizer that transformers can load: {exc}") from None
-        raise _offline_hint(name, exc) from None
+        raise offline_hint(name, exc) from None
 
 
-def label_maps() -> tuple[dict[int, str], dict[str, int]]:
-    id2label = dict(enumerate(LABELS))
-    return id2label, {v: k for k, v in id2label.items()}
+HEAD_KINDS: dict[str, str] = {"hybrid": "arena.hybrid:load_hybrid"}
+"""Head kinds a checkpoint's ``arena.json`` may name, each with its loader ``(folder, spec) -> nn.Module``.
+A head module registers here by name (imported lazily), so it never needs to import this module."""
+
+
+def head_loader(folder: str | Path, kind: Any) -> Any:
+    import importlib
+
+    if kind not in HEAD_KINDS:
+        raise ModelError(f"{folder}: unknown head kind {kind!r} in {ARENA_META} (known: {', '.join(HEAD_KINDS)})")
+    module, _, func = HEAD_KINDS[kind].partition(":")
+    return getattr(importlib.import_module(module), func)
 
 
 def load_classifier(name_or_path: str | Path, *, random_init_from: str | Path | None = None,
@@ -163,11 +158,7 @@ def load_classifier(name_or_path: str | Path, *, random_init_from: str | Path | 
         config = load_model_config(name)
         head = read_meta(name).head
         if head is not None:
-            from arena.hybrid import KIND, load_hybrid
-
-            if head.get("kind") != KIND:
-                raise ModelError(f"{name}: unknown head kind {head.get('kind')!r} in {ARENA_META}")
-            return load_hybrid(name, head)
+            return head_loader(name, head.get("kind"))(name, head)
         if require_three_labels and config.num_labels != 3:
             raise ModelError(f"{name} has a {config.num_labels}-label head; arena needs 3 labels (a, b, tie)")
     kwargs: dict[str, Any] = dict(use_safetensors=True, trust_remote_code=False)
@@ -178,7 +169,7 @@ def load_classifier(name_or_path: str | Path, *, random_init_from: str | Path | 
     except OSError as exc:
         if is_local(name):
             raise ModelError(f"cannot load the model in {name}: {exc}") from None
-        raise _offline_hint(name, exc) from None
+        raise offline_hint(name, exc) from None
     except Exception as exc:  # a truncated or corrupt safetensors file raises the library's own error types
         if is_local(name):
             raise ModelError(f"cannot load the weights in {name} ({type(exc).__name__}: {exc}); the checkpoint "

@@ -4,7 +4,7 @@ Each cell is timed twice:
 
 * end to end: records -> probabilities, tokenization included. The ``notebook`` policy tokenizes inside the loop,
   batch by batch in file order, as the starter notebook did; ``padded`` and ``sorted`` go through
-  :class:`~arena.infer.pipeline.Scorer` (encoding overlapped with compute);
+  :class:`~arena.scoring.Scorer` (encoding overlapped with compute);
 * model only: the same batches from pre-encoded rows, so the backend's own speed is visible.
 
 Warm-up passes are excluded; each timing is the median of ``repeats`` passes, and batch latencies are pooled over
@@ -28,7 +28,7 @@ from arena.batching import default_max_tokens, padding_stats, plan_batches
 from arena.data import Record
 from arena.encode import ArenaEncoder, pad_batch
 from arena.errors import ConfigError
-from arena.infer.pipeline import ScoreConfig, Scorer
+from arena.scoring import ScoreConfig, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def run_cell(spec: CellSpec, model_dir: Path, records: list[Record], *, batch_si
              encode_workers: int = 0) -> CellResult:
     from dataclasses import replace
 
-    from arena.infer.loading import open_model
+    from arena.loading import open_model
 
     gc.collect()
     _reset_peak_rss()

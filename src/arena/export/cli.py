@@ -103,13 +103,13 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
 
     import numpy as np
 
+    from arena.artifacts import write_manifest
+    from arena.backends.onnx import OnnxBackend
+    from arena.backends.torch import TorchBackend
     from arena.data import has_labels, read_records, resolve_csv
     from arena.export import optimize as ort_opt
-    from arena.export.manifest import write_manifest
     from arena.export.onnx import export_onnx
     from arena.export.parity import Tolerance, compare
-    from arena.infer.backends.onnx import OnnxBackend
-    from arena.infer.backends.torch import TorchBackend
     from arena.io import atomic_dir, sha256_file
     from arena.modeling import check_model_folder, load_classifier, load_tokenizer, read_meta
 
@@ -119,7 +119,7 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
         raise ConfigError(f"--out {out} already exists with other content; choose a new folder or pass --overwrite")
     if trt:  # say what is missing before spending minutes on the ONNX part
-        from arena.export.tensorrt import tensorrt_available
+        from arena.backends.tensorrt import tensorrt_available
 
         ok, why = tensorrt_available()
         if not ok:
@@ -223,8 +223,10 @@ def _build_trt(folder: Path, records, tokenizer, encoder_cfg, buckets: int, max_
                workspace_gib: float, n_features: int = 0) -> dict[str, Any]:  # pragma: no cover - needs TensorRT
     import tensorrt as trt_mod
 
+    from arena.artifacts import engine_filename, engine_key, slug
+    from arena.backends.tensorrt import gpu_identity
     from arena.encode import ArenaEncoder
-    from arena.export.tensorrt import build_engine, engine_filename, engine_key, gpu_identity, plan_profiles, slug
+    from arena.export.tensorrt import build_engine, plan_profiles
     from arena.io import sha256_file
 
     lengths = ArenaEncoder(tokenizer, encoder_cfg).encode(records).lengths

@@ -14,13 +14,12 @@ from typing import Any
 
 import torch
 
+from arena.artifacts import FEATURES, TOKEN_INPUTS
+from arena.artifacts import LOGITS as OUTPUT_NAME
 from arena.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-INPUT_NAMES = ("input_ids", "attention_mask")
-FEATURES = "features"
-OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 17
 EXPORTERS = ("torchscript", "dynamo")
 TWO_GB = 2 * 1024**3
@@ -75,7 +74,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, opset: int = DEFAUL
     ids = torch.randint(5, 1000, (2, sample_length), dtype=torch.int64)
     mask = torch.ones_like(ids)
     mask[1, sample_length // 2:] = 0
-    names = [*INPUT_NAMES, FEATURES] if hybrid else list(INPUT_NAMES)
+    names = [*TOKEN_INPUTS, FEATURES] if hybrid else list(TOKEN_INPUTS)
     args: tuple[torch.Tensor, ...] = (ids, mask)
     axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "sequence"},
                                        "attention_mask": {0: "batch", 1: "sequence"}, OUTPUT_NAME: {0: "batch"}}
@@ -108,34 +107,3 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, opset: int = DEFAUL
     if hybrid:
         info["features"] = list(model.feature_names)
     return info
-
-
-def check_onnx_file(path: str | Path) -> None:
-    """Refuse a corrupt ONNX file, or one whose external data points outside its folder."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path} does not exist")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and friends for truncated files
-        raise ModelError(f"{path} is not a readable ONNX file ({type(exc).__name__}): it may be truncated") from None
-    root = path.parent.resolve()
-    for tensor in _external_tensors(proto):
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                target = (root / entry.value).resolve()
-                if root != target and root not in target.parents:
-                    raise ModelError(
-                        f"{path}: tensor {tensor.name!r} keeps its data at {entry.value!r}, outside the model "
-                        "folder; refusing to read it"
-                    )
-
-
-def _external_tensors(proto: Any):
-    from onnx.external_data_helper import _get_all_tensors
-
-    for tensor in _get_all_tensors(proto):
-        if tensor.data_location == 1:  # TensorProto.EXTERNAL
-            yield tensor

@@ -16,49 +16,18 @@ FP16. :func:`build_engine` keeps those layers (and Pow/Sqrt/Div of the normalisa
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import re
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from arena.artifacts import Profile
 from arena.batching import round_up
-from arena.errors import BackendUnavailable, ConfigError, ModelError
+from arena.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
-INPUTS = ("input_ids", "attention_mask")
-FEATURES = "features"
-
-
-@dataclass(frozen=True)
-class Profile:
-    """One optimisation profile: shapes (batch, sequence) at min / opt / max."""
-
-    seq_min: int
-    seq_opt: int
-    seq_max: int
-    batch_min: int
-    batch_opt: int
-    batch_max: int
-
-    def fits(self, batch: int, seq: int) -> bool:
-        return self.seq_min <= seq <= self.seq_max and self.batch_min <= batch <= self.batch_max
-
-    def shapes(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-        return (self.batch_min, self.seq_min), (self.batch_opt, self.seq_opt), (self.batch_max, self.seq_max)
-
-    def input_shapes(self, n_features: int = 0) -> dict[str, tuple[tuple[int, ...], ...]]:
-        """min / opt / max shape of every engine input: the token inputs are (batch, sequence); a hybrid model's
-        ``features`` input is (batch, n_features), its batch range the same as the tokens'."""
-        out: dict[str, tuple[tuple[int, ...], ...]] = {name: self.shapes() for name in INPUTS}
-        if n_features:
-            out[FEATURES] = tuple((b, n_features) for b in (self.batch_min, self.batch_opt, self.batch_max))
-        return out
 
 
 def plan_profiles(lengths: np.ndarray, *, max_length: int, max_tokens: int, max_batch: int = 256,
@@ -92,67 +61,6 @@ def plan_profiles(lengths: np.ndarray, *, max_length: int, max_tokens: int, max_
         profiles.append(Profile(lo, opt, hi, 1, b_opt, b_max))
         lo = hi + multiple
     return profiles
-
-
-def pick_profile(profiles: list[Profile], batch: int, seq: int) -> int:
-    """Index of the first profile whose ranges hold (batch, seq); the smallest such bucket comes first."""
-    for i, p in enumerate(profiles):
-        if p.fits(batch, seq):
-            return i
-    raise ConfigError(f"no TensorRT profile holds a batch of {batch} x {seq} tokens; rebuild with a wider plan")
-
-
-def slug(text: str) -> str:
-    """A file-name-safe form of a GPU name or version."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-def engine_key(onnx_sha256: str, gpu_name: str, compute_capability: str, trt_version: str, precision: str,
-               profiles: list[Profile]) -> str:
-    """Identity of an engine: it only runs where all of these match."""
-    blob = json.dumps({"onnx": onnx_sha256, "gpu": gpu_name, "cc": compute_capability, "trt": trt_version,
-                       "precision": precision, "profiles": [asdict(p) for p in profiles]}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def engine_filename(gpu_name: str, trt_version: str, precision: str, key: str) -> str:
-    return f"model.{precision}.{slug(gpu_name)}.trt{trt_version}.{key[:12]}.engine"
-
-
-def check_engine(entry: dict[str, Any], *, gpu_name: str, compute_capability: str, trt_version: str,
-                 onnx_sha256: str) -> None:
-    """Raise :class:`BackendUnavailable` naming what differs between the engine's build and this machine."""
-    wanted = {"gpu_name": gpu_name, "compute_capability": compute_capability, "tensorrt_version": trt_version,
-              "onnx_sha256": onnx_sha256}
-    diffs = [f"{k}: engine {entry.get(k)!r} vs here {v!r}" for k, v in wanted.items() if entry.get(k) != v]
-    if diffs:
-        raise BackendUnavailable(
-            "the TensorRT engine was built for another setup (" + "; ".join(diffs) + "). Rebuild it here with "
-            "`arena-export CHECKPOINT --out DIR --trt`, or use --backend onnx/torch."
-        )
-
-
-def tensorrt_available() -> tuple[bool, str]:
-    """(available, reason) without importing anything heavy when it is not."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False, "the tensorrt package is not installed (pip install 'arena-toolkit[gpu]')"
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return False, "no CUDA GPU is visible to PyTorch; TensorRT engines need an NVIDIA GPU"
-    except ImportError:
-        return False, "PyTorch is not installed"
-    return True, "ok"
-
-
-def gpu_identity() -> tuple[str, str]:
-    import torch
-
-    major, minor = torch.cuda.get_device_capability()
-    return torch.cuda.get_device_name(), f"{major}.{minor}"
 
 
 # --------------------------------------------------------------------------------------------------- GPU only
@@ -218,56 +126,3 @@ def build_engine(onnx_path: Path, engine_path: Path, profiles: list[Profile], *,
     if timing_cache is not None:
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     return {"layers": network.num_layers, "layers_kept_fp32": kept_fp32, "workspace_gib": workspace_gib}
-
-
-class TensorRTRunner:  # pragma: no cover - needs TensorRT and a GPU
-    """Run an engine: pick the profile that fits each batch, bind torch CUDA buffers, execute on a stream."""
-
-    def __init__(self, engine_path: Path, profiles: list[Profile], *, n_features: int = 0) -> None:
-        import tensorrt as trt
-        import torch
-
-        self.torch = torch
-        self.profiles = profiles
-        self.n_features = n_features
-        self.needs_features = n_features > 0
-        logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(logger)
-        data = Path(engine_path).read_bytes()
-        self.engine = self.runtime.deserialize_cuda_engine(data)
-        if self.engine is None:
-            raise ModelError(f"{engine_path} is not a TensorRT engine this TensorRT version can load (corrupt?)")
-        self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream()
-        self.input_dtypes = {n: self.engine.get_tensor_dtype(n) for n in INPUTS}
-        self.current = -1
-
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-                 features: np.ndarray | None = None) -> np.ndarray:
-        import tensorrt as trt
-
-        torch = self.torch
-        batch, seq = input_ids.shape
-        k = pick_profile(self.profiles, batch, seq)
-        if k != self.current:
-            self.context.set_optimization_profile_async(k, self.stream.cuda_stream)
-            self.current = k
-        tensors = {}
-        for name, array in (("input_ids", input_ids), ("attention_mask", attention_mask)):
-            dtype = torch.int32 if self.input_dtypes[name] == trt.int32 else torch.int64
-            tensors[name] = torch.from_numpy(array).to("cuda", dtype=dtype, non_blocking=True)
-            self.context.set_input_shape(name, (batch, seq))
-        if self.n_features:
-            if features is None or features.shape != (batch, self.n_features):
-                raise ConfigError(f"this engine takes a ({batch}, {self.n_features}) features input")
-            tensors[FEATURES] = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to("cuda")
-            self.context.set_input_shape(FEATURES, (batch, self.n_features))
-        out = torch.empty((batch, 3), dtype=torch.float32, device="cuda")
-        for name, t in tensors.items():
-            self.context.set_tensor_address(name, t.data_ptr())
-        self.context.set_tensor_address("logits", out.data_ptr())
-        with torch.cuda.stream(self.stream):
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise ModelError("TensorRT execution failed")
-        self.stream.synchronize()
-        return out.cpu().numpy()

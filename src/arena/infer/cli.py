@@ -69,11 +69,11 @@ def run_infer(test_csv: Path, model: Path, out: Path, *, backend: str = "auto", 
 
     from arena.batching import default_max_tokens
     from arena.data import iter_records
-    from arena.infer.loading import open_model
-    from arena.infer.pipeline import ScoreConfig, Scorer, Timings
-    from arena.infer.rules import parse_rules
     from arena.infer.sharded import ShardedRunner, parse_devices
     from arena.infer.submission import submission_writer
+    from arena.loading import open_model
+    from arena.rules import parse_rules
+    from arena.scoring import ScoreConfig, Scorer, Timings
 
     shards = parse_devices(devices)
     loaded = open_model(model, backend=backend, precision=precision, threads=threads, compile=compile,

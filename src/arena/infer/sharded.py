@@ -20,7 +20,7 @@ _RUNNER: Any = None
 
 def _init(folder: str, backend: str, precision: str, devices: Any, threads: int | None) -> None:
     global _RUNNER
-    from arena.infer.loading import open_model
+    from arena.loading import open_model
 
     device = devices.get()
     _RUNNER = open_model(folder, backend=backend, precision=precision, device=device, threads=threads).runner

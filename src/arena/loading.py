@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from arena.artifacts import read_manifest
+from arena.backends.base import Choice, choose_backend
 from arena.encode import ArenaEncoder, EncoderConfig
 from arena.errors import BackendUnavailable, ConfigError, ModelError
-from arena.infer.backends.base import Choice, choose_backend, read_manifest
 from arena.modeling import load_tokenizer, read_meta
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
         raise ModelError(f"model folder {folder} does not exist")
     manifest = read_manifest(folder)
     if manifest is not None:
-        from arena.export.manifest import verify_files
+        from arena.artifacts import verify_files
 
         encoder_cfg = EncoderConfig.from_dict(manifest.get("encoder", {}))
         temperature = float(manifest.get("temperature", 1.0))
@@ -69,7 +70,7 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
     if choice.backend == "onnx":
         import onnxruntime as ort
 
-        from arena.infer.backends.onnx import OnnxBackend
+        from arena.backends.onnx import OnnxBackend
 
         dev = device if device != "auto" else (
             "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu")
@@ -79,12 +80,12 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
         runner = OnnxBackend(path, device=dev, threads=threads)
         desc = f"onnx ({path.name}, {prec}, {dev})"
     elif choice.backend == "torch":
-        from arena.infer.backends.torch import TorchBackend
+        from arena.backends.torch import TorchBackend
 
         runner = TorchBackend(folder, device=device, precision=precision, compile=compile, threads=threads)
         desc = f"torch ({runner.precision}, {runner.device}{', compiled' if compile else ''})"
     else:  # pragma: no cover - needs TensorRT and a GPU
-        from arena.infer.backends.tensorrt import TensorRTBackend
+        from arena.backends.tensorrt import TensorRTBackend
 
         runner = TensorRTBackend(folder, manifest or {})
         desc = "tensorrt (fp16 engine)"

@@ -22,9 +22,9 @@ import numpy as np
 from arena.batching import default_max_tokens, padding_stats, plan_batches
 from arena.data import Record
 from arena.encode import ArenaEncoder, Encoded, EncoderConfig, pad_batch
-from arena.infer.rules import apply_rules
-from arena.infer.tta import combine_swap
 from arena.metrics import softmax
+from arena.rules import apply_rules
+from arena.tta import combine_swap
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class ScoreConfig:
     encode_workers: int = 0
     """0: encode in a background thread; N > 1: in N worker processes."""
     rules: tuple[str, ...] = ()
-    """Post-processing rules (:mod:`arena.infer.rules`)."""
+    """Post-processing rules (:mod:`arena.rules`)."""
 
 
 @dataclass

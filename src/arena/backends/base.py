@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from arena.artifacts import read_manifest
 from arena.errors import BackendUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
@@ -32,16 +32,6 @@ class Choice:
     backend: str
     reason: str
     options: dict[str, Any] = field(default_factory=dict)
-
-
-def read_manifest(folder: Path) -> dict[str, Any] | None:
-    path = folder / "manifest.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
 
 
 def _cuda() -> bool:
@@ -88,7 +78,7 @@ def choose_backend(requested: str, folder: Path, *, precision: str = "auto") -> 
             raise BackendUnavailable(f"{folder} has no model.safetensors for the torch backend")
         return Choice("torch", "asked for")
     if engines and cuda:
-        from arena.export.tensorrt import tensorrt_available
+        from arena.backends.tensorrt import tensorrt_available
 
         ok, why = tensorrt_available()
         if ok:

@@ -14,7 +14,7 @@ def make_session(path: str | Path, *, device: str = "cpu", threads: int | None =
     """An InferenceSession with full graph optimisation; refuses corrupt files and escaping external data."""
     import onnxruntime as ort
 
-    from arena.export.onnx import check_onnx_file
+    from arena.artifacts import check_onnx_file
 
     check_onnx_file(path)
     opts = ort.SessionOptions()
