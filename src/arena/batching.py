@@ -10,6 +10,7 @@ Training uses :func:`length_grouped_batches`: random, but rows of similar length
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,11 +38,31 @@ def default_max_tokens(device: str, max_length: int, model_type: str | None = No
     return rows * round_up(max_length, 8)
 
 
+def resolve_budget(requested: int | None, *, device: str, max_length: int, limit: int | None = None,
+                   model_type: str | None = None) -> int:
+    """The token budget per batch, decided once: the user's ``--max-tokens``, else :func:`default_max_tokens`;
+    never above ``limit`` (what the backend was built for, e.g. a TensorRT engine's planned budget).
+
+    An explicit request beyond the limit is an error naming both numbers; the default is lowered to it.
+    """
+    if requested is not None and requested < 1:
+        raise ConfigError(f"--max-tokens must be positive, got {requested}")
+    budget = requested if requested is not None else default_max_tokens(device, max_length, model_type)
+    if limit is not None and budget > limit:
+        if requested is not None:
+            raise ConfigError(f"--max-tokens {requested} is more than this model's backend takes in one batch "
+                              f"({limit}); use --max-tokens {limit} or less, or rebuild it for a larger budget")
+        budget = limit
+    return budget
+
+
 def token_budget_batches(lengths: np.ndarray, max_tokens: int, max_batch: int = 256,
-                         pad_multiple: int = 8) -> list[np.ndarray]:
+                         pad_multiple: int = 8, max_rows: Callable[[int], int] | None = None) -> list[np.ndarray]:
     """Length-sorted batches (longest first) with ``len(batch) * padded_length <= max_tokens``.
 
-    Every index appears in exactly one batch. Raises :class:`ConfigError` if a single row does not fit the budget.
+    ``max_rows(padded_length)``, when given, caps the rows of a batch at that length: a backend's limits
+    (:meth:`arena.backends.base.Limits.max_rows`, e.g. the TensorRT profile that holds that length).
+    Every index appears in exactly one batch. Raises :class:`ConfigError` if a single row does not fit.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     if len(lengths) == 0:
@@ -55,7 +76,11 @@ def token_budget_batches(lengths: np.ndarray, max_tokens: int, max_batch: int = 
     n = len(order)
     while start < n:
         padded = round_up(max(int(lengths[order[start]]), 1), pad_multiple)  # the longest row of this batch
-        size = max(1, min(max_batch, max_tokens // padded, n - start))
+        cap = max_batch if max_rows is None else min(max_batch, max_rows(padded))
+        if cap < 1:
+            raise ConfigError(f"the backend takes no batch of rows padded to {padded} tokens (its limits: see the "
+                              "model's description); lower --max-length or rebuild the model for that length")
+        size = max(1, min(cap, max_tokens // padded, n - start))
         batches.append(order[start:start + size])
         start += size
     return batches
@@ -89,16 +114,26 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, *,
     return [batches[k] for k in order]
 
 
-def plan_batches(policy: str, lengths: np.ndarray, *, batch_size: int, max_tokens: int,
-                 max_length: int) -> tuple[list[np.ndarray], int | None]:
-    """Batches for a named policy, and the fixed padded length (``padded``) or None (pad to batch max)."""
-    if policy == "notebook":
-        return fixed_batches(len(lengths), batch_size), None
-    if policy == "padded":
-        return fixed_batches(len(lengths), batch_size), max_length
+def plan_batches(policy: str, lengths: np.ndarray, *, batch_size: int, max_tokens: int, max_length: int,
+                 max_rows: Callable[[int], int] | None = None) -> tuple[list[np.ndarray], int | None]:
+    """Batches for a named policy, and the fixed padded length (``padded``) or None (pad to batch max).
+
+    ``max_rows``: the backend's cap on rows at a padded length (see :func:`token_budget_batches`); the fixed-size
+    policies check their batches against it too.
+    """
     if policy == "sorted":
-        return token_budget_batches(lengths, max_tokens, max_batch=max(batch_size, 1)), None
-    raise ConfigError(f"unknown batch policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        return token_budget_batches(lengths, max_tokens, max_batch=max(batch_size, 1), max_rows=max_rows), None
+    if policy not in ("notebook", "padded"):
+        raise ConfigError(f"unknown batch policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    batches = fixed_batches(len(lengths), batch_size)
+    fixed = max_length if policy == "padded" else None
+    if max_rows is not None:
+        for b in batches:
+            width = fixed or round_up(int(np.asarray(lengths)[b].max()), 1)
+            if len(b) > max_rows(width):
+                raise ConfigError(f"--batch-size {batch_size}: the backend takes at most {max_rows(width)} rows "
+                                  f"of {width} tokens; lower --batch-size or use --policy sorted")
+    return batches, fixed
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from arena.artifacts import read_manifest
-from arena.backends.base import Choice, choose_backend
+from arena.backends.base import Choice, Limits, choose_backend
 from arena.encode import ArenaEncoder, EncoderConfig
 from arena.errors import BackendUnavailable, ConfigError, ModelError
 from arena.modeling import load_tokenizer, read_meta
@@ -77,18 +77,16 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
         path, prec = _onnx_artifact(folder, manifest, precision, dev)
         if manifest is not None:
             verify_files(folder, manifest, [path.name])
-        runner = OnnxBackend(path, device=dev, threads=threads)
-        desc = f"onnx ({path.name}, {prec}, {dev})"
+        runner = OnnxBackend(path, device=dev, threads=threads, precision=prec,
+                             limits=Limits(max_length=_onnx_max_length(manifest)))
     elif choice.backend == "torch":
         from arena.backends.torch import TorchBackend
 
         runner = TorchBackend(folder, device=device, precision=precision, compile=compile, threads=threads)
-        desc = f"torch ({runner.precision}, {runner.device}{', compiled' if compile else ''})"
     else:  # pragma: no cover - needs TensorRT and a GPU
         from arena.backends.tensorrt import TensorRTBackend
 
         runner = TensorRTBackend(folder, manifest or {})
-        desc = "tensorrt (fp16 engine)"
     needs = bool(getattr(runner, "needs_features", False))
     if needs != encoder_cfg.features:  # the model decides whether rows need features (the hybrid head's input)
         from dataclasses import replace
@@ -96,7 +94,7 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
         if needs:
             log.warning("%s: the model takes features but its encoder settings do not say so; computing them", folder)
         encoder = ArenaEncoder(tokenizer, replace(encoder_cfg, features=needs))
-    return LoadedModel(folder, runner, encoder, temperature, choice, desc, model_type)
+    return LoadedModel(folder, runner, encoder, temperature, choice, runner.description, model_type)
 
 
 def _config_model_type(folder: Path) -> str | None:
@@ -106,3 +104,9 @@ def _config_model_type(folder: Path) -> str | None:
         return json.loads((folder / "config.json").read_text()).get("model_type")
     except (OSError, ValueError):
         return None
+
+
+def _onnx_max_length(manifest: dict[str, Any] | None) -> int | None:
+    """The longest sequence an exported model accepts: what its architecture allows (recorded at export)."""
+    value = ((manifest or {}).get("model") or {}).get("max_positions")
+    return int(value) if value else None

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from arena.artifacts import ATTENTION_MASK, FEATURES, INPUT_IDS, LOGITS
+from arena.backends.base import Limits
 from arena.errors import BackendUnavailable, ConfigError, ModelError
 
 
@@ -37,7 +39,8 @@ def make_session(path: str | Path, *, device: str = "cpu", threads: int | None =
 class OnnxBackend:
     name = "onnx"
 
-    def __init__(self, path: str | Path, *, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, *, device: str = "auto", threads: int | None = None,
+                 precision: str = "fp32", limits: Limits = Limits()) -> None:
         import onnxruntime as ort
 
         if device == "auto":
@@ -46,23 +49,29 @@ class OnnxBackend:
         self.path = Path(path)
         self.session = make_session(path, device=device, threads=threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.needs_features = "features" in self.input_names
+        self.needs_features = FEATURES in self.input_names
+        self.precision = precision
+        self.limits = limits
         self._binding = device.startswith("cuda")
+
+    @property
+    def description(self) -> str:
+        return f"onnx ({self.path.name}, {self.precision}, {self.device})"
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                  features: np.ndarray | None = None) -> np.ndarray:
-        feeds = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
-                 "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)}
+        feeds = {INPUT_IDS: np.ascontiguousarray(input_ids, dtype=np.int64),
+                 ATTENTION_MASK: np.ascontiguousarray(attention_mask, dtype=np.int64)}
         if self.needs_features:
             if features is None:
                 raise ConfigError(f"{self.path.name} is a hybrid model: it needs the rows' features as a third input")
-            feeds["features"] = np.ascontiguousarray(features, dtype=np.float32)
+            feeds[FEATURES] = np.ascontiguousarray(features, dtype=np.float32)
         feeds = {k: v for k, v in feeds.items() if k in self.input_names}
         if self._binding:  # pragma: no cover - needs onnxruntime-gpu
             binding = self.session.io_binding()
             for name, value in feeds.items():
                 binding.bind_cpu_input(name, value)
-            binding.bind_output("logits", "cuda")
+            binding.bind_output(LOGITS, "cuda")
             self.session.run_with_iobinding(binding)
             return binding.copy_outputs_to_cpu()[0].astype(np.float32)
-        return self.session.run(["logits"], feeds)[0].astype(np.float32)
+        return self.session.run([LOGITS], feeds)[0].astype(np.float32)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from arena.artifacts import FEATURES, TOKEN_INPUTS, Profile, check_engine, pick_profile
+from arena.backends.base import Limits, ShapeRange
 from arena.errors import BackendUnavailable, ConfigError, ModelError
 
 
@@ -112,6 +113,9 @@ class TensorRTBackend:  # pragma: no cover - needs TensorRT and a GPU
             self.runner = TensorRTRunner(folder / entry["file"], profiles, n_features=int(entry.get("features", 0)))
             self.profiles = profiles
             self.needs_features = self.runner.needs_features
+            self.limits = Limits(max_length=max(p.seq_max for p in profiles),
+                                 ranges=tuple(ShapeRange(p.seq_min, p.seq_max, p.batch_max) for p in profiles))
+            self.description = f"tensorrt ({entry['file']}, {entry.get('precision', 'fp16')}, cuda)"
             return
         raise last if section.get("engines") else BackendUnavailable(f"{folder} has no TensorRT engines")
 

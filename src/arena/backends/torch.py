@@ -1,4 +1,5 @@
-"""PyTorch backend: eager fp32/fp16/bf16, optional torch.compile on GPU (dynamic shapes: compiled once)."""
+"""PyTorch backend: eager fp32, or fp16/bf16 under autocast (the numerics training uses: the weights stay fp32 and
+autocast decides per op, so normalisation and softmax keep fp32); optional torch.compile (dynamic shapes)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from arena.backends.base import Limits
 from arena.errors import ConfigError
 from arena.hybrid import forward_logits, is_hybrid
-from arena.modeling import load_classifier
+from arena.modeling import load_classifier, max_supported_length
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -31,14 +33,18 @@ class TorchBackend:
         if precision == "fp16" and not self.device.startswith("cuda"):
             raise ConfigError("fp16 inference needs a GPU; use fp32 or bf16 on the CPU")
         self.precision = precision
+        self.compiled = compile
         if model is None:
             model = load_classifier(folder, require_three_labels=True)
         self.model = model.eval().to(self.device)
-        if precision != "fp32" and self.device.startswith("cuda"):
-            self.model = self.model.to(DTYPES[precision])
-        self._autocast = precision == "bf16" and not self.device.startswith("cuda")
+        self._autocast = DTYPES[precision] if precision != "fp32" else None
         self.forward = torch.compile(self.model, dynamic=True) if compile else self.model
         self.needs_features = is_hybrid(self.model)
+        self.limits = Limits(max_length=max_supported_length(self.model.config))
+
+    @property
+    def description(self) -> str:
+        return f"torch ({self.precision}, {self.device}{', compiled' if self.compiled else ''})"
 
     @torch.inference_mode()
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
@@ -50,7 +56,8 @@ class TorchBackend:
             if features is None:
                 raise ConfigError("this is a hybrid model: it needs the rows' features as a third input")
             feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self._autocast else contextlib.nullcontext()
+        ctx = (torch.autocast(torch.device(self.device).type, dtype=self._autocast) if self._autocast is not None
+               else contextlib.nullcontext())
         with ctx:
             logits = forward_logits(self.forward, ids, mask, feats)
         return logits.float().cpu().numpy()
