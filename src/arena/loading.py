@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from arena.artifacts import read_manifest
-from arena.backends.base import Choice, Limits, choose_backend
+from arena.backends.base import Choice, choose_backend
+from arena.backends.contract import Limits
 from arena.encode import ArenaEncoder, EncoderConfig
 from arena.errors import BackendUnavailable, ConfigError, ModelError
 from arena.modeling import load_tokenizer, read_meta

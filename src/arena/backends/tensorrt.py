@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from arena.artifacts import FEATURES, TOKEN_INPUTS, Profile, check_engine, pick_profile
-from arena.backends.base import Limits, ShapeRange
+from arena.backends.contract import Limits, ShapeRange
 from arena.errors import BackendUnavailable, ConfigError, ModelError
 
 

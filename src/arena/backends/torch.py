@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arena.backends.base import Limits
+from arena.backends.contract import Limits
 from arena.errors import ConfigError
 from arena.hybrid import forward_logits, is_hybrid
 from arena.modeling import load_classifier, max_supported_length

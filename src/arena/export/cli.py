@@ -20,13 +20,14 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "added_tokens.json", "vocab.txt", "config.json", "arena.json")
 
 
-def parity_batches(records, tokenizer, encoder_cfg, shapes: list[tuple[int, int]]):
-    """Real rows encoded and padded to exactly each (batch, sequence) shape; the longest rows first."""
+def parity_batches(records, tokenizer, encoder_cfg, shapes: list[tuple[int, int]], executor):
+    """Real rows encoded and padded (by the executor that inference uses) to exactly each (batch, sequence) shape;
+    the longest rows first, cut to the sequence length."""
     from dataclasses import replace
 
     import numpy as np
 
-    from arena.encode import ArenaEncoder, pad_batch
+    from arena.encode import ArenaEncoder, Encoded
     from arena.export.parity import ParityBatch
 
     out = []
@@ -35,12 +36,12 @@ def parity_batches(records, tokenizer, encoder_cfg, shapes: list[tuple[int, int]
         rows = records[: max(batch * 4, batch)]
         encoded = enc.encode(rows)
         pick = np.argsort(-encoded.lengths, kind="stable")[:batch]
-        ids = [encoded.ids[i][:seq] for i in pick]
-        input_ids, mask = pad_batch(ids, tokenizer.pad_token_id or 0, length=seq)
+        cut = Encoded([encoded.ids[i][:seq] for i in pick], features=encoded.feature_rows(pick))
+        padded = executor.prepare(cut, [np.arange(len(pick))], length=seq).batches[0]
         labels = None
         if all(rows[i].label is not None for i in pick):
             labels = np.array([rows[i].label for i in pick])
-        out.append(ParityBatch(input_ids, mask, labels, encoded.feature_rows(pick)))
+        out.append(ParityBatch(padded.input_ids, padded.attention_mask, labels, padded.features))
     return out
 
 
@@ -107,6 +108,7 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
     from arena.backends.onnx import OnnxBackend
     from arena.backends.torch import TorchBackend
     from arena.data import has_labels, read_records, resolve_csv
+    from arena.executor import BatchExecutor
     from arena.export import optimize as ort_opt
     from arena.export.onnx import export_onnx
     from arena.export.parity import Tolerance, compare
@@ -140,8 +142,9 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
     if len(records) < max(b for b, _ in shapes):
         raise ConfigError(f"{path} has {len(records)} rows; the parity check needs at least "
                           f"{max(b for b, _ in shapes)}")
-    batches = parity_batches(records, tokenizer, meta.encoder, shapes)
     reference = TorchBackend(model=model, device="cpu", precision="fp32")
+    executor = BatchExecutor(reference, pad_id=tokenizer.pad_token_id or 0, max_length=max_length)
+    batches = parity_batches(records, tokenizer, meta.encoder, shapes, executor)
     ref_cache: dict[int, np.ndarray] = {}
     reports: dict[str, Any] = {}
     artifacts: dict[str, Any] = {}
@@ -189,7 +192,8 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                 "source_checkpoint": str(checkpoint.resolve()),
                 "model": {"model_type": model.config.model_type, "num_labels": model.config.num_labels,
                           "hidden_size": model.config.hidden_size,
-                          "num_hidden_layers": model.config.num_hidden_layers},
+                          "num_hidden_layers": model.config.num_hidden_layers,
+                          "max_positions": reference.limits.max_length},
                 "head": meta.head or {"kind": "hf"},
                 "onnx": {**info, "inputs": _input_specs(info),
                          "outputs": [{"name": "logits", "dtype": "float32", "dims": ["batch", 3]}]},

@@ -67,7 +67,6 @@ def run_infer(test_csv: Path, model: Path, out: Path, *, backend: str = "auto", 
               device: str = "auto", devices: str | None = None, rules: str | None = None) -> dict:
     from tqdm.auto import tqdm
 
-    from arena.batching import default_max_tokens
     from arena.data import iter_records
     from arena.infer.sharded import ShardedRunner, parse_devices
     from arena.infer.submission import submission_writer
@@ -84,13 +83,10 @@ def run_infer(test_csv: Path, model: Path, out: Path, *, backend: str = "auto", 
                                       threads=per)
         loaded.description += f" x {len(shards)} processes on {', '.join(shards)}"
     log.info("backend %s: %s", loaded.description, loaded.choice.reason)
-    if max_tokens is None:
-        max_tokens = default_max_tokens(getattr(loaded.runner, "device", "cpu"), loaded.encoder.config.max_length,
-                                        loaded.model_type)
     config = ScoreConfig(policy=policy, batch_size=batch_size, max_tokens=max_tokens, chunk_rows=chunk_rows,
                          tta=tta, temperature=loaded.temperature, encode_workers=encode_workers,
                          rules=parse_rules(rules))
-    scorer = Scorer(loaded.runner, loaded.encoder, config, tokenizer_path=model)
+    scorer = Scorer(loaded.runner, loaded.encoder, config, tokenizer_path=model, model_type=loaded.model_type)
     timings = Timings()
     t0 = time.perf_counter()
     try:
@@ -109,7 +105,7 @@ def run_infer(test_csv: Path, model: Path, out: Path, *, backend: str = "auto", 
         if shards is not None:
             loaded.runner.close()
     return {"backend": loaded.description, "reason": loaded.choice.reason, "tta": tta, "policy": policy,
-            "rules": list(config.rules), "max_tokens": max_tokens,
+            "rules": list(config.rules), "max_tokens": scorer.executor.budget,
             **timings.summary()}
 
 
