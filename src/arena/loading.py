@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from arena.artifacts import read_manifest
 from arena.backends.base import Choice, choose_backend
 from arena.backends.contract import Limits
 from arena.encode import ArenaEncoder, EncoderConfig
+from arena.ensemble import DEFAULT_COMBINE
 from arena.errors import BackendUnavailable, ConfigError, ModelError
 from arena.modeling import load_tokenizer, read_meta
 
@@ -111,3 +113,56 @@ def _onnx_max_length(manifest: dict[str, Any] | None) -> int | None:
     """The longest sequence an exported model accepts: what its architecture allows (recorded at export)."""
     value = ((manifest or {}).get("model") or {}).get("max_positions")
     return int(value) if value else None
+
+
+@dataclass
+class LoadedEnsemble:
+    """Every model that scores the rows (one, the folds of a k-fold run, or a blend), with their weights."""
+
+    members: list[LoadedModel]
+    weights: list[float]
+    combine: str
+    weights_reason: str
+
+    @property
+    def description(self) -> str:
+        if len(self.members) == 1:
+            return self.members[0].description
+        kinds = sorted({m.description for m in self.members})
+        return (f"ensemble of {len(self.members)} ({'; '.join(kinds)}), {self.combine} mean, weights "
+                f"{', '.join(f'{w:.3f}' for w in self.weights)} ({self.weights_reason})")
+
+
+def open_models(folders: Sequence[str | Path], *, weights: Sequence[float] | None = None,
+                combine: str = DEFAULT_COMBINE, **options: Any) -> LoadedEnsemble:
+    """Open one model, a fold ensemble (a k-fold training output or its export) or a blend of several folders.
+
+    ``weights``: one per folder (a fold ensemble's weight is shared equally by its folds); None: equal for one
+    folder, else fitted on the folders' out-of-fold predictions (:func:`arena.ensemble.fit_blend_weights`).
+    ``options`` go to :func:`open_model` for every member.
+    """
+    from arena.ensemble import COMBINE, fit_blend_weights, member_folders
+
+    if combine not in COMBINE:
+        raise ConfigError(f"--combine must be one of {', '.join(COMBINE)}; got {combine!r}")
+    folders = [Path(f) for f in folders]
+    if not folders:
+        raise ConfigError("give at least one --model")
+    if weights is not None and len(weights) != len(folders):
+        raise ConfigError(f"--weights has {len(weights)} numbers for {len(folders)} --model folders; give one each")
+    if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
+        raise ConfigError(f"--weights must be non-negative with a positive sum; got {list(weights)}")
+    expanded = [member_folders(f) or [f] for f in folders]
+    if weights is not None:
+        per_folder, reason = list(weights), "given"
+    elif len(folders) == 1:
+        per_folder, reason = [1.0], "equal" if len(expanded[0]) > 1 else "single model"
+    else:
+        fitted, reason = fit_blend_weights(folders, combine)
+        per_folder = list(fitted)
+    members, member_weights = [], []
+    for parts, w in zip(expanded, per_folder, strict=True):
+        for part in parts:
+            members.append(open_model(part, **options))
+            member_weights.append(w / sum(per_folder) / len(parts))
+    return LoadedEnsemble(members, member_weights, combine, reason)

@@ -80,8 +80,8 @@ def check_model_folder(folder: str | Path, *, need_weights: bool = True) -> Path
     if not (folder / "config.json").is_file():
         folds = sorted(p.name for p in folder.glob("fold_*") if (p / "config.json").is_file())
         if folds:
-            raise ModelError(f"{folder} is a k-fold training output; pass one fold's checkpoint, e.g. "
-                             f"{folder / folds[0]} (fold ensembles are not built in yet)")
+            raise ModelError(f"{folder} is a k-fold training output: arena-export and arena-infer take it as a "
+                             f"fold ensemble; here pass one fold's checkpoint, e.g. {folder / folds[0]}")
         raise ModelError(f"{folder} has no config.json: not a Hugging Face / arena checkpoint folder")
     if need_weights and not any((folder / w).is_file() for w in SAFE_WEIGHTS):
         pickled = [w for w in PICKLE_WEIGHTS if (folder / w).is_file()]

@@ -12,12 +12,13 @@ number of rows, each batch tokenized and padded on the same thread right before 
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing as mp
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import numpy as np
 from arena.backends.contract import Backend
 from arena.data import Record
 from arena.encode import ArenaEncoder, Encoded, EncoderConfig
+from arena.ensemble import DEFAULT_COMBINE, combine
 from arena.executor import BatchExecutor, Prepared, Timings
 from arena.metrics import softmax
 from arena.rules import apply_rules
@@ -67,17 +69,41 @@ def _worker_encode(records: list[Record], swap: bool) -> Encoded:
     return _WORKER.encode(records, swap=swap)
 
 
-class Scorer:
-    """Turn records into probabilities with one backend and one batch policy."""
+@dataclass
+class Member:
+    """One model of an ensemble: its own encoder settings, executor (backend + batch plan) and temperature."""
 
-    def __init__(self, runner: Backend, encoder: ArenaEncoder, config: ScoreConfig = ScoreConfig(), *,
-                 tokenizer_path: str | Path | None = None, model_type: str | None = None) -> None:
-        self.runner = runner
-        self.encoder = encoder
+    encoder: ArenaEncoder
+    executor: BatchExecutor
+    temperature: float = 1.0
+    weight: float = 1.0
+
+
+def encoder_signature(encoder: ArenaEncoder) -> tuple:
+    """Members with equal signatures produce identical token ids, so their rows are encoded once."""
+    probe = encoder.tokenizer("Prompt: Hello, world! 123 \u00fcnicode", add_special_tokens=False)["input_ids"]
+    return (type(encoder.tokenizer).__name__, len(encoder.tokenizer), tuple(probe),
+            json.dumps(encoder.config.to_dict(), sort_keys=True))
+
+
+class Scorer:
+    """Turn records into probabilities with one backend (or an ensemble of members) and one batch policy."""
+
+    def __init__(self, runner: Backend | None, encoder: ArenaEncoder | None, config: ScoreConfig = ScoreConfig(), *,
+                 tokenizer_path: str | Path | None = None, model_type: str | None = None,
+                 members: list[Member] | None = None, combine: str = DEFAULT_COMBINE) -> None:
         self.config = config
-        self.executor = BatchExecutor(runner, pad_id=encoder.pad_id, max_length=encoder.config.max_length,
-                                      policy=config.policy, batch_size=config.batch_size,
-                                      max_tokens=config.max_tokens, model_type=model_type)
+        if members is None:
+            members = [Member(encoder, BatchExecutor(runner, pad_id=encoder.pad_id,
+                                                     max_length=encoder.config.max_length, policy=config.policy,
+                                                     batch_size=config.batch_size, max_tokens=config.max_tokens,
+                                                     model_type=model_type), config.temperature)]
+        self.members = members
+        self.combine = combine
+        self.encoder, self.executor = members[0].encoder, members[0].executor
+        self.runner = self.executor.backend
+        keys = [encoder_signature(m.encoder) for m in members] if len(members) > 1 else [()]
+        self._group = [keys.index(k) for k in keys]  # member -> the first member with its encoding
         self._pool: ProcessPoolExecutor | None = None
         if config.encode_workers > 1:
             if tokenizer_path is None:
@@ -85,16 +111,17 @@ class Scorer:
             # spawn, not fork: a forked child of a process whose torch/OpenMP threads have run can deadlock
             self._pool = ProcessPoolExecutor(config.encode_workers, mp_context=mp.get_context("spawn"),
                                              initializer=_worker_init,
-                                             initargs=(str(tokenizer_path), encoder.config.to_dict()))
+                                             initargs=(str(tokenizer_path), self.encoder.config.to_dict()))
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
 
     # -- encoding -------------------------------------------------------------------------------------------------
-    def _encode(self, records: list[Record], swap: bool) -> Encoded:
-        if self._pool is None:
-            return self.encoder.encode(records, swap=swap)
+    def _encode(self, records: list[Record], swap: bool, member: int = 0) -> Encoded:
+        encoder = self.members[member].encoder
+        if self._pool is None or member != 0:
+            return encoder.encode(records, swap=swap)
         n = self.config.encode_workers
         size = -(-len(records) // n)
         parts = [records[i:i + size] for i in range(0, len(records), size)]
@@ -106,34 +133,46 @@ class Scorer:
                 feats.append(part.features)
         return Encoded(ids=ids, features=np.concatenate(feats) if feats else None)
 
-    def _prepare_chunk(self, records: list[Record]) -> tuple[Prepared, Prepared | None, float]:
-        """Encode (and with TTA, encode swapped) and pad a chunk: runs in the encode thread."""
+    def _prepare_chunk(self, records: list[Record]) -> tuple[list[tuple[Prepared, Prepared | None]], float]:
+        """Encode (with TTA, also swapped) once per distinct encoder, then pad for every member: runs in the
+        encode thread. Returns each member's (prepared, prepared swapped or None) and the encoding seconds."""
         t0 = time.perf_counter()
-        enc = self._encode(records, swap=False)
-        swapped = self._encode(records, swap=True) if self.config.tta else None
+        encoded: dict[int, tuple[Encoded, Encoded | None]] = {}
+        for g in sorted(set(self._group)):
+            encoded[g] = (self._encode(records, False, g),
+                          self._encode(records, True, g) if self.config.tta else None)
         encode_s = time.perf_counter() - t0
-        return (self.executor.prepare(enc), None if swapped is None else self.executor.prepare(swapped), encode_s)
+        out = []
+        for m, g in zip(self.members, self._group, strict=True):
+            enc, swapped = encoded[g]
+            out.append((m.executor.prepare(enc), None if swapped is None else m.executor.prepare(swapped)))
+        return out, encode_s
 
     # -- model ----------------------------------------------------------------------------------------------------
     def logits(self, encoded: Encoded, timings: Timings | None = None) -> np.ndarray:
-        """Logits for every encoded row, in input order (planned, padded and run on this thread)."""
+        """The first member's logits for every encoded row, in input order (planned, padded and run here)."""
         return self.executor(encoded, timings)
 
-    def _probs(self, prepared: Prepared, swapped: Prepared | None, timings: Timings | None) -> np.ndarray:
-        t = self.config.temperature
-        p = softmax(self.executor.run(prepared, timings), t)
-        if swapped is not None:
-            p = combine_swap(p, softmax(self.executor.run(swapped, timings), t))
-        return p
+    def _probs(self, prepared: list[tuple[Prepared, Prepared | None]], timings: Timings | None) -> np.ndarray:
+        """Each member's probabilities (temperature, then swap TTA), combined across members."""
+        probs = []
+        for m, (enc, swapped) in zip(self.members, prepared, strict=True):
+            p = softmax(m.executor.run(enc, timings), m.temperature)
+            if swapped is not None:
+                p = combine_swap(p, softmax(m.executor.run(swapped, timings), m.temperature))
+            probs.append(p)
+        if len(probs) == 1:
+            return probs[0]
+        return combine(probs, [m.weight for m in self.members], self.combine)
 
     def _notebook_chunk(self, records: list[Record], timings: Timings | None) -> np.ndarray:
         """The starter notebook's loop: per batch, in file order, tokenize then run, all on this thread."""
         parts = []
         for start in range(0, len(records), self.config.batch_size):
-            prepared, swapped, encode_s = self._prepare_chunk(records[start:start + self.config.batch_size])
+            prepared, encode_s = self._prepare_chunk(records[start:start + self.config.batch_size])
             if timings is not None:
                 timings.encode_s += encode_s
-            parts.append(self._probs(prepared, swapped, timings))
+            parts.append(self._probs(prepared, timings))
         return np.concatenate(parts) if parts else np.zeros((0, 3), dtype=np.float32)
 
     def score_chunks(self, chunks: Iterable[list[Record]],
@@ -155,12 +194,12 @@ class Scorer:
             pending = submit()
             while pending is not None:
                 records, future = pending
-                prepared, swapped, encode_s = future.result()
+                prepared, encode_s = future.result()
                 pending = submit()
                 if timings is not None:
                     timings.encode_s += encode_s
                     timings.rows += len(records)
-                yield records, apply_rules(self._probs(prepared, swapped, timings), records, self.config.rules)
+                yield records, apply_rules(self._probs(prepared, timings), records, self.config.rules)
 
     def score(self, records: list[Record], timings: Timings | None = None) -> np.ndarray:
         """Probabilities (len(records) x 3) in input order."""
@@ -168,3 +207,16 @@ class Scorer:
         parts = [p for _, p in self.score_chunks(
             (records[i:i + size] for i in range(0, len(records), size)), timings)]
         return np.concatenate(parts) if parts else np.zeros((0, 3))
+
+
+def scorer_for(ensemble: Any, config: ScoreConfig, *, combine: str | None = None) -> Scorer:
+    """A scorer over every member of a :class:`~arena.loading.LoadedEnsemble` (one model is an ensemble of one):
+    each member with its own encoder, executor (same batch policy and budget rule), temperature and weight."""
+    members = [Member(m.encoder, BatchExecutor(m.runner, pad_id=m.encoder.pad_id,
+                                               max_length=m.encoder.config.max_length, policy=config.policy,
+                                               batch_size=config.batch_size, max_tokens=config.max_tokens,
+                                               model_type=m.model_type), m.temperature, w)
+               for m, w in zip(ensemble.members, ensemble.weights, strict=True)]
+    first = ensemble.members[0]
+    return Scorer(None, None, replace(config, temperature=first.temperature), tokenizer_path=first.folder,
+                  members=members, combine=combine or ensemble.combine)

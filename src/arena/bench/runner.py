@@ -121,20 +121,21 @@ class Cell:
 def open_cell(spec: CellSpec, model_dir: Path, *, batch_size: int, max_tokens: int | None, threads: int | None,
               max_length: int | None, encode_workers: int = 0) -> Cell:
     """Load the cell's model and build its scorer (raises before any timing if the cell cannot run)."""
-    from arena.loading import open_model
+    from arena.loading import open_models
+    from arena.scoring import scorer_for
 
     t0 = time.perf_counter()
     compiled = spec.backend == "torch.compile"  # torch with torch.compile(dynamic=True), timed after warm-up
-    loaded = open_model(model_dir, backend="torch" if compiled else spec.backend, precision=spec.precision,
-                        threads=threads, compile=compiled)
+    loaded = open_models([model_dir], backend="torch" if compiled else spec.backend, precision=spec.precision,
+                         threads=threads, compile=compiled)
     load_s = time.perf_counter() - t0
-    encoder = loaded.encoder
-    if max_length is not None and max_length != encoder.config.max_length:
-        encoder = ArenaEncoder(encoder.tokenizer, replace(encoder.config, max_length=max_length))
+    if max_length is not None:
+        for m in loaded.members:
+            if max_length != m.encoder.config.max_length:
+                m.encoder = ArenaEncoder(m.encoder.tokenizer, replace(m.encoder.config, max_length=max_length))
     bs = NOTEBOOK_BATCH if spec.policy == "notebook" else batch_size
-    config = ScoreConfig(policy=spec.policy, batch_size=bs, max_tokens=max_tokens, temperature=loaded.temperature,
-                         encode_workers=encode_workers)
-    scorer = Scorer(loaded.runner, encoder, config, tokenizer_path=model_dir, model_type=loaded.model_type)
+    config = ScoreConfig(policy=spec.policy, batch_size=bs, max_tokens=max_tokens, encode_workers=encode_workers)
+    scorer = scorer_for(loaded, config)
     return Cell(spec, loaded, scorer, load_s)
 
 

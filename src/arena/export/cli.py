@@ -108,6 +108,7 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
     from arena.backends.onnx import OnnxBackend
     from arena.backends.torch import TorchBackend
     from arena.data import has_labels, read_records, resolve_csv
+    from arena.ensemble import member_folders
     from arena.executor import BatchExecutor
     from arena.export import optimize as ort_opt
     from arena.export.onnx import export_onnx
@@ -116,6 +117,13 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
     from arena.modeling import check_model_folder, load_classifier, load_tokenizer, read_meta
 
     checkpoint = Path(checkpoint)
+    members = member_folders(checkpoint)
+    if members is not None:  # a k-fold training output: every fold, one folder, one manifest
+        return run_ensemble_export(checkpoint, members, Path(out), overwrite=overwrite, fp16=fp16, int8=int8,
+                                   optimize=optimize, trt=trt, opset=opset, exporter=exporter, data=data,
+                                   parity_shapes=parity_shapes, fp32_tol=fp32_tol, fp16_prob_tol=fp16_prob_tol,
+                                   int8_prob_tol=int8_prob_tol, min_agreement=min_agreement,
+                                   trt_buckets=trt_buckets, max_tokens=max_tokens, workspace_gib=workspace_gib)
     check_model_folder(checkpoint)
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
@@ -211,6 +219,30 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
         raise ConfigError(f"cannot write --out {out}: {exc}") from None
     return {"out": str(out), "artifacts": {k: v["file"] for k, v in artifacts.items()},
             "parity": {k: v["passed"] for k, v in reports.items()}}
+
+
+def run_ensemble_export(source: Path, members: list[Path], out: Path, *, overwrite: bool = False,
+                        **options: Any) -> dict[str, Any]:
+    """Export every member (each parity-checked on its own) into ``out/<member>/``, copy the training run's
+    ``oof.csv`` / ``metrics.json`` (blend weights are fitted on them), and write one manifest over all of it."""
+    from arena.artifacts import write_manifest
+    from arena.ensemble import DEFAULT_COMBINE, ENSEMBLE_KIND
+    from arena.io import atomic_dir
+
+    summaries = {}
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for member in members:
+            log.info("exporting %s", member.name)
+            summaries[member.name] = run_export(member, tmp / member.name, **options)
+        for name in ("oof.csv", "metrics.json", "train_config.json"):
+            if (source / name).is_file():
+                shutil.copy2(source / name, tmp / name)
+        write_manifest(tmp, {
+            "kind": ENSEMBLE_KIND, "source_checkpoint": str(source.resolve()), "combine": DEFAULT_COMBINE,
+            "members": [{"folder": m.name, "weight": 1.0 / len(members),
+                         "artifacts": summaries[m.name]["artifacts"]} for m in members]})
+    return {"out": str(out), "members": {k: v["artifacts"] for k, v in summaries.items()},
+            "parity": {k: v["parity"] for k, v in summaries.items()}}
 
 
 def _input_specs(info: dict[str, Any]) -> list[dict[str, Any]]:

@@ -24,7 +24,9 @@ app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=F
 @cli_errors
 def infer(
     test_csv: Annotated[Path, typer.Argument(help="Kaggle test.csv (id, prompt, response_a, response_b)")],
-    model: Annotated[Path, typer.Option(help="arena-train checkpoint or arena-export folder")],
+    model: Annotated[list[Path], typer.Option(
+        help="arena-train checkpoint or arena-export folder; a k-fold output or its export scores every fold; "
+             "repeat --model to blend several models")],
     out: Annotated[Path, typer.Option(help="Submission CSV to write (atomically)")] = Path("submission.csv"),
     backend: Annotated[str, typer.Option(help="auto, torch, onnx or tensorrt")] = "auto",
     precision: Annotated[str, typer.Option(help="torch: auto/fp32/fp16/bf16; onnx: auto/fp32/fp32_fused/fp16/int8")]
@@ -44,6 +46,11 @@ def infer(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
     devices: Annotated[str | None, typer.Option(
         help="Several devices, one process each: cuda:0,cuda:1 (or a count of GPUs; cpu,cpu on a CPU)")] = None,
+    weights: Annotated[str | None, typer.Option(
+        help="Blend weights, one per --model (default: fitted on their oof.csv files, else equal)")] = None,
+    combine: Annotated[str, typer.Option(help="How members are combined: probs (mean) or geometric")] = "probs",
+    save_logits: Annotated[Path | None, typer.Option(
+        help="Also write id, probabilities and logits per row: a file arena-train --soft-labels accepts")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Score every row of TEST_CSV and write one probability row per id, in the file's order."""
@@ -53,7 +60,8 @@ def infer(
     summary = run_infer(test_csv, model, out, backend=backend, precision=precision, tta=tta == "swap",
                         policy=policy, max_tokens=max_tokens, batch_size=batch_size, chunk_rows=chunk_rows,
                         threads=threads, encode_workers=encode_workers, compile=compile, device=device,
-                        devices=devices, rules=rules)
+                        devices=devices, rules=rules, weights=parse_weights(weights), combine=combine,
+                        save_logits=save_logits)
     typer.echo(f"wrote {summary['rows']} rows to {out} with {summary['backend']} in {summary['wall_s']:.2f} s: "
                f"{summary['rows_per_s']:.1f} rows/s end to end, {summary['model_rows_per_s']:.1f} rows/s model "
                f"only (encode {summary['encode_s']:.2f} s, model {summary['model_s']:.2f} s, "
@@ -61,52 +69,83 @@ def infer(
     typer.echo(json.dumps(summary))
 
 
-def run_infer(test_csv: Path, model: Path, out: Path, *, backend: str = "auto", precision: str = "auto",
+def parse_weights(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--weights takes comma-separated numbers such as 0.6,0.4; got {text!r}") from None
+
+
+def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: str = "auto", precision: str = "auto",
               tta: bool = False, policy: str = "sorted", max_tokens: int | None = None, batch_size: int = 64,
               chunk_rows: int = 8192, threads: int | None = None, encode_workers: int = 0, compile: bool = False,
-              device: str = "auto", devices: str | None = None, rules: str | None = None) -> dict:
+              device: str = "auto", devices: str | None = None, rules: str | None = None,
+              weights: list[float] | None = None, combine: str = "probs", save_logits: Path | None = None) -> dict:
     from tqdm.auto import tqdm
 
     from arena.data import iter_records
-    from arena.infer.sharded import ShardedRunner, parse_devices
-    from arena.infer.submission import submission_writer
-    from arena.loading import open_model
+    from arena.infer.submission import predictions_writer, submission_writer
     from arena.rules import parse_rules
-    from arena.scoring import ScoreConfig, Scorer, Timings
+    from arena.scoring import ScoreConfig, Timings
 
-    shards = parse_devices(devices)
-    loaded = open_model(model, backend=backend, precision=precision, threads=threads, compile=compile,
-                        device=device if shards is None else shards[0])
-    if shards is not None:
-        per = threads or max(1, (os.cpu_count() or 2) // len(shards)) if shards[0] == "cpu" else threads
-        loaded.runner = ShardedRunner(model, shards, backend=loaded.choice.backend, precision=precision,
-                                      threads=per)
-        loaded.description += f" x {len(shards)} processes on {', '.join(shards)}"
-    log.info("backend %s: %s", loaded.description, loaded.choice.reason)
+    models = [model] if isinstance(model, Path | str) else list(model)
     config = ScoreConfig(policy=policy, batch_size=batch_size, max_tokens=max_tokens, chunk_rows=chunk_rows,
-                         tta=tta, temperature=loaded.temperature, encode_workers=encode_workers,
-                         rules=parse_rules(rules))
-    scorer = Scorer(loaded.runner, loaded.encoder, config, tokenizer_path=model, model_type=loaded.model_type)
+                         tta=tta, encode_workers=encode_workers, rules=parse_rules(rules))
+    scorer, description, reason, close = _open_scorer(models, config, backend=backend, precision=precision,
+                                                      threads=threads, compile=compile, device=device,
+                                                      devices=devices, weights=weights, combine=combine)
+    log.info("backend %s: %s", description, reason)
     timings = Timings()
     t0 = time.perf_counter()
     try:
-        with submission_writer(out) as writer, tqdm(desc="score", unit="row", disable=None) as bar:
+        with submission_writer(out) as writer, predictions_writer(save_logits) as extra, \
+                tqdm(desc="score", unit="row", disable=None) as bar:
             for records, probs in scorer.score_chunks(
                     iter_records(test_csv, labelled=False, chunk_rows=chunk_rows), timings):
                 tw = time.perf_counter()
                 writer.write([r.id for r in records], probs)
+                extra.write([r.id for r in records], probs)
                 timings.write_s += time.perf_counter() - tw
                 bar.update(len(records))
                 bar.set_postfix(rows_s=f"{timings.rows / max(time.perf_counter() - t0, 1e-9):.1f}")
             timings.wall_s = time.perf_counter() - t0
             writer.commit(timings.rows)
+            extra.commit(timings.rows)
     finally:
+        close()
+    return {"backend": description, "reason": reason, "models": len(scorer.members), "tta": tta,
+            "policy": policy, "rules": list(config.rules), "max_tokens": scorer.executor.budget,
+            **timings.summary()}
+
+
+def _open_scorer(models: list[Path], config, *, backend: str, precision: str, threads: int | None, compile: bool,
+                 device: str, devices: str | None, weights: list[float] | None, combine: str):
+    """The scorer for one model or an ensemble; (scorer, description, why this backend, close)."""
+    from arena.infer.sharded import ShardedRunner, parse_devices
+    from arena.loading import open_models
+    from arena.scoring import scorer_for
+
+    shards = parse_devices(devices)
+    ensemble = open_models(models, weights=weights, combine=combine, backend=backend, precision=precision,
+                           threads=threads, compile=compile, device=device if shards is None else shards[0])
+    first = ensemble.members[0]
+    if shards is not None:
+        if len(ensemble.members) > 1:
+            raise ConfigError("--devices runs one model per device; score an ensemble on one device at a time")
+        per = threads or max(1, (os.cpu_count() or 2) // len(shards)) if shards[0] == "cpu" else threads
+        first.runner = ShardedRunner(models[0], shards, backend=first.choice.backend, precision=precision,
+                                     threads=per)
+        first.description += f" x {len(shards)} processes on {', '.join(shards)}"
+    scorer = scorer_for(ensemble, config)
+
+    def close() -> None:
         scorer.close()
         if shards is not None:
-            loaded.runner.close()
-    return {"backend": loaded.description, "reason": loaded.choice.reason, "tta": tta, "policy": policy,
-            "rules": list(config.rules), "max_tokens": scorer.executor.budget,
-            **timings.summary()}
+            first.runner.close()
+
+    return scorer, ensemble.description, first.choice.reason, close
 
 
 def main() -> None:
