@@ -58,6 +58,12 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --output")] = False,
     keep_state: Annotated[bool, typer.Option(help="Keep the resumable state after success")] = False,
     max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps")] = None,
+    soft_labels: Annotated[str | None, typer.Option(
+        help="Teacher probabilities keyed by id (an oof.csv, or arena-infer --save-logits output) to train on")]
+    = None,
+    soft_weight: Annotated[float, typer.Option(help="Teacher share of a labelled row's target (0..1)")] = 1.0,
+    extra: Annotated[str | None, typer.Option(
+        help="Unlabelled pairs (test layout) trained on their --soft-labels; never in validation")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Fine-tune a Hugging Face encoder (DeBERTa-v3 by default) to predict model_a / model_b / tie."""
@@ -71,7 +77,7 @@ def train(
         scheduler=scheduler, precision=precision, seed=seed, max_rows=max_rows, val_fraction=val_fraction,
         folds=folds, fold=fold, eval_steps=eval_steps, save_steps=save_steps, early_stopping=early_stopping,
         swap_augment=swap_augment, head=head, head_lr=head_lr, calibrate=calibrate, compile=compile, resume=resume,
-        keep_state=keep_state, max_steps=max_steps,
+        keep_state=keep_state, max_steps=max_steps, soft_labels=soft_labels, soft_weight=soft_weight, extra=extra,
     )
     summary = run_training(cfg)
     if summary:

@@ -54,6 +54,12 @@ class TrainConfig:
     compile: bool = False
     resume: bool = False
     keep_state: bool = False
+    soft_labels: str | None = None
+    """Teacher probabilities keyed by id (:mod:`arena.train.targets`): the training targets mix them in."""
+    soft_weight: float = 1.0
+    """Share of the teacher in a labelled row's target (0: hard labels only, 1: teacher only)."""
+    extra: str | None = None
+    """Unlabelled pairs that train on their ``soft_labels`` only (never in a validation fold)."""
     max_steps: int | None = None
     """Stop after this many optimizer steps in total (quick runs, tests)."""
 

@@ -39,7 +39,8 @@ from arena.modeling import CheckpointMeta, check_max_length, load_model_config, 
 from arena.train.config import HEADS, TrainConfig
 from arena.train.folds import holdout_split, stratified_folds
 from arena.train.runtime import pick_device, resolve_precision
-from arena.train.trainer import DONE_FILE, build_model, train_split
+from arena.train.targets import read_extra, read_soft_labels, training_targets
+from arena.train.trainer import DONE_FILE, ExtraRows, build_model, train_split
 
 __all__ = ["DONE_FILE", "TrainConfig", "run_training"]
 
@@ -83,6 +84,12 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
         config = replace(config, encoder=replace(config.encoder, features=True))
     if config.batch_size < 1 or config.grad_accum < 1 or config.epochs <= 0:
         raise ConfigError("--batch-size and --grad-accum must be >= 1 and --epochs > 0")
+    soft = read_soft_labels(config.soft_labels) if config.soft_labels else None
+    targets, found = training_targets(records, labels, soft, config.soft_weight)
+    extra = read_extra(config.extra, soft) if config.extra else None
+    if soft is not None:
+        log.info("soft labels for %d of %d labelled rows (weight %.2f)%s", found, len(records), config.soft_weight,
+                 f"; {len(extra.records)} pseudo-labelled extra rows" if extra else "")
     model_config = (AutoConfig.from_pretrained(config.model) if config.random_init
                     else load_model_config(config.model))
     check_max_length(model_config, config.encoder.max_length)
@@ -109,6 +116,9 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
     t0 = time.perf_counter()
     encoded = encoder.encode(records)
     swapped = encoder.encode(records, swap=True) if config.swap_augment else None
+    extra_rows = None if extra is None else ExtraRows(
+        encoder.encode(extra.records), encoder.encode(extra.records, swap=True) if config.swap_augment else None,
+        extra.targets)
     encode_s = time.perf_counter() - t0
     log.info("encoded %d rows in %.1f s (%d exact fallbacks)", len(records), encode_s, encoded.fallbacks)
 
@@ -129,7 +139,8 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
 
     results = [
         train_split(config, name=n, out_dir=d, tokenizer=tokenizer, encoded=encoded, labels=labels,
-                    train_idx=tr, val_idx=va, swapped=swapped, meta=meta, on_step=on_step)
+                    train_idx=tr, val_idx=va, swapped=swapped, meta=meta, on_step=on_step, targets=targets,
+                    extra=extra_rows)
         for n, d, tr, va in splits
     ]
     if int(os.environ.get("RANK", "0")) != 0:

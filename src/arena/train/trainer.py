@@ -75,26 +75,50 @@ class SplitResult:
 
 @dataclass
 class TrainRows:
-    """The rows one split trains on: token ids, labels, features (hybrid head) and lengths."""
+    """The rows one split trains on: token ids, hard labels (-1 for pseudo-labelled rows), target distributions
+    (None: train on the hard labels), features (hybrid head) and lengths."""
 
     ids: list[np.ndarray]
     labels: np.ndarray
     features: np.ndarray | None
     lengths: np.ndarray
+    targets: np.ndarray | None = None
+
+    def target(self, batch: np.ndarray) -> np.ndarray:
+        """What the loss compares a batch's logits with: class indices, or distributions (soft labels)."""
+        return self.labels[batch] if self.targets is None else self.targets[batch]
 
 
-def prepare_rows(encoded: Encoded, labels: np.ndarray, index: np.ndarray, swapped: Encoded | None) -> TrainRows:
-    """Rows ``index`` as given, plus (``swapped`` given) the same rows with A and B exchanged, labels a <-> b."""
-    ids = [encoded.ids[i] for i in index]
-    y = labels[index]
-    feats = encoded.feature_rows(index)
+@dataclass
+class ExtraRows:
+    """Pseudo-labelled rows (``--extra``): training rows of every split with teacher targets, never validation."""
+
+    encoded: Encoded
+    swapped: Encoded | None
+    targets: np.ndarray
+
+
+def prepare_rows(encoded: Encoded, labels: np.ndarray, index: np.ndarray, swapped: Encoded | None,
+                 targets: np.ndarray | None = None, extra: ExtraRows | None = None) -> TrainRows:
+    """Rows ``index`` as given, plus (``swapped`` given) the same rows with A and B exchanged (labels and target
+    columns a <-> b), plus the ``extra`` rows (and their swapped copies) with their teacher targets."""
+    parts = [(encoded, index, labels[index], None if targets is None else targets[index])]
     if swapped is not None:
-        ids += [swapped.ids[i] for i in index]
-        y = np.concatenate([y, SWAP_CLASSES[labels[index]]])
-        if feats is not None:
-            feats = np.concatenate([feats, swapped.feature_rows(index)])
+        parts.append((swapped, index, SWAP_CLASSES[labels[index]],
+                      None if targets is None else targets[index][:, SWAP_CLASSES]))
+    if extra is not None:
+        every = np.arange(len(extra.encoded))
+        parts.append((extra.encoded, every, np.full(len(every), -1), extra.targets))
+        if extra.swapped is not None:
+            parts.append((extra.swapped, every, np.full(len(every), -1), extra.targets[:, SWAP_CLASSES]))
+    soft = targets is not None or extra is not None
+    ids = [enc.ids[i] for enc, idx, _, _ in parts for i in idx]
+    feats = [enc.feature_rows(idx) for enc, idx, _, _ in parts]
+    y = np.concatenate([lab for _, _, lab, _ in parts]).astype(np.int64)
+    dist = (np.concatenate([t if t is not None else np.eye(3, dtype=np.float32)[lab] for _, _, lab, t in parts])
+            .astype(np.float32) if soft else None)
     lengths = np.fromiter((len(r) for r in ids), dtype=np.int64, count=len(ids))
-    return TrainRows(ids, y, feats, lengths)
+    return TrainRows(ids, y, None if feats[0] is None else np.concatenate(feats), lengths, dist)
 
 
 def build_model(config: TrainConfig) -> torch.nn.Module:
@@ -138,7 +162,11 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total_
 def forward_backward(model: torch.nn.Module, ids: np.ndarray, mask: np.ndarray, features: np.ndarray | None,
                      target: np.ndarray, *, device: torch.device, dtype: torch.dtype | None,
                      scaler: torch.amp.GradScaler, grad_accum: int = 1) -> torch.Tensor:
-    """One batch forward and backward (gradients accumulate); returns the unscaled loss, still on the device."""
+    """One batch forward and backward (gradients accumulate); returns the unscaled loss, still on the device.
+
+    ``target``: class indices (int), or one distribution per row (float, rows x 3: soft labels), for which the
+    loss is the cross-entropy against the distribution (the hard-label loss when the distributions are one-hot).
+    """
     feats = None if features is None else torch.from_numpy(features).to(device)
     with autocast(device, dtype):
         logits = forward_logits(model, torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device), feats)
@@ -212,7 +240,8 @@ def build_trainer(config: TrainConfig, *, name: str, out_dir: Path, tokenizer: A
     if hybrid:
         if rows.features is None:
             raise ConfigError("the hybrid head needs features: encode with EncoderConfig(features=True)")
-        start = init_from_logistic_regression(raw, rows.features, rows.labels)
+        hard = rows.labels >= 0  # pseudo-labelled rows have no hard label to fit the starting regression on
+        start = init_from_logistic_regression(raw, rows.features[hard], rows.labels[hard])
         if dist.main:
             log.info("%s: hybrid head starts from the feature logistic regression (train log loss %.4f)", name, start)
     raw.to(device).train()
@@ -229,7 +258,7 @@ def build_trainer(config: TrainConfig, *, name: str, out_dir: Path, tokenizer: A
     max_len = int(val.lengths.max()) if len(val) else 8
     trainer = Trainer(
         config, name, out_dir, device, dist, dtype, raw, model, torch.compile(model) if config.compile else model,
-        optimizer, scheduler, scaler, rows, val, val_labels, baselines(rows.labels, val_labels),
+        optimizer, scheduler, scaler, rows, val, val_labels, baselines(rows.labels[rows.labels >= 0], val_labels),
         max(default_max_tokens(device.type, max_len, raw.config.model_type), config.batch_size * 8),
         tokenizer.pad_token_id or 0, meta, tokenizer, steps_per_epoch, total_steps)
     if config.resume:
@@ -311,7 +340,7 @@ def train_epoch(t: Trainer, on_step: Callable[[int], None] | None) -> bool:
         sync = (pos + 1) % cfg.grad_accum == 0 or pos + 1 == len(batches)
         with t.model.no_sync() if t.dist.world > 1 and not sync else contextlib.nullcontext():
             loss = forward_backward(t.forward_model, ids, mask, None if t.rows.features is None
-                                    else t.rows.features[batch], t.rows.labels[batch], device=t.device,
+                                    else t.rows.features[batch], t.rows.target(batch), device=t.device,
                                     dtype=t.dtype, scaler=t.scaler, grad_accum=cfg.grad_accum)
         t.loss_acc = loss if t.loss_acc is None else t.loss_acc + loss
         st.loss_count += 1
@@ -374,7 +403,8 @@ def finish(t: Trainer, padding_efficiency: float) -> None:
 
 def train_split(config: TrainConfig, *, name: str, out_dir: Path, tokenizer: Any, encoded: Encoded,
                 labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, swapped: Encoded | None = None,
-                meta: CheckpointMeta, on_step: Callable[[int], None] | None = None) -> SplitResult:
+                meta: CheckpointMeta, on_step: Callable[[int], None] | None = None,
+                targets: np.ndarray | None = None, extra: ExtraRows | None = None) -> SplitResult:
     """Train one model on ``train_idx`` and select it on ``val_idx``; write the checkpoint into ``out_dir``.
 
     ``on_step(global_step)`` is called after every optimizer step (tests use it to interrupt a run).
@@ -382,7 +412,7 @@ def train_split(config: TrainConfig, *, name: str, out_dir: Path, tokenizer: Any
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / DONE_FILE).is_file() and config.resume:
         raise ConfigError(f"{out_dir} already holds a finished run; nothing to resume (use a new --output)")
-    rows = prepare_rows(encoded, labels, train_idx, swapped)
+    rows = prepare_rows(encoded, labels, train_idx, swapped, targets, extra)
     val = Encoded([encoded.ids[i] for i in val_idx], features=encoded.feature_rows(val_idx))
     t = build_trainer(config, name=name, out_dir=out_dir, tokenizer=tokenizer, rows=rows, val=val,
                       val_labels=labels[val_idx], meta=meta)
