@@ -62,16 +62,8 @@ def _write_oof(path: Path, records: list[Record], index: np.ndarray, logits: np.
         frame.to_csv(fh, index=False)
 
 
-def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Read, validate, encode and train every requested split; return the summary written to ``metrics.json``."""
-    from transformers import AutoConfig
-
-    path = resolve_csv(config.data, "train.csv")
-    records = read_train(path)
-    if config.max_rows is not None:
-        records = records[: config.max_rows]
-    labels = labels_of(records)
-    # Fail before any compute on whatever the options get wrong.
+def check_options(config: TrainConfig) -> TrainConfig:
+    """Raise :class:`ConfigError` for options that cannot work together; the config the run uses."""
     if config.folds is not None and config.fold is not None and not 0 <= config.fold < config.folds:
         raise ConfigError(f"--fold {config.fold} is out of range for --folds {config.folds} (0..{config.folds - 1})")
     if config.fold is not None and config.folds is None:
@@ -84,6 +76,70 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
         config = replace(config, encoder=replace(config.encoder, features=True))
     if config.batch_size < 1 or config.grad_accum < 1 or config.epochs <= 0:
         raise ConfigError("--batch-size and --grad-accum must be >= 1 and --epochs > 0")
+    return config
+
+
+def save_untrained(config: TrainConfig, records: list[Record], labels: np.ndarray, tokenizer: Any) -> None:
+    """``--max-steps 0``: the initial weights as a checkpoint (a hybrid head started from the feature regression)."""
+    torch.manual_seed(config.seed)
+    model = build_model(config)
+    if is_hybrid(model):
+        from arena.features import feature_matrix
+
+        feats, y = feature_matrix(records), labels
+        if config.swap_augment:
+            feats = np.concatenate([feats, feature_matrix([swap_ab(r) for r in records])])
+            y = np.concatenate([labels, SWAP_CLASSES[labels]])
+        init_from_logistic_regression(model, feats, y)
+    save_checkpoint(model, tokenizer, config.output, CheckpointMeta(
+        encoder=config.encoder, source=str(config.model), extra={"train_config": config.to_dict(),
+                                                                 "trained": False}))
+    log.info("--max-steps 0: saved the untrained model to %s", config.output)
+
+
+def summarise_run(config: TrainConfig, records: list[Record], labels: np.ndarray, results: list, out: Path
+                  ) -> dict[str, Any]:
+    """Fit the temperature on every out-of-fold row, write it into each checkpoint, write ``oof.csv``; the run's
+    summary (``metrics.json``)."""
+    index = np.concatenate([r.val_index for r in results])
+    logits = np.concatenate([r.val_logits for r in results])
+    y = labels[index]
+    temperature = fit_temperature(logits, y) if config.calibrate and len(y) >= 30 else 1.0
+    for r in results:  # every fold's checkpoint carries the temperature fitted on all out-of-fold rows
+        if (r.output / "config.json").is_file():
+            from arena.modeling import read_meta, write_meta
+
+            m = read_meta(r.output)
+            write_meta(r.output, replace(m, temperature=temperature))
+    _write_oof(out / "oof.csv", records, index, logits, labels, temperature)
+    probs = softmax(logits)
+    train_for_prior = labels[np.setdiff1d(np.arange(len(labels)), index)] if config.folds is None else labels
+    summary = {
+        "rows": len(records),
+        "validation_rows": int(len(index)),
+        "splits": [{"name": r.name, "output": str(r.output), "steps": r.steps, "validation_rows": len(r.val_index),
+                    "padding_efficiency": round(r.padding_efficiency, 4),
+                    "best": asdict(r.best) if r.best else None,
+                    "history": [asdict(h) for h in r.history]} for r in results],
+        "oof_log_loss": log_loss(probs, y),
+        "oof_accuracy": accuracy(probs, y),
+        "oof_log_loss_calibrated": log_loss(softmax(logits, temperature), y),
+        "temperature": temperature,
+        **baselines(train_for_prior, y),
+    }
+    return summary
+
+
+def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Read, validate, encode and train every requested split; return the summary written to ``metrics.json``."""
+    from transformers import AutoConfig
+
+    path = resolve_csv(config.data, "train.csv")
+    records = read_train(path)
+    if config.max_rows is not None:
+        records = records[: config.max_rows]
+    labels = labels_of(records)
+    config = check_options(config)  # fail before any compute on whatever the options get wrong
     soft = read_soft_labels(config.soft_labels) if config.soft_labels else None
     targets, found = training_targets(records, labels, soft, config.soft_weight)
     extra = read_extra(config.extra, soft) if config.extra else None
@@ -95,20 +151,7 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
     check_max_length(model_config, config.encoder.max_length)
     tokenizer = load_tokenizer(config.tokenizer or config.model)
     if config.max_steps == 0:  # no training: write the initial weights as a checkpoint (speed and export work)
-        torch.manual_seed(config.seed)
-        model = build_model(config)
-        if is_hybrid(model):
-            from arena.features import feature_matrix
-
-            feats, y = feature_matrix(records), labels
-            if config.swap_augment:
-                feats = np.concatenate([feats, feature_matrix([swap_ab(r) for r in records])])
-                y = np.concatenate([labels, SWAP_CLASSES[labels]])
-            init_from_logistic_regression(model, feats, y)
-        save_checkpoint(model, tokenizer, config.output, CheckpointMeta(
-            encoder=config.encoder, source=str(config.model), extra={"train_config": config.to_dict(),
-                                                                     "trained": False}))
-        log.info("--max-steps 0: saved the untrained model to %s", config.output)
+        save_untrained(config, records, labels, tokenizer)
         return {}
     resolve_precision(config.precision, pick_device())
 
@@ -146,32 +189,7 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
     if int(os.environ.get("RANK", "0")) != 0:
         return {}
 
-    index = np.concatenate([r.val_index for r in results])
-    logits = np.concatenate([r.val_logits for r in results])
-    y = labels[index]
-    temperature = fit_temperature(logits, y) if config.calibrate and len(y) >= 30 else 1.0
-    for r in results:  # every fold's checkpoint carries the temperature fitted on all out-of-fold rows
-        if (r.output / "config.json").is_file():
-            from arena.modeling import read_meta, write_meta
-
-            m = read_meta(r.output)
-            write_meta(r.output, replace(m, temperature=temperature))
-    _write_oof(out / "oof.csv", records, index, logits, labels, temperature)
-    probs = softmax(logits)
-    train_for_prior = labels[np.setdiff1d(np.arange(len(labels)), index)] if config.folds is None else labels
-    summary = {
-        "rows": len(records),
-        "validation_rows": int(len(index)),
-        "splits": [{"name": r.name, "output": str(r.output), "steps": r.steps, "validation_rows": len(r.val_index),
-                    "padding_efficiency": round(r.padding_efficiency, 4),
-                    "best": asdict(r.best) if r.best else None,
-                    "history": [asdict(h) for h in r.history]} for r in results],
-        "oof_log_loss": log_loss(probs, y),
-        "oof_accuracy": accuracy(probs, y),
-        "oof_log_loss_calibrated": log_loss(softmax(logits, temperature), y),
-        "temperature": temperature,
-        **baselines(train_for_prior, y),
-        "encode_seconds": encode_s,
-    }
+    summary = summarise_run(config, records, labels, results, out)
+    summary["encode_seconds"] = encode_s
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2))
     return summary
