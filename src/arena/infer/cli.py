@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -69,20 +68,18 @@ def run_infer(test_csv: Path, model: Path, out: Path, *, backend: str = "auto", 
 
     from arena.batching import default_max_tokens
     from arena.data import iter_records
-    from arena.infer.sharded import ShardedRunner, parse_devices
+    from arena.infer.sharded import open_sharded, parse_devices
     from arena.infer.submission import submission_writer
     from arena.loading import open_model
     from arena.rules import parse_rules
     from arena.scoring import ScoreConfig, Scorer, Timings
 
     shards = parse_devices(devices)
-    loaded = open_model(model, backend=backend, precision=precision, threads=threads, compile=compile,
-                        device=device if shards is None else shards[0])
-    if shards is not None:
-        per = threads or max(1, (os.cpu_count() or 2) // len(shards)) if shards[0] == "cpu" else threads
-        loaded.runner = ShardedRunner(model, shards, backend=loaded.choice.backend, precision=precision,
-                                      threads=per)
-        loaded.description += f" x {len(shards)} processes on {', '.join(shards)}"
+    if shards is None:
+        loaded = open_model(model, backend=backend, precision=precision, threads=threads, compile=compile,
+                            device=device)
+    else:  # the workers load the model, the parent does not (cuda:0 would hold it twice)
+        loaded = open_sharded(model, shards, backend=backend, precision=precision, threads=threads)
     log.info("backend %s: %s", loaded.description, loaded.choice.reason)
     if max_tokens is None:
         max_tokens = default_max_tokens(getattr(loaded.runner, "device", "cpu"), loaded.encoder.config.max_length,
