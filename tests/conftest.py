@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("ARENA_SHARED", ROOT.parent / "shared")).resolve()  # a copy on the GPU machine
 DATA = SHARED / "data" / "arena" / "lmsys_kaggle"
 TRAIN_CSV = DATA / "train_sample.csv"
 TEST_CSV = DATA / "test.csv"
@@ -27,18 +27,15 @@ def pytest_collection_modifyitems(config, items):
     import torch
 
     has_gpu = torch.cuda.is_available()
-    try:
-        import tensorrt  # noqa: F401
+    from arena.backends.gpu import tensorrt_available
 
-        has_trt = has_gpu
-    except ImportError:
-        has_trt = False
+    has_trt = tensorrt_available()[0]  # a real TensorRT >= 10.12 (the stubs wheel also imports as `tensorrt`)
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA; none on this machine"))
         if "tensorrt" in item.keywords and not has_trt:
             item.add_marker(pytest.mark.skip(
-                reason="needs TensorRT 10 and an NVIDIA GPU; no machine here has both (see README)"))
+                reason="needs TensorRT >= 10.12 and an NVIDIA GPU; no machine here has both (see README)"))
 
 
 @pytest.fixture(scope="session")

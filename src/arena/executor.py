@@ -3,7 +3,7 @@
 Every command that turns encoded rows into logits goes through :class:`BatchExecutor`: inference and the
 benchmark (:mod:`arena.scoring`), evaluation during training (:mod:`arena.train.loop`) and the exporter's parity
 batches (:mod:`arena.export.cli`). The token budget is decided here, once, from the user's ``--max-tokens`` and the
-backend's :class:`~arena.backends.base.Limits` (:func:`arena.batching.resolve_budget`), and every planned batch fits
+backend's :class:`~arena.backends.contract.Limits` (:func:`arena.batching.resolve_budget`), and every planned batch fits
 those limits by construction.
 
 The work is split so that padding can happen off the thread that feeds the model: :meth:`BatchExecutor.prepare`

@@ -50,7 +50,9 @@ def _onnx_artifact(folder: Path, manifest: dict[str, Any] | None, precision: str
 
 
 def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "auto", threads: int | None = None,
-               compile: bool = False, device: str = "auto") -> LoadedModel:
+               compile: bool = False, device: str = "auto", load_runner: bool = True) -> LoadedModel:
+    """The folder's encoder, settings and backend. ``load_runner=False``: everything but the backend (``runner``
+    None), for a parent process whose workers each load their own (:mod:`arena.infer.sharded`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(f"model folder {folder} does not exist")
@@ -70,17 +72,17 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
     choice = choose_backend(backend, folder)
     tokenizer = load_tokenizer(folder)
     encoder = ArenaEncoder(tokenizer, encoder_cfg)
+    loaded = LoadedModel(folder, None, encoder, temperature, choice, choice.backend, model_type)
+    if not load_runner:
+        return loaded
     if choice.backend == "onnx":
-        import onnxruntime as ort
+        from arena.backends.onnx import OnnxBackend, onnx_device
 
-        from arena.backends.onnx import OnnxBackend
-
-        dev = device if device != "auto" else (
-            "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu")
+        dev = onnx_device(device)  # auto: cuda only when a GPU is present and ONNX Runtime has the CUDA provider
         path, prec = _onnx_artifact(folder, manifest, precision, dev)
         if manifest is not None:
             verify_files(folder, manifest, [path.name])
-        runner = OnnxBackend(path, device=dev, threads=threads, precision=prec,
+        runner = OnnxBackend(path, device=device, threads=threads, precision=prec,
                              limits=Limits(max_length=_onnx_max_length(manifest)))
     elif choice.backend == "torch":
         from arena.backends.torch import TorchBackend
@@ -89,15 +91,22 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
     else:  # pragma: no cover - needs TensorRT and a GPU
         from arena.backends.tensorrt import TensorRTBackend
 
-        runner = TensorRTBackend(folder, manifest or {})
+        runner = TensorRTBackend(folder, manifest or {}, device=device)
+    return attach_runner(loaded, runner)
+
+
+def attach_runner(loaded: LoadedModel, runner: Any) -> LoadedModel:
+    """Give ``loaded`` its backend. The model decides whether rows need features (a hybrid head's third input)."""
     needs = bool(getattr(runner, "needs_features", False))
-    if needs != encoder_cfg.features:  # the model decides whether rows need features (the hybrid head's input)
+    if needs != loaded.encoder.config.features:
         from dataclasses import replace
 
         if needs:
-            log.warning("%s: the model takes features but its encoder settings do not say so; computing them", folder)
-        encoder = ArenaEncoder(tokenizer, replace(encoder_cfg, features=needs))
-    return LoadedModel(folder, runner, encoder, temperature, choice, runner.description, model_type)
+            log.warning("%s: the model takes features but its encoder settings do not say so; computing them",
+                        loaded.folder)
+        loaded.encoder = ArenaEncoder(loaded.encoder.tokenizer, replace(loaded.encoder.config, features=needs))
+    loaded.runner, loaded.description = runner, runner.description
+    return loaded
 
 
 def _config_model_type(folder: Path) -> str | None:

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from arena.artifacts import read_manifest
+from arena.artifacts import read_manifest, rebuild_command
 from arena.backends.contract import UNLIMITED, Backend, Limits, ShapeRange
+from arena.backends.gpu import engine_usable, gpu_present, ort_cuda, torch_cuda
 from arena.errors import BackendUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
@@ -24,22 +25,26 @@ class Choice:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def _cuda() -> bool:
-    try:
-        import torch
+def _auto_gpu_choice(folder: Path, manifest: dict[str, Any] | None, *, has_onnx: bool,
+                     has_torch: bool) -> Choice | None:
+    """The GPU part of ``auto``: a TensorRT engine built for this GPU and TensorRT > ONNX Runtime CUDA > torch CUDA.
+    None without a GPU. An engine built elsewhere (an H100 engine on Kaggle's T4) is skipped, and the choice says
+    why and how to rebuild it."""
+    if not gpu_present():
+        return None
+    skipped = ""
+    if ((manifest or {}).get("tensorrt") or {}).get("engines"):
 
-        return torch.cuda.is_available()
-    except ImportError:  # pragma: no cover
-        return False
-
-
-def _ort_cuda() -> bool:
-    try:
-        import onnxruntime as ort
-
-        return "CUDAExecutionProvider" in ort.get_available_providers()
-    except ImportError:  # pragma: no cover
-        return False
+        ok, why = engine_usable(folder, manifest)
+        if ok:
+            return Choice("tensorrt", f"a GPU is present and {why}")
+        log.warning("not using the TensorRT engine: %s", why)
+        skipped = f"; the TensorRT engine is not used: {why}"
+    if has_onnx and ort_cuda():
+        return Choice("onnx", "a GPU is present and ONNX Runtime has the CUDA provider" + skipped)
+    if has_torch and torch_cuda():
+        return Choice("torch", "a GPU is present and the folder holds PyTorch weights" + skipped)
+    return None
 
 
 def choose_backend(requested: str, folder: Path, *, precision: str = "auto") -> Choice:
@@ -54,10 +59,14 @@ def choose_backend(requested: str, folder: Path, *, precision: str = "auto") -> 
     has_onnx = bool(onnx_files) or any(folder.glob("*.onnx"))
     has_torch = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
     engines = (manifest or {}).get("tensorrt", {}).get("engines", [])
-    cuda = _cuda()
     if requested == "tensorrt":
         if not engines:
-            raise BackendUnavailable(f"{folder} has no TensorRT engine; build one with arena-export --trt")
+            raise BackendUnavailable(f"{folder} has no TensorRT engine; build one with "
+                                     f"`{rebuild_command(manifest, folder)}`")
+
+        ok, why = engine_usable(folder, manifest)
+        if not ok:
+            raise BackendUnavailable(f"--backend tensorrt: {why}")
         return Choice("tensorrt", "asked for")
     if requested == "onnx":
         if not has_onnx:
@@ -67,17 +76,9 @@ def choose_backend(requested: str, folder: Path, *, precision: str = "auto") -> 
         if not has_torch:
             raise BackendUnavailable(f"{folder} has no model.safetensors for the torch backend")
         return Choice("torch", "asked for")
-    if engines and cuda:
-        from arena.backends.tensorrt import tensorrt_available
-
-        ok, why = tensorrt_available()
-        if ok:
-            return Choice("tensorrt", "a TensorRT engine is in the folder and a GPU is present")
-        log.info("not using the TensorRT engine: %s", why)
-    if has_onnx and cuda and _ort_cuda():
-        return Choice("onnx", "ONNX model present and ONNX Runtime has the CUDA provider")
-    if has_torch and cuda:
-        return Choice("torch", "a GPU is present and the folder holds PyTorch weights")
+    on_gpu = _auto_gpu_choice(folder, manifest, has_onnx=has_onnx, has_torch=has_torch)
+    if on_gpu is not None:
+        return on_gpu
     if has_onnx:
         return Choice("onnx", "no GPU; ONNX Runtime on the CPU is the fastest CPU backend measured here")
     if has_torch:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -70,7 +71,9 @@ def export(
     fp16: Annotated[bool, typer.Option(help="Also write an ONNX Runtime FP16 model (fused, float32 I/O)")] = False,
     int8: Annotated[bool, typer.Option(help="Also write an INT8 dynamically quantised model (CPU)")] = False,
     optimize: Annotated[bool, typer.Option(help="Also write an onnxruntime.transformers fused fp32 model")] = False,
-    trt: Annotated[bool, typer.Option(help="Build TensorRT FP16 engines (needs TensorRT and a GPU)")] = False,
+    trt: Annotated[bool, typer.Option(
+        help="Build a strongly typed TensorRT engine from the FP16 ONNX (implies --fp16; needs TensorRT >= 10.12 "
+             "and a GPU)")] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17)")] = 17,
     exporter: Annotated[str, typer.Option(help="torchscript (tested) or dynamo")] = "torchscript",
     data: Annotated[str | None, typer.Option(help="CSV whose real rows drive the parity check")] = None,
@@ -80,7 +83,9 @@ def export(
     int8_prob_tol: Annotated[float, typer.Option(help="Max |prob diff| for INT8")] = 0.1,
     min_agreement: Annotated[float, typer.Option(help="Min argmax agreement for FP16/INT8")] = 0.97,
     trt_buckets: Annotated[int, typer.Option(help="TensorRT optimisation profiles (length buckets)")] = 4,
-    max_tokens: Annotated[int, typer.Option(help="Token budget per batch that inference will use")] = 16384,
+    max_tokens: Annotated[int | None, typer.Option(
+        help="Token budget per batch the TensorRT profiles are planned for (default: what arena-infer packs on a "
+             "GPU, 64 rows of max length)")] = None,
     workspace_gib: Annotated[float, typer.Option(help="TensorRT builder workspace")] = 4.0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out folder (only on success)")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -99,7 +104,7 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                trt: bool = False, opset: int = 17, exporter: str = "torchscript", data: str | None = None,
                parity_shapes: str = "1x17,7x133,16x512", fp32_tol: float = 1e-4, fp16_prob_tol: float = 2e-2,
                int8_prob_tol: float = 0.1, min_agreement: float = 0.97, trt_buckets: int = 4,
-               max_tokens: int = 16384, workspace_gib: float = 4.0, overwrite: bool = False) -> dict[str, Any]:
+               max_tokens: int | None = None, workspace_gib: float = 4.0, overwrite: bool = False) -> dict[str, Any]:
     from dataclasses import replace
 
     import numpy as np
@@ -134,6 +139,7 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
         ok, why = tensorrt_available()
         if not ok:
             raise ArenaError(f"--trt: {why}")
+        fp16 = True  # the engine is built from the parity-checked FP16 ONNX: precision lives in the graph
     from arena.hybrid import is_hybrid
 
     meta = read_meta(checkpoint)
@@ -178,10 +184,11 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                 artifacts["fp32_fused"] = {"file": "model.opt.onnx", "precision": "fp32", "fusions": stats,
                                            "parity": reports["fp32_fused"]}
             if fp16:
-                stats = ort_opt.to_fp16(tmp / "model.onnx", tmp / "model.fp16.onnx", model.config)
+                # the one FP16 graph: ONNX Runtime CUDA runs it and TensorRT builds its strongly typed engine from it
+                stats = ort_opt.to_fp16(tmp / "model.onnx", tmp / "model.fp16.onnx")
                 check("fp16", tmp / "model.fp16.onnx",
                       replace(Tolerance.fp16(), max_prob_diff=fp16_prob_tol, min_argmax_agreement=min_agreement))
-                artifacts["fp16"] = {"file": "model.fp16.onnx", "precision": "fp16", "fusions": stats,
+                artifacts["fp16"] = {"file": "model.fp16.onnx", "precision": "fp16", "conversion": stats,
                                      "parity": reports["fp16"], "checked_on": "CPUExecutionProvider"}
             if int8:
                 info8 = ort_opt.to_int8(tmp / "model.onnx", tmp / "model.int8.onnx")
@@ -194,8 +201,10 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                     shutil.copy2(checkpoint / name, tmp / name)
             trt_section: dict[str, Any] = {"status": "not requested"}
             if trt:  # pragma: no cover - needs TensorRT and a GPU
-                trt_section = _build_trt(tmp, records, tokenizer, meta.encoder, trt_buckets, max_tokens,
-                                         workspace_gib, model.n_features if hybrid else 0)
+                tol16 = replace(Tolerance.fp16(), max_prob_diff=fp16_prob_tol, min_argmax_agreement=min_agreement)
+                trt_section = _build_trt(tmp, records, tokenizer, meta.encoder, model, trt_buckets, max_tokens,
+                                         workspace_gib,
+                                         lambda r: compare("tensorrt", reference, r, batches, tol16, ref_cache))
             write_manifest(tmp, {
                 "source_checkpoint": str(checkpoint.resolve()),
                 "model": {"model_type": model.config.model_type, "num_labels": model.config.num_labels,
@@ -255,33 +264,50 @@ def _input_specs(info: dict[str, Any]) -> list[dict[str, Any]]:
     return specs
 
 
-def _build_trt(folder: Path, records, tokenizer, encoder_cfg, buckets: int, max_tokens: int,
-               workspace_gib: float, n_features: int = 0) -> dict[str, Any]:  # pragma: no cover - needs TensorRT
+def _build_trt(folder: Path, records, tokenizer, encoder_cfg, model, buckets: int, max_tokens: int | None,
+               workspace_gib: float, parity: Callable[[Any], Any]) -> dict[str, Any]:  # pragma: no cover - GPU
+    """Plan profiles for the token budget inference packs, build the strongly typed engine from the FP16 ONNX, and
+    check it with ``parity(runner)`` (PyTorch fp32 on the real parity rows, the FP16 gate; a failure raises and
+    nothing is kept).
+
+    Returns the manifest's ``tensorrt`` section: the budget the profiles were planned for, and per engine the GPU,
+    compute capability and TensorRT version it runs on, the ONNX file and hash it came from, profiles and parity.
+    """
+    from dataclasses import asdict
+
     import tensorrt as trt_mod
 
     from arena.artifacts import engine_filename, engine_key, slug
-    from arena.backends.tensorrt import gpu_identity
+    from arena.backends.tensorrt import TensorRTRunner, gpu_identity
     from arena.encode import ArenaEncoder
-    from arena.export.tensorrt import build_engine, plan_profiles
+    from arena.export.tensorrt import build_engine, plan_profiles, planned_budget
+    from arena.hybrid import is_hybrid
     from arena.io import sha256_file
 
+    onnx_file, version = "model.fp16.onnx", trt_mod.__version__
+    n_features = model.n_features if is_hybrid(model) else 0
+    budget = planned_budget(max_tokens, encoder_cfg.max_length, model.config.model_type)
     lengths = ArenaEncoder(tokenizer, encoder_cfg).encode(records).lengths
-    profiles = plan_profiles(lengths, max_length=encoder_cfg.max_length, max_tokens=max_tokens, buckets=buckets)
+    profiles = plan_profiles(lengths, max_length=encoder_cfg.max_length, max_tokens=budget, buckets=buckets)
     gpu, cc = gpu_identity()
-    onnx_sha = sha256_file(folder / "model.onnx")
-    key = engine_key(onnx_sha, gpu, cc, trt_mod.__version__, "fp16", profiles)
-    name = engine_filename(gpu, trt_mod.__version__, "fp16", key)
-    cache = Path.home() / ".cache" / "arena" / f"trt-timing-{slug(gpu)}-{trt_mod.__version__}.cache"
+    onnx_sha = sha256_file(folder / onnx_file)
+    key = engine_key(onnx_sha, gpu, cc, version, "fp16", profiles)
+    name = engine_filename(gpu, version, "fp16", key)
+    cache = Path.home() / ".cache" / "arena" / f"trt-timing-{slug(gpu)}-{version}.cache"
     cache.parent.mkdir(parents=True, exist_ok=True)
-    info = build_engine(folder / "model.onnx", folder / name, profiles, fp16=True, workspace_gib=workspace_gib,
+    info = build_engine(folder / onnx_file, folder / name, profiles, workspace_gib=workspace_gib,
                         timing_cache=cache, n_features=n_features)
-    from dataclasses import asdict
-
-    return {"status": "built", "onnx_sha256": onnx_sha, "engines": [{
-        "file": name, "key": key, "gpu_name": gpu, "compute_capability": cc,
-        "tensorrt_version": trt_mod.__version__, "onnx_sha256": onnx_sha, "precision": "fp16",
-        "features": n_features,
-        "profiles": [asdict(p) for p in profiles], **info}]}
+    report = parity(TensorRTRunner((folder / name).read_bytes()))
+    for line in report.lines():
+        log.info("parity %s", line)
+    if not report.passed:
+        raise ParityError("tensorrt parity check failed, nothing was kept: " + "; ".join(report.failures)
+                          + "\n" + "\n".join(report.lines()))
+    return {"status": "built", "max_tokens": budget, "engines": [{
+        "file": name, "key": key, "gpu_name": gpu, "compute_capability": cc, "tensorrt_version": version,
+        "onnx_file": onnx_file, "onnx_sha256": onnx_sha, "precision": "fp16", "strongly_typed": True,
+        "features": n_features, "max_tokens": budget, "profiles": [asdict(p) for p in profiles],
+        "parity": report.to_dict(), **info}]}
 
 
 def main() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -123,21 +122,21 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
 def _open_scorer(models: list[Path], config, *, backend: str, precision: str, threads: int | None, compile: bool,
                  device: str, devices: str | None, weights: list[float] | None, combine: str):
     """The scorer for one model or an ensemble; (scorer, description, why this backend, close)."""
-    from arena.infer.sharded import ShardedRunner, parse_devices
-    from arena.loading import open_models
+    from arena.ensemble import member_folders
+    from arena.infer.sharded import open_sharded, parse_devices
+    from arena.loading import LoadedEnsemble, open_models
     from arena.scoring import scorer_for
 
     shards = parse_devices(devices)
-    ensemble = open_models(models, weights=weights, combine=combine, backend=backend, precision=precision,
-                           threads=threads, compile=compile, device=device if shards is None else shards[0])
-    first = ensemble.members[0]
-    if shards is not None:
-        if len(ensemble.members) > 1:
+    if shards is None:
+        ensemble = open_models(models, weights=weights, combine=combine, backend=backend, precision=precision,
+                               threads=threads, compile=compile, device=device)
+    else:  # the workers load the model, the parent does not (cuda:0 would hold it twice)
+        if len(models) > 1 or member_folders(models[0]):
             raise ConfigError("--devices runs one model per device; score an ensemble on one device at a time")
-        per = threads or max(1, (os.cpu_count() or 2) // len(shards)) if shards[0] == "cpu" else threads
-        first.runner = ShardedRunner(models[0], shards, backend=first.choice.backend, precision=precision,
-                                     threads=per)
-        first.description += f" x {len(shards)} processes on {', '.join(shards)}"
+        ensemble = LoadedEnsemble([open_sharded(models[0], shards, backend=backend, precision=precision,
+                                                threads=threads)], [1.0], combine, "single model")
+    first = ensemble.members[0]
     scorer = scorer_for(ensemble, config)
 
     def close() -> None:
