@@ -107,17 +107,13 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                max_tokens: int | None = None, workspace_gib: float = 4.0, overwrite: bool = False) -> dict[str, Any]:
     from dataclasses import replace
 
-    import numpy as np
-
     from arena.artifacts import write_manifest
-    from arena.backends.onnx import OnnxBackend
     from arena.backends.torch import TorchBackend
     from arena.data import has_labels, read_records, resolve_csv
     from arena.ensemble import member_folders
     from arena.executor import BatchExecutor
-    from arena.export import optimize as ort_opt
     from arena.export.onnx import export_onnx
-    from arena.export.parity import Tolerance, compare
+    from arena.export.parity import Tolerance
     from arena.io import atomic_dir, sha256_file
     from arena.modeling import check_model_folder, load_classifier, load_tokenizer, read_meta
 
@@ -159,43 +155,13 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
     reference = TorchBackend(model=model, device="cpu", precision="fp32")
     executor = BatchExecutor(reference, pad_id=tokenizer.pad_token_id or 0, max_length=max_length)
     batches = parity_batches(records, tokenizer, meta.encoder, shapes, executor)
-    ref_cache: dict[int, np.ndarray] = {}
-    reports: dict[str, Any] = {}
-    artifacts: dict[str, Any] = {}
-
-    def check(name: str, file: Path, tol: Tolerance) -> None:
-        backend = OnnxBackend(file, device="cpu")
-        report = compare(name, reference, backend, batches, tol, ref_cache)
-        for line in report.lines():
-            log.info("parity %s", line)
-        reports[name] = report.to_dict()
-        if not report.passed:
-            raise ParityError(f"{name} parity check failed, nothing was kept: " + "; ".join(report.failures)
-                              + "\n" + "\n".join(report.lines()))
-
+    gate = ParityGate(reference, batches)
     try:
         with atomic_dir(out, overwrite=overwrite) as tmp:
             info = export_onnx(model, tmp / "model.onnx", opset=opset, exporter=exporter)
-            check("fp32", tmp / "model.onnx", replace(Tolerance.fp32(), max_logit_diff=fp32_tol))
-            artifacts["fp32"] = {"file": "model.onnx", "precision": "fp32", "parity": reports["fp32"]}
-            if optimize:
-                stats = ort_opt.fuse(tmp / "model.onnx", tmp / "model.opt.onnx", model.config)
-                check("fp32_fused", tmp / "model.opt.onnx", replace(Tolerance.fp32(), max_logit_diff=fp32_tol))
-                artifacts["fp32_fused"] = {"file": "model.opt.onnx", "precision": "fp32", "fusions": stats,
-                                           "parity": reports["fp32_fused"]}
-            if fp16:
-                # the one FP16 graph: ONNX Runtime CUDA runs it and TensorRT builds its strongly typed engine from it
-                stats = ort_opt.to_fp16(tmp / "model.onnx", tmp / "model.fp16.onnx")
-                check("fp16", tmp / "model.fp16.onnx",
-                      replace(Tolerance.fp16(), max_prob_diff=fp16_prob_tol, min_argmax_agreement=min_agreement))
-                artifacts["fp16"] = {"file": "model.fp16.onnx", "precision": "fp16", "conversion": stats,
-                                     "parity": reports["fp16"], "checked_on": "CPUExecutionProvider"}
-            if int8:
-                info8 = ort_opt.to_int8(tmp / "model.onnx", tmp / "model.int8.onnx")
-                check("int8", tmp / "model.int8.onnx",
-                      replace(Tolerance.int8(), max_prob_diff=int8_prob_tol, min_argmax_agreement=min_agreement))
-                artifacts["int8"] = {"file": "model.int8.onnx", "precision": "int8", **info8,
-                                     "parity": reports["int8"]}
+            artifacts = derived_artifacts(tmp, model, gate, fp16=fp16, int8=int8, optimize=optimize,
+                                          fp32_tol=fp32_tol, fp16_prob_tol=fp16_prob_tol,
+                                          int8_prob_tol=int8_prob_tol, min_agreement=min_agreement)
             for name in TOKENIZER_FILES:  # the export folder is self-contained: infer encodes from it
                 if (checkpoint / name).is_file():
                     shutil.copy2(checkpoint / name, tmp / name)
@@ -203,8 +169,7 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
             if trt:  # pragma: no cover - needs TensorRT and a GPU
                 tol16 = replace(Tolerance.fp16(), max_prob_diff=fp16_prob_tol, min_argmax_agreement=min_agreement)
                 trt_section = _build_trt(tmp, records, tokenizer, meta.encoder, model, trt_buckets, max_tokens,
-                                         workspace_gib,
-                                         lambda r: compare("tensorrt", reference, r, batches, tol16, ref_cache))
+                                         workspace_gib, lambda r: gate.compare("tensorrt", r, tol16))
             write_manifest(tmp, {
                 "source_checkpoint": str(checkpoint.resolve()),
                 "model": {"model_type": model.config.model_type, "num_labels": model.config.num_labels,
@@ -214,20 +179,74 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                 "head": meta.head or {"kind": "hf"},
                 "onnx": {**info, "inputs": _input_specs(info),
                          "outputs": [{"name": "logits", "dtype": "float32", "dims": ["batch", 3]}]},
-                "max_length": max_length,
-                "tokenizer": type(tokenizer).__name__,
-                "encoder": meta.encoder.to_dict(),
-                "temperature": meta.temperature,
-                "parity_data": str(path),
-                "parity_shapes": [list(s) for s in shapes],
-                "artifacts": artifacts,
-                "tensorrt": trt_section,
+                "max_length": max_length, "tokenizer": type(tokenizer).__name__, "encoder": meta.encoder.to_dict(),
+                "temperature": meta.temperature, "parity_data": str(path),
+                "parity_shapes": [list(s) for s in shapes], "artifacts": artifacts, "tensorrt": trt_section,
                 "onnx_sha256": sha256_file(tmp / "model.onnx"),
             })
     except OSError as exc:
         raise ConfigError(f"cannot write --out {out}: {exc}") from None
     return {"out": str(out), "artifacts": {k: v["file"] for k, v in artifacts.items()},
-            "parity": {k: v["passed"] for k, v in reports.items()}}
+            "parity": {k: v["passed"] for k, v in gate.reports.items()}}
+
+
+class ParityGate:
+    """Every artefact is compared with the PyTorch reference on the same real-row batches (the reference runs
+    once per batch); a failed comparison raises :class:`ParityError`, so the export keeps nothing."""
+
+    def __init__(self, reference: Any, batches: list) -> None:
+        self.reference, self.batches = reference, batches
+        self.cache: dict[int, Any] = {}
+        self.reports: dict[str, Any] = {}
+
+    def compare(self, name: str, candidate: Any, tol: Any) -> Any:
+        from arena.export.parity import compare
+
+        return compare(name, self.reference, candidate, self.batches, tol, self.cache)
+
+    def check(self, name: str, file: Path, tol: Any) -> dict[str, Any]:
+        """Parity of the ONNX model ``file`` on the CPU; its report (also kept in :attr:`reports`)."""
+        from arena.backends.onnx import OnnxBackend
+
+        report = self.compare(name, OnnxBackend(file, device="cpu"), tol)
+        for line in report.lines():
+            log.info("parity %s", line)
+        self.reports[name] = report.to_dict()
+        if not report.passed:
+            raise ParityError(f"{name} parity check failed, nothing was kept: " + "; ".join(report.failures)
+                              + "\n" + "\n".join(report.lines()))
+        return self.reports[name]
+
+
+def derived_artifacts(tmp: Path, model: Any, gate: ParityGate, *, fp16: bool, int8: bool, optimize: bool,
+                      fp32_tol: float, fp16_prob_tol: float, int8_prob_tol: float,
+                      min_agreement: float) -> dict[str, Any]:
+    """Check ``model.onnx`` and write (and check) each derived model asked for; the manifest's artefact table."""
+    from dataclasses import replace
+
+    from arena.export import optimize as ort_opt
+    from arena.export.parity import Tolerance
+
+    fp32 = replace(Tolerance.fp32(), max_logit_diff=fp32_tol)
+    artifacts: dict[str, Any] = {"fp32": {"file": "model.onnx", "precision": "fp32",
+                                          "parity": gate.check("fp32", tmp / "model.onnx", fp32)}}
+    if optimize:
+        stats = ort_opt.fuse(tmp / "model.onnx", tmp / "model.opt.onnx", model.config)
+        artifacts["fp32_fused"] = {"file": "model.opt.onnx", "precision": "fp32", "fusions": stats,
+                                   "parity": gate.check("fp32_fused", tmp / "model.opt.onnx", fp32)}
+    if fp16:
+        # the one FP16 graph: ONNX Runtime CUDA runs it and TensorRT builds its strongly typed engine from it
+        stats = ort_opt.to_fp16(tmp / "model.onnx", tmp / "model.fp16.onnx")
+        tol = replace(Tolerance.fp16(), max_prob_diff=fp16_prob_tol, min_argmax_agreement=min_agreement)
+        artifacts["fp16"] = {"file": "model.fp16.onnx", "precision": "fp16", "conversion": stats,
+                             "parity": gate.check("fp16", tmp / "model.fp16.onnx", tol),
+                             "checked_on": "CPUExecutionProvider"}
+    if int8:
+        info8 = ort_opt.to_int8(tmp / "model.onnx", tmp / "model.int8.onnx")
+        tol = replace(Tolerance.int8(), max_prob_diff=int8_prob_tol, min_argmax_agreement=min_agreement)
+        artifacts["int8"] = {"file": "model.int8.onnx", "precision": "int8", **info8,
+                             "parity": gate.check("int8", tmp / "model.int8.onnx", tol)}
+    return artifacts
 
 
 def run_ensemble_export(source: Path, members: list[Path], out: Path, *, overwrite: bool = False,
