@@ -10,14 +10,15 @@ from typing import Annotated, Any
 
 import typer
 
-from arena.cli_common import setup_logging
+from arena.cli_common import run_app, setup_logging
 from arena.errors import ArenaError, ConfigError, ParityError, cli_errors
+from arena.modeling import TOKENIZER_FILES as MODEL_TOKENIZER_FILES
 
 log = logging.getLogger("arena.export")
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spm.model",
-                   "added_tokens.json", "vocab.txt", "config.json", "arena.json")
+TOKENIZER_FILES = (*MODEL_TOKENIZER_FILES, "config.json", "arena.json")
+"""Copied into the export so that it is self-contained; the manifest hashes them like the model files."""
 
 
 def parity_batches(records, tokenizer, encoder_cfg, shapes: list[tuple[int, int]]):
@@ -103,21 +104,24 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
 
     import numpy as np
 
-    from arena.data import has_labels, read_records, resolve_csv
+    from arena.data import has_labels, read_records
     from arena.export import optimize as ort_opt
     from arena.export.manifest import write_manifest
     from arena.export.onnx import export_onnx
     from arena.export.parity import Tolerance, compare
+    from arena.export.precheck import check_export_request
     from arena.infer.backends.onnx import OnnxBackend
     from arena.infer.backends.torch import TorchBackend
     from arena.io import atomic_dir, sha256_file
-    from arena.modeling import check_model_folder, load_classifier, load_tokenizer, read_meta
+    from arena.modeling import load_classifier, load_tokenizer, read_meta
+    from arena.safety import unfinished_reason
 
-    checkpoint = Path(checkpoint)
-    check_model_folder(checkpoint)
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
-        raise ConfigError(f"--out {out} already exists with other content; choose a new folder or pass --overwrite")
+    checkpoint, out = Path(checkpoint), Path(out)
+    path = check_export_request(checkpoint, out, opset=opset, exporter=exporter, data=data,
+                                parity_shapes=parity_shapes, tolerances={"--fp32-tol": fp32_tol,
+                                "--fp16-prob-tol": fp16_prob_tol, "--int8-prob-tol": int8_prob_tol},
+                                min_agreement=min_agreement, trt_buckets=trt_buckets, max_tokens=max_tokens,
+                                workspace_gib=workspace_gib, overwrite=overwrite)
     if trt:  # say what is missing before spending minutes on the ONNX part
         from arena.export.tensorrt import tensorrt_available
 
@@ -135,7 +139,6 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
     max_length = meta.encoder.max_length
     shapes = parse_shapes(parity_shapes, max_length)
 
-    path = resolve_csv(data, "train.csv")
     records = read_records(path, labelled=has_labels(path))[:256]
     if len(records) < max(b for b, _ in shapes):
         raise ConfigError(f"{path} has {len(records)} rows; the parity check needs at least "
@@ -187,6 +190,7 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                                          workspace_gib, model.n_features if hybrid else 0)
             write_manifest(tmp, {
                 "source_checkpoint": str(checkpoint.resolve()),
+                "source_training": "unfinished" if unfinished_reason(checkpoint) else "finished",
                 "model": {"model_type": model.config.model_type, "num_labels": model.config.num_labels,
                           "hidden_size": model.config.hidden_size,
                           "num_hidden_layers": model.config.num_hidden_layers},
@@ -247,7 +251,7 @@ def _build_trt(folder: Path, records, tokenizer, encoder_cfg, buckets: int, max_
 
 
 def main() -> None:
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":

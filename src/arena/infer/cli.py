@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from arena.cli_common import setup_logging
+from arena.cli_common import run_app, setup_logging
 from arena.errors import ConfigError, cli_errors
 
 log = logging.getLogger("arena.infer")
@@ -48,9 +48,7 @@ def infer(
 ) -> None:
     """Score every row of TEST_CSV and write one probability row per id, in the file's order."""
     setup_logging(verbose)
-    if tta not in ("none", "swap"):
-        raise ConfigError("--tta must be none or swap")
-    summary = run_infer(test_csv, model, out, backend=backend, precision=precision, tta=tta == "swap",
+    summary = run_infer(test_csv, model, out, backend=backend, precision=precision, tta=tta,
                         policy=policy, max_tokens=max_tokens, batch_size=batch_size, chunk_rows=chunk_rows,
                         threads=threads, encode_workers=encode_workers, compile=compile, device=device,
                         devices=devices, rules=rules)
@@ -61,23 +59,77 @@ def infer(
     typer.echo(json.dumps(summary))
 
 
+def check_infer_request(test_csv: Path, model: Path, out: Path, *, backend: str, precision: str, tta: str | bool,
+                        policy: str, max_tokens: int | None, batch_size: int, chunk_rows: int, threads: int | None,
+                        encode_workers: int, compile: bool, device: str,
+                        devices: str | None) -> tuple[str, list[str] | None]:
+    """Every option and path checked before a model is loaded: return the device and the device list (None for
+    one device; ``--devices`` with one name is that device, not ignored)."""
+    from arena.batching import POLICIES
+    from arena.data import check_layout
+    from arena.devices import check_device, parse_devices
+    from arena.infer.backends.base import BACKENDS
+    from arena.modeling import check_model_folder
+    from arena.options import at_least, check_precision, existing_file, existing_folder, one_of
+    from arena.safety import check_submission_out
+
+    one_of("--backend", backend, BACKENDS)
+    check_precision("--precision", backend, precision)
+    if not isinstance(tta, bool):
+        one_of("--tta", tta, ("none", "swap"))
+    one_of("--policy", policy, POLICIES)
+    at_least("--max-tokens", max_tokens, 1)
+    at_least("--batch-size", batch_size, 1)
+    at_least("--chunk-rows", chunk_rows, 1)
+    at_least("--threads", threads, 1)
+    at_least("--encode-workers", encode_workers, 0)
+    if compile and backend not in ("auto", "torch"):
+        raise ConfigError(f"--compile applies to the torch backend, not --backend {backend}")
+    device = check_device(device, "--device", backend)
+    shards = parse_devices(devices, backend)
+    if shards is not None and device != "auto":
+        raise ConfigError("pass either --device (one device) or --devices (several), not both")
+    if shards is not None and len(shards) == 1:
+        device, shards = shards[0], None
+    existing_file("TEST_CSV", test_csv, "the test CSV to score (e.g. test.csv)")
+    check_layout(test_csv, labelled=False)
+    existing_folder("--model", model, "the arena-train checkpoint or arena-export folder")
+    if not (model / "manifest.json").is_file():
+        check_model_folder(model)
+    check_submission_out(out, test_csv=test_csv, model=model)
+    return device, shards
+
+
 def run_infer(test_csv: Path, model: Path, out: Path, *, backend: str = "auto", precision: str = "auto",
-              tta: bool = False, policy: str = "sorted", max_tokens: int | None = None, batch_size: int = 64,
+              tta: bool | str = False, policy: str = "sorted", max_tokens: int | None = None, batch_size: int = 64,
               chunk_rows: int = 8192, threads: int | None = None, encode_workers: int = 0, compile: bool = False,
               device: str = "auto", devices: str | None = None, rules: str | None = None) -> dict:
+    """Score ``test_csv`` with ``model`` into ``out``. ``tta``: ``swap``/``none`` (the CLI's words) or a bool."""
     from tqdm.auto import tqdm
 
-    from arena.batching import default_max_tokens
+    from arena.batching import default_max_tokens, round_up
     from arena.data import iter_records
     from arena.infer.loading import open_model
     from arena.infer.pipeline import ScoreConfig, Scorer, Timings
     from arena.infer.rules import parse_rules
-    from arena.infer.sharded import ShardedRunner, parse_devices
+    from arena.infer.sharded import ShardedRunner
     from arena.infer.submission import submission_writer
+    from arena.safety import warn_if_unfinished
 
-    shards = parse_devices(devices)
+    test_csv, model, out = Path(test_csv), Path(model), Path(out)
+    device, shards = check_infer_request(
+        test_csv, model, out, backend=backend, precision=precision, tta=tta, policy=policy, max_tokens=max_tokens,
+        batch_size=batch_size, chunk_rows=chunk_rows, threads=threads, encode_workers=encode_workers,
+        compile=compile, device=device, devices=devices)
+    tta = tta == "swap" if isinstance(tta, str) else tta
+    rule_list = parse_rules(rules)
+    warn_if_unfinished(model)
     loaded = open_model(model, backend=backend, precision=precision, threads=threads, compile=compile,
                         device=device if shards is None else shards[0])
+    longest = round_up(loaded.encoder.config.max_length, 8)
+    if policy == "sorted" and max_tokens is not None and max_tokens < longest:
+        raise ConfigError(f"--max-tokens {max_tokens} is smaller than one padded row of the model's max length "
+                          f"({longest} tokens); raise it or leave it out")
     if shards is not None:
         per = threads or max(1, (os.cpu_count() or 2) // len(shards)) if shards[0] == "cpu" else threads
         loaded.runner = ShardedRunner(model, shards, backend=loaded.choice.backend, precision=precision,
@@ -89,7 +141,7 @@ def run_infer(test_csv: Path, model: Path, out: Path, *, backend: str = "auto", 
                                         loaded.model_type)
     config = ScoreConfig(policy=policy, batch_size=batch_size, max_tokens=max_tokens, chunk_rows=chunk_rows,
                          tta=tta, temperature=loaded.temperature, encode_workers=encode_workers,
-                         rules=parse_rules(rules))
+                         rules=rule_list)
     scorer = Scorer(loaded.runner, loaded.encoder, config, tokenizer_path=model)
     timings = Timings()
     t0 = time.perf_counter()
@@ -114,7 +166,7 @@ def run_infer(test_csv: Path, model: Path, out: Path, *, backend: str = "auto", 
 
 
 def main() -> None:
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":

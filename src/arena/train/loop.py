@@ -42,11 +42,13 @@ from arena.metrics import accuracy, baselines, fit_temperature, log_loss, softma
 from arena.modeling import (
     CheckpointMeta,
     check_max_length,
+    check_tokenizer,
     load_classifier,
     load_model_config,
     load_tokenizer,
     save_checkpoint,
 )
+from arena.safety import check_train_output, finish_train_output, start_train_output
 from arena.train.folds import holdout_split, stratified_folds
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,8 @@ class TrainConfig:
     """Fit a temperature on the validation (out-of-fold) logits and save it with the model."""
     compile: bool = False
     resume: bool = False
+    overwrite: bool = False
+    """Delete an earlier run in ``output`` and start again (:mod:`arena.safety` says which folders qualify)."""
     keep_state: bool = False
     max_steps: int | None = None
     """Stop after this many optimizer steps in total (quick runs, tests)."""
@@ -553,6 +557,10 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
     from transformers import AutoConfig
 
     path = resolve_csv(config.data, "train.csv")
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank:  # never into a folder holding someone else's files, a finished run, or an input
+        check_train_output(config.output, resume=config.resume, overwrite=config.overwrite,
+                           inputs={"training data": path, "model": config.model, "tokenizer": config.tokenizer})
     records = read_train(path)
     if config.max_rows is not None:
         records = records[: config.max_rows]
@@ -574,6 +582,7 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
                     else load_model_config(config.model))
     check_max_length(model_config, config.encoder.max_length)
     tokenizer = load_tokenizer(config.tokenizer or config.model)
+    check_tokenizer(tokenizer, config.tokenizer or config.model, getattr(model_config, "vocab_size", None))
     if config.max_steps == 0:  # no training: write the initial weights as a checkpoint (speed and export work)
         torch.manual_seed(config.seed)
         model = build_model(config)
@@ -585,9 +594,11 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
                 feats = np.concatenate([feats, feature_matrix([swap_ab(r) for r in records])])
                 y = np.concatenate([labels, SWAP_CLASSES[labels]])
             init_from_logistic_regression(model, feats, y)
+        start_train_output(config.output, overwrite=config.overwrite)
         save_checkpoint(model, tokenizer, config.output, CheckpointMeta(
             encoder=config.encoder, source=str(config.model), extra={"train_config": config.to_dict(),
                                                                      "trained": False}))
+        finish_train_output(config.output)
         log.info("--max-steps 0: saved the untrained model to %s", config.output)
         return {}
     resolve_precision(config.precision, pick_device())
@@ -611,6 +622,8 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
                    np.flatnonzero(fold_of == k)) for k in which]
     meta = CheckpointMeta(encoder=config.encoder, source=str(config.model),
                           extra={"train_config": config.to_dict(), "data": str(path)})
+    if main_rank:  # marks the folder unfinished until metrics.json is written (loading it meanwhile warns)
+        start_train_output(out, overwrite=config.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "train_config.json", json.dumps(config.to_dict(), indent=2))
 
@@ -650,4 +663,5 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
         "encode_seconds": encode_s,
     }
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2))
+    finish_train_output(out)
     return summary
