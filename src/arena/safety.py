@@ -100,18 +100,21 @@ def _entries(folder: Path) -> list[Path]:
 # --------------------------------------------------------------------------------------------------- export
 
 
+def export_foreign_files(folder: str | Path) -> list[str]:
+    """Files in ``folder`` that no earlier ``arena-export`` wrote: those its manifest does not list (every file
+    when there is no readable manifest)."""
+    folder = Path(folder)
+    present = {str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir()}
+    manifest = _read_json(folder / MANIFEST)
+    files = manifest.get("files") if manifest is not None and "artifacts" in manifest else None
+    if not isinstance(files, dict):
+        return sorted(present)
+    return sorted(present - set(files) - {MANIFEST})
+
+
 def is_arena_export(folder: str | Path) -> bool:
     """Whether ``folder`` is an earlier ``arena-export`` output: a manifest listing every file in the folder."""
-    folder = Path(folder)
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict) or "artifacts" not in manifest:
-        return False
-    present = {str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir() and p.name != MANIFEST}
-    return present <= set(files)
+    return (Path(folder) / MANIFEST).is_file() and not export_foreign_files(folder)
 
 
 def check_export_out(out: str | Path, *, checkpoint: str | Path, data: str | Path | None, overwrite: bool) -> None:
@@ -125,8 +128,8 @@ def check_export_out(out: str | Path, *, checkpoint: str | Path, data: str | Pat
         if not overwrite:
             raise ConfigError(f"--out {out} already exists and is not empty; choose a new folder, or pass --overwrite "
                               "to replace an earlier arena-export folder")
-        if not is_arena_export(out):
-            foreign = [p.name for p in _entries(out)]
+        foreign = export_foreign_files(out)
+        if foreign:
             raise ConfigError(f"--out {out} holds files arena-export did not write ({_listing(foreign)}); "
                               "--overwrite replaces only an earlier export: choose a new folder")
     check_writable(out, "--out", in_parent=True)
@@ -233,19 +236,36 @@ def check_train_output(output: str | Path, *, resume: bool, overwrite: bool,
         raise ConfigError(f"--output {out} holds files arena-train did not write ({_listing(foreign)}); "
                           "choose a new or empty folder")
     running = (out / RUNNING).is_file()
-    finished = not running and ((out / DONE).is_file() or (out / "metrics.json").is_file())
+    untrained = (_read_json(out / "arena.json") or {}).get("trained") is False  # a --max-steps 0 checkpoint
+    finished = not running and ((out / DONE).is_file() or (out / "metrics.json").is_file() or untrained)
     if resume and finished:
         raise ConfigError(f"--output {out} holds a finished run: nothing to resume. Pass --overwrite to train it "
                           "again from the start, or choose a new --output")
     if not resume and not overwrite:
-        state = "a finished run" if finished else "an unfinished run (interrupted or still running)"
+        state = ("an unfinished run (interrupted or still running)" if running else
+                 "a finished run" if finished else "an earlier run")
         raise ConfigError(f"--output {out} already holds {state}; pass --resume to continue an unfinished run or "
                           "--overwrite to delete it and train from the start, or choose a new --output")
 
 
+def _main_rank() -> bool:
+    """Under torchrun only rank 0 checks and prepares the output folder (the other ranks would see its marker)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_train_config_output(config: Any, data: str | Path) -> None:
+    """:func:`check_train_output` for a :class:`~arena.train.loop.TrainConfig` reading ``data`` (rank 0 only)."""
+    if _main_rank():
+        check_train_output(config.output, resume=config.resume, overwrite=config.overwrite,
+                           inputs={"training data": data, "model": config.model, "tokenizer": config.tokenizer})
+
+
 def start_train_output(output: str | Path, *, overwrite: bool) -> None:
     """Call after :func:`check_train_output`: with ``overwrite`` delete the earlier run (every entry is one
-    arena-train wrote), then mark the folder as holding an unfinished run until :func:`finish_train_output`."""
+    arena-train wrote), then mark the folder as holding an unfinished run until :func:`finish_train_output`.
+    Rank 0 only under torchrun."""
+    if not _main_rank():
+        return
     out = Path(output)
     if overwrite:
         for entry in _entries(out):
@@ -259,7 +279,8 @@ def start_train_output(output: str | Path, *, overwrite: bool) -> None:
 
 
 def finish_train_output(output: str | Path) -> None:
-    (Path(output) / RUNNING).unlink(missing_ok=True)
+    if _main_rank():
+        (Path(output) / RUNNING).unlink(missing_ok=True)
 
 
 def unfinished_reason(folder: str | Path) -> str | None:

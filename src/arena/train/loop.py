@@ -48,7 +48,7 @@ from arena.modeling import (
     load_tokenizer,
     save_checkpoint,
 )
-from arena.safety import check_train_output, finish_train_output, start_train_output
+from arena.safety import check_train_config_output, finish_train_output, start_train_output
 from arena.train.folds import holdout_split, stratified_folds
 
 log = logging.getLogger(__name__)
@@ -557,10 +557,7 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
     from transformers import AutoConfig
 
     path = resolve_csv(config.data, "train.csv")
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    if main_rank:  # never into a folder holding someone else's files, a finished run, or an input
-        check_train_output(config.output, resume=config.resume, overwrite=config.overwrite,
-                           inputs={"training data": path, "model": config.model, "tokenizer": config.tokenizer})
+    check_train_config_output(config, path)  # no one else's files, no finished run, no input in --output
     records = read_train(path)
     if config.max_rows is not None:
         records = records[: config.max_rows]
@@ -622,8 +619,7 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
                    np.flatnonzero(fold_of == k)) for k in which]
     meta = CheckpointMeta(encoder=config.encoder, source=str(config.model),
                           extra={"train_config": config.to_dict(), "data": str(path)})
-    if main_rank:  # marks the folder unfinished until metrics.json is written (loading it meanwhile warns)
-        start_train_output(out, overwrite=config.overwrite)
+    start_train_output(out, overwrite=config.overwrite)  # marked unfinished until metrics.json is written
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "train_config.json", json.dumps(config.to_dict(), indent=2))
 
