@@ -110,17 +110,82 @@ def load_model_config(name_or_path: str | Path) -> Any:
 
 
 def load_tokenizer(name_or_path: str | Path) -> Any:
+    """The tokenizer of a local folder or hub name, checked (:func:`check_tokenizer`): a folder without its
+    tokenizer files must not turn every word into ``[UNK]`` (transformers builds an empty vocabulary from
+    ``config.json`` alone), and an export's tokenizer files must match its manifest."""
     from transformers import AutoTokenizer
 
     name = str(name_or_path)
-    if is_local(name) and not Path(name).is_dir():
+    if is_local(name) and not Path(name).exists():
         raise ModelError(f"tokenizer folder {name} does not exist")
+    if is_local(name) and not Path(name).is_dir():
+        raise ModelError(f"{name} is a file; pass the folder that holds the tokenizer files")
+    if is_local(name):
+        verify_tokenizer_files(name)
     try:
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+    except (OSError, ValueError, TypeError) as exc:
         if is_local(name):
             raise ModelError(f"{name} does not hold a tokenizer that transformers can load: {exc}") from None
         raise offline_hint(name, exc) from None
+    vocab_size = None
+    if is_local(name) and (Path(name) / "config.json").is_file():
+        try:
+            vocab_size = json.loads((Path(name) / "config.json").read_text()).get("vocab_size")
+        except ValueError:
+            vocab_size = None
+    check_tokenizer(tokenizer, name, vocab_size)
+    return tokenizer
+
+
+MIN_VOCABULARY = 100
+"""Fewer tokens than this is no real vocabulary: what transformers builds when the tokenizer files are missing."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "spm.model", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
+def check_tokenizer(tokenizer: Any, source: str | Path, vocab_size: int | None) -> None:
+    """Raise :class:`ModelError` unless ``tokenizer`` has a real vocabulary that fits the model's embedding
+    (``vocab_size`` rows; None when unknown): ids beyond it would index past the embedding, and a near-empty
+    vocabulary maps every word to ``[UNK]`` while still giving plausible-looking probabilities."""
+    size = len(tokenizer)
+    if size < MIN_VOCABULARY:
+        raise ModelError(f"{source} has no usable tokenizer (a vocabulary of {size} tokens): its tokenizer files "
+                         f"({', '.join(TOKENIZER_FILES[:5])}, ...) are missing. Copy them from the tokenizer the "
+                         "model was trained with (or pass --tokenizer), or train/export again")
+    if vocab_size is not None and size > int(vocab_size):
+        raise ModelError(f"{source}: the tokenizer has {size} tokens but the model's embedding has {vocab_size} "
+                         "rows (config.json vocab_size); the tokenizer belongs to another model. Pass the tokenizer "
+                         "the model was trained with")
+
+
+def verify_tokenizer_files(folder: str | Path) -> None:
+    """In an export folder (one with ``manifest.json``), the tokenizer files and ``config.json`` must be those
+    the manifest recorded: present, unchanged, and at least one tokenizer file among them."""
+    from arena.io import sha256_file
+
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except OSError:
+        return
+    except ValueError as exc:
+        raise ModelError(f"{folder / 'manifest.json'} is not valid JSON ({exc}); export again") from None
+    recorded = manifest.get("files", {}) if isinstance(manifest, dict) else {}
+    names = [n for n in (*TOKENIZER_FILES, "config.json") if n in recorded or (folder / n).is_file()]
+    if not any(n in recorded for n in TOKENIZER_FILES):
+        raise ModelError(f"{folder} is an export without tokenizer files in its manifest; export again with "
+                         "this version of arena-export")
+    for name in names:
+        if name not in recorded:
+            raise ModelError(f"{folder / name} is not in {folder / 'manifest.json'}: it was added after the "
+                             "export; remove it or export again")
+        if not (folder / name).is_file():
+            raise ModelError(f"{folder / name} is missing (the manifest lists it); export again")
+        if sha256_file(folder / name) != recorded[name]:
+            raise ModelError(f"{folder / name} does not match the sha256 in {folder / 'manifest.json'}: the file "
+                             "changed or is corrupt; export again")
 
 
 HEAD_KINDS: dict[str, str] = {"hybrid": "arena.hybrid:load_hybrid"}

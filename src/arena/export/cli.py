@@ -11,14 +11,15 @@ from typing import Annotated, Any
 
 import typer
 
-from arena.cli_common import setup_logging
+from arena.cli_common import run_app, setup_logging
 from arena.errors import ArenaError, ConfigError, ParityError, cli_errors
+from arena.modeling import TOKENIZER_FILES as MODEL_TOKENIZER_FILES
 
 log = logging.getLogger("arena.export")
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spm.model",
-                   "added_tokens.json", "vocab.txt", "config.json", "arena.json")
+TOKENIZER_FILES = (*MODEL_TOKENIZER_FILES, "config.json", "arena.json")
+"""Copied into the export so that it is self-contained; the manifest hashes them like the model files."""
 
 
 def parity_batches(records, tokenizer, encoder_cfg, shapes: list[tuple[int, int]], executor):
@@ -109,26 +110,29 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
 
     from arena.artifacts import write_manifest
     from arena.backends.torch import TorchBackend
-    from arena.data import has_labels, read_records, resolve_csv
+    from arena.data import has_labels, read_records
     from arena.ensemble import member_folders
     from arena.executor import BatchExecutor
     from arena.export.onnx import export_onnx
     from arena.export.parity import Tolerance
+    from arena.export.precheck import check_export_request
     from arena.io import atomic_dir, sha256_file
-    from arena.modeling import check_model_folder, load_classifier, load_tokenizer, read_meta
+    from arena.modeling import load_classifier, load_tokenizer, read_meta
+    from arena.safety import unfinished_reason
 
-    checkpoint = Path(checkpoint)
+    checkpoint, out = Path(checkpoint), Path(out)
     members = member_folders(checkpoint)
     if members is not None:  # a k-fold training output: every fold, one folder, one manifest
-        return run_ensemble_export(checkpoint, members, Path(out), overwrite=overwrite, fp16=fp16, int8=int8,
+        return run_ensemble_export(checkpoint, members, out, overwrite=overwrite, fp16=fp16, int8=int8,
                                    optimize=optimize, trt=trt, opset=opset, exporter=exporter, data=data,
                                    parity_shapes=parity_shapes, fp32_tol=fp32_tol, fp16_prob_tol=fp16_prob_tol,
                                    int8_prob_tol=int8_prob_tol, min_agreement=min_agreement,
                                    trt_buckets=trt_buckets, max_tokens=max_tokens, workspace_gib=workspace_gib)
-    check_model_folder(checkpoint)
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
-        raise ConfigError(f"--out {out} already exists with other content; choose a new folder or pass --overwrite")
+    path = check_export_request(checkpoint, out, opset=opset, exporter=exporter, data=data,
+                                parity_shapes=parity_shapes, tolerances={"--fp32-tol": fp32_tol,
+                                "--fp16-prob-tol": fp16_prob_tol, "--int8-prob-tol": int8_prob_tol},
+                                min_agreement=min_agreement, trt_buckets=trt_buckets, max_tokens=max_tokens,
+                                workspace_gib=workspace_gib, overwrite=overwrite)
     if trt:  # say what is missing before spending minutes on the ONNX part
         from arena.backends.tensorrt import tensorrt_available
 
@@ -147,7 +151,6 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
     max_length = meta.encoder.max_length
     shapes = parse_shapes(parity_shapes, max_length)
 
-    path = resolve_csv(data, "train.csv")
     records = read_records(path, labelled=has_labels(path))[:256]
     if len(records) < max(b for b, _ in shapes):
         raise ConfigError(f"{path} has {len(records)} rows; the parity check needs at least "
@@ -172,6 +175,7 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                                          workspace_gib, lambda r: gate.compare("tensorrt", r, tol16))
             write_manifest(tmp, {
                 "source_checkpoint": str(checkpoint.resolve()),
+                "source_training": "unfinished" if unfinished_reason(checkpoint) else "finished",
                 "model": {"model_type": model.config.model_type, "num_labels": model.config.num_labels,
                           "hidden_size": model.config.hidden_size,
                           "num_hidden_layers": model.config.num_hidden_layers,
@@ -254,9 +258,12 @@ def run_ensemble_export(source: Path, members: list[Path], out: Path, *, overwri
     """Export every member (each parity-checked on its own) into ``out/<member>/``, copy the training run's
     ``oof.csv`` / ``metrics.json`` (blend weights are fitted on them), and write one manifest over all of it."""
     from arena.artifacts import write_manifest
+    from arena.data import resolve_csv
     from arena.ensemble import DEFAULT_COMBINE, ENSEMBLE_KIND
     from arena.io import atomic_dir
+    from arena.safety import check_export_out
 
+    check_export_out(out, checkpoint=source, data=resolve_csv(options.get("data"), "train.csv"), overwrite=overwrite)
     summaries = {}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for member in members:
@@ -330,7 +337,7 @@ def _build_trt(folder: Path, records, tokenizer, encoder_cfg, model, buckets: in
 
 
 def main() -> None:
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from arena.cli_common import setup_logging
+from arena.cli_common import run_app, setup_logging
 from arena.errors import ConfigError, cli_errors
 
 log = logging.getLogger("arena.infer")
@@ -54,9 +54,7 @@ def infer(
 ) -> None:
     """Score every row of TEST_CSV and write one probability row per id, in the file's order."""
     setup_logging(verbose)
-    if tta not in ("none", "swap"):
-        raise ConfigError("--tta must be none or swap")
-    summary = run_infer(test_csv, model, out, backend=backend, precision=precision, tta=tta == "swap",
+    summary = run_infer(test_csv, model, out, backend=backend, precision=precision, tta=tta,
                         policy=policy, max_tokens=max_tokens, batch_size=batch_size, chunk_rows=chunk_rows,
                         threads=threads, encode_workers=encode_workers, compile=compile, device=device,
                         devices=devices, rules=rules, weights=parse_weights(weights), combine=combine,
@@ -66,6 +64,49 @@ def infer(
                f"only (encode {summary['encode_s']:.2f} s, model {summary['model_s']:.2f} s, "
                f"write {summary['write_s']:.2f} s; padding efficiency {summary['padding_efficiency']:.2f})")
     typer.echo(json.dumps(summary))
+
+
+def check_infer_request(test_csv: Path, models: list[Path], out: Path, *, backend: str, precision: str, tta: str | bool,
+                        policy: str, max_tokens: int | None, batch_size: int, chunk_rows: int, threads: int | None,
+                        encode_workers: int, compile: bool, device: str,
+                        devices: str | None) -> tuple[str, list[str] | None]:
+    """Every option and path checked before a model is loaded: return the device and the device list (None for
+    one device; ``--devices`` with one name is that device, not ignored)."""
+    from arena.backends.base import BACKENDS
+    from arena.batching import POLICIES
+    from arena.data import check_layout
+    from arena.devices import check_device, parse_devices
+    from arena.ensemble import member_folders
+    from arena.modeling import check_model_folder
+    from arena.options import at_least, check_precision, existing_file, existing_folder, one_of
+    from arena.safety import check_submission_out
+
+    one_of("--backend", backend, BACKENDS)
+    check_precision("--precision", backend, precision)
+    if not isinstance(tta, bool):
+        one_of("--tta", tta, ("none", "swap"))
+    one_of("--policy", policy, POLICIES)
+    at_least("--max-tokens", max_tokens, 1)
+    at_least("--batch-size", batch_size, 1)
+    at_least("--chunk-rows", chunk_rows, 1)
+    at_least("--threads", threads, 1)
+    at_least("--encode-workers", encode_workers, 0)
+    if compile and backend not in ("auto", "torch"):
+        raise ConfigError(f"--compile applies to the torch backend, not --backend {backend}")
+    device = check_device(device, "--device", backend)
+    shards = parse_devices(devices, backend)
+    if shards is not None and device != "auto":
+        raise ConfigError("pass either --device (one device) or --devices (several), not both")
+    if shards is not None and len(shards) == 1:
+        device, shards = shards[0], None
+    existing_file("TEST_CSV", test_csv, "the test CSV to score (e.g. test.csv)")
+    check_layout(test_csv, labelled=False)
+    for model in models:
+        existing_folder("--model", model, "the arena-train checkpoint or arena-export folder")
+        if not (model / "manifest.json").is_file() and member_folders(model) is None:
+            check_model_folder(model)
+        check_submission_out(out, test_csv=test_csv, model=model)
+    return device, shards
 
 
 def parse_weights(text: str | None) -> list[float] | None:
@@ -78,7 +119,7 @@ def parse_weights(text: str | None) -> list[float] | None:
 
 
 def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: str = "auto", precision: str = "auto",
-              tta: bool = False, policy: str = "sorted", max_tokens: int | None = None, batch_size: int = 64,
+              tta: bool | str = False, policy: str = "sorted", max_tokens: int | None = None, batch_size: int = 64,
               chunk_rows: int = 8192, threads: int | None = None, encode_workers: int = 0, compile: bool = False,
               device: str = "auto", devices: str | None = None, rules: str | None = None,
               weights: list[float] | None = None, combine: str = "probs", save_logits: Path | None = None) -> dict:
@@ -87,14 +128,30 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
     from arena.data import iter_records
     from arena.infer.submission import predictions_writer, submission_writer
     from arena.rules import parse_rules
+    from arena.safety import warn_if_unfinished
     from arena.scoring import ScoreConfig, Timings
 
-    models = [model] if isinstance(model, Path | str) else list(model)
+    models = [Path(model)] if isinstance(model, Path | str) else [Path(m) for m in model]
+    test_csv, out = Path(test_csv), Path(out)
+    device, shards = check_infer_request(
+        test_csv, models, out, backend=backend, precision=precision, tta=tta, policy=policy, max_tokens=max_tokens,
+        batch_size=batch_size, chunk_rows=chunk_rows, threads=threads, encode_workers=encode_workers,
+        compile=compile, device=device, devices=devices)
+    tta = tta == "swap" if isinstance(tta, str) else tta
+    if save_logits is not None:
+        from arena.safety import check_submission_out
+
+        if Path(save_logits).resolve() == out.resolve():
+            raise ConfigError("--save-logits must name another file than --out")
+        for m in models:
+            check_submission_out(Path(save_logits), test_csv=test_csv, model=m)
+    for m in models:
+        warn_if_unfinished(m)
     config = ScoreConfig(policy=policy, batch_size=batch_size, max_tokens=max_tokens, chunk_rows=chunk_rows,
                          tta=tta, encode_workers=encode_workers, rules=parse_rules(rules))
     scorer, description, reason, close = _open_scorer(models, config, backend=backend, precision=precision,
                                                       threads=threads, compile=compile, device=device,
-                                                      devices=devices, weights=weights, combine=combine)
+                                                      shards=shards, weights=weights, combine=combine)
     log.info("backend %s: %s", description, reason)
     timings = Timings()
     t0 = time.perf_counter()
@@ -120,14 +177,13 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
 
 
 def _open_scorer(models: list[Path], config, *, backend: str, precision: str, threads: int | None, compile: bool,
-                 device: str, devices: str | None, weights: list[float] | None, combine: str):
+                 device: str, shards: list[str] | None, weights: list[float] | None, combine: str):
     """The scorer for one model or an ensemble; (scorer, description, why this backend, close)."""
     from arena.ensemble import member_folders
-    from arena.infer.sharded import open_sharded, parse_devices
+    from arena.infer.sharded import open_sharded
     from arena.loading import LoadedEnsemble, open_models
     from arena.scoring import scorer_for
 
-    shards = parse_devices(devices)
     if shards is None:
         ensemble = open_models(models, weights=weights, combine=combine, backend=backend, precision=precision,
                                threads=threads, compile=compile, device=device)
@@ -148,7 +204,7 @@ def _open_scorer(models: list[Path], config, *, backend: str, precision: str, th
 
 
 def main() -> None:
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":

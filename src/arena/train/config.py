@@ -53,6 +53,8 @@ class TrainConfig:
     """Fit a temperature on the validation (out-of-fold) logits and save it with the model."""
     compile: bool = False
     resume: bool = False
+    overwrite: bool = False
+    """Delete an earlier run in ``output`` and start again (:mod:`arena.safety` says which folders qualify)."""
     keep_state: bool = False
     soft_labels: str | None = None
     """Teacher probabilities keyed by id (:mod:`arena.train.targets`): the training targets mix them in."""

@@ -35,7 +35,15 @@ from arena.errors import ConfigError
 from arena.hybrid import init_from_logistic_regression, is_hybrid
 from arena.io import atomic_open, atomic_write_text
 from arena.metrics import accuracy, baselines, fit_temperature, log_loss, softmax
-from arena.modeling import CheckpointMeta, check_max_length, load_model_config, load_tokenizer, save_checkpoint
+from arena.modeling import (
+    CheckpointMeta,
+    check_max_length,
+    check_tokenizer,
+    load_model_config,
+    load_tokenizer,
+    save_checkpoint,
+)
+from arena.safety import check_train_config_output, finish_train_output, start_train_output
 from arena.train.config import HEADS, TrainConfig
 from arena.train.folds import holdout_split, stratified_folds
 from arena.train.runtime import pick_device, resolve_precision
@@ -91,9 +99,11 @@ def save_untrained(config: TrainConfig, records: list[Record], labels: np.ndarra
             feats = np.concatenate([feats, feature_matrix([swap_ab(r) for r in records])])
             y = np.concatenate([labels, SWAP_CLASSES[labels]])
         init_from_logistic_regression(model, feats, y)
+    start_train_output(config.output, overwrite=config.overwrite)
     save_checkpoint(model, tokenizer, config.output, CheckpointMeta(
         encoder=config.encoder, source=str(config.model), extra={"train_config": config.to_dict(),
                                                                  "trained": False}))
+    finish_train_output(config.output)
     log.info("--max-steps 0: saved the untrained model to %s", config.output)
 
 
@@ -135,6 +145,7 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
     from transformers import AutoConfig
 
     path = resolve_csv(config.data, "train.csv")
+    check_train_config_output(config, path)  # no one else's files, no finished run, no input in --output
     records = read_train(path)
     if config.max_rows is not None:
         records = records[: config.max_rows]
@@ -150,6 +161,7 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
                     else load_model_config(config.model))
     check_max_length(model_config, config.encoder.max_length)
     tokenizer = load_tokenizer(config.tokenizer or config.model)
+    check_tokenizer(tokenizer, config.tokenizer or config.model, getattr(model_config, "vocab_size", None))
     if config.max_steps == 0:  # no training: write the initial weights as a checkpoint (speed and export work)
         save_untrained(config, records, labels, tokenizer)
         return {}
@@ -177,6 +189,7 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
                    np.flatnonzero(fold_of == k)) for k in which]
     meta = CheckpointMeta(encoder=config.encoder, source=str(config.model),
                           extra={"train_config": config.to_dict(), "data": str(path)})
+    start_train_output(out, overwrite=config.overwrite)  # marked unfinished until metrics.json is written
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "train_config.json", json.dumps(config.to_dict(), indent=2))
 
@@ -192,4 +205,5 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
     summary = summarise_run(config, records, labels, results, out)
     summary["encode_seconds"] = encode_s
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2))
+    finish_train_output(out)
     return summary
