@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,52 +11,10 @@ import typer
 
 from arena.cli_common import setup_logging
 from arena.errors import ArenaError, ConfigError, ParityError, cli_errors
+from arena.export.parity import parity_batches, parse_shapes
 
 log = logging.getLogger("arena.export")
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spm.model",
-                   "added_tokens.json", "vocab.txt", "config.json", "arena.json")
-
-
-def parity_batches(records, tokenizer, encoder_cfg, shapes: list[tuple[int, int]], executor):
-    """Real rows encoded and padded (by the executor that inference uses) to exactly each (batch, sequence) shape;
-    the longest rows first, cut to the sequence length."""
-    from dataclasses import replace
-
-    import numpy as np
-
-    from arena.encode import ArenaEncoder, Encoded
-    from arena.export.parity import ParityBatch
-
-    out = []
-    for batch, seq in shapes:
-        enc = ArenaEncoder(tokenizer, replace(encoder_cfg, max_length=max(seq, 64)))  # then cut to seq
-        rows = records[: max(batch * 4, batch)]
-        encoded = enc.encode(rows)
-        pick = np.argsort(-encoded.lengths, kind="stable")[:batch]
-        cut = Encoded([encoded.ids[i][:seq] for i in pick], features=encoded.feature_rows(pick))
-        padded = executor.prepare(cut, [np.arange(len(pick))], length=seq).batches[0]
-        labels = None
-        if all(rows[i].label is not None for i in pick):
-            labels = np.array([rows[i].label for i in pick])
-        out.append(ParityBatch(padded.input_ids, padded.attention_mask, labels, padded.features))
-    return out
-
-
-def parse_shapes(text: str, max_length: int) -> list[tuple[int, int]]:
-    shapes = []
-    for part in text.split(","):
-        try:
-            b, _, s = part.strip().lower().partition("x")
-            shape = (int(b), min(int(s), max_length))
-        except ValueError:
-            raise ConfigError(f"--parity-shapes takes BxL pairs such as 1x17,7x133; got {part!r}") from None
-        if shape not in shapes:
-            shapes.append(shape)
-    if (2, max_length) not in shapes and all(s != max_length for _, s in shapes):
-        shapes.append((2, max_length))  # the longest the model accepts
-    return shapes
 
 
 @app.command(epilog="Examples:\n\n  arena-export runs/model --out runs/export\n\n"
@@ -104,7 +61,7 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
 
     import numpy as np
 
-    from arena.artifacts import write_manifest
+    from arena.artifacts import copy_model_files, write_manifest
     from arena.backends.onnx import OnnxBackend
     from arena.backends.torch import TorchBackend
     from arena.data import has_labels, read_records, resolve_csv
@@ -181,9 +138,7 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                       replace(Tolerance.int8(), max_prob_diff=int8_prob_tol, min_argmax_agreement=min_agreement))
                 artifacts["int8"] = {"file": "model.int8.onnx", "precision": "int8", **info8,
                                      "parity": reports["int8"]}
-            for name in TOKENIZER_FILES:  # the export folder is self-contained: infer encodes from it
-                if (checkpoint / name).is_file():
-                    shutil.copy2(checkpoint / name, tmp / name)
+            copy_model_files(checkpoint, tmp)  # the export folder is self-contained: infer encodes from it
             trt_section: dict[str, Any] = {"status": "not requested"}
             if trt:  # pragma: no cover - needs TensorRT and a GPU
                 trt_section = _build_trt(tmp, records, tokenizer, meta.encoder, trt_buckets, max_tokens,
