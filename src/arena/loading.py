@@ -1,4 +1,5 @@
-"""Open a model folder (arena-train checkpoint or arena-export folder) as a backend plus the encoder it needs."""
+"""Open a model folder (arena-train checkpoint, arena-export folder, or a foreign ONNX export such as optimum's) as a
+backend plus the encoder it needs."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from arena.backends.base import Choice, choose_backend
 from arena.backends.contract import Limits
 from arena.encode import ArenaEncoder, EncoderConfig
 from arena.errors import BackendUnavailable, ConfigError, ModelError
+from arena.foreign import ForeignExport, inspect_foreign, is_foreign_export
 from arena.modeling import load_tokenizer, read_meta
 
 log = logging.getLogger(__name__)
@@ -53,11 +55,14 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
     if not folder.is_dir():
         raise ModelError(f"model folder {folder} does not exist")
     manifest = read_manifest(folder)
+    foreign = inspect_foreign(folder) if manifest is None and is_foreign_export(folder) else None
     if manifest is not None:
         from arena.artifacts import verify_files
 
         encoder_cfg = EncoderConfig.from_dict(manifest.get("encoder", {}))
         temperature = float(manifest.get("temperature", 1.0))
+    elif foreign is not None:
+        encoder_cfg, temperature = foreign.encoder, foreign.temperature
     else:
         from arena.modeling import check_model_folder
 
@@ -75,11 +80,12 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
 
         dev = device if device != "auto" else (
             "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu")
-        path, prec = _onnx_artifact(folder, manifest, precision, dev)
+        path, prec = (_onnx_artifact(folder, manifest, precision, dev) if foreign is None
+                      else _foreign_artifact(foreign, precision))
         if manifest is not None:
             verify_files(folder, manifest, [path.name])
-        runner = OnnxBackend(path, device=dev, threads=threads, precision=prec,
-                             limits=Limits(max_length=_onnx_max_length(manifest)))
+        max_length = foreign.max_positions if foreign is not None else _onnx_max_length(manifest)
+        runner = OnnxBackend(path, device=dev, threads=threads, precision=prec, limits=Limits(max_length=max_length))
     elif choice.backend == "torch":
         from arena.backends.torch import TorchBackend
 
@@ -95,7 +101,20 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
         if needs:
             log.warning("%s: the model takes features but its encoder settings do not say so; computing them", folder)
         encoder = ArenaEncoder(tokenizer, replace(encoder_cfg, features=needs))
-    return LoadedModel(folder, runner, encoder, temperature, choice, runner.description, model_type)
+    description = runner.description + (f"; {foreign.describe()}" if foreign is not None else "")
+    return LoadedModel(folder, runner, encoder, temperature, choice, description, model_type)
+
+
+def _foreign_artifact(foreign: ForeignExport, precision: str) -> tuple[Path, str]:
+    """A foreign export has one model, scored as it was exported; derived precisions come from arena-export."""
+    if precision not in ONNX_PRECISIONS:
+        raise ConfigError(f"--precision for ONNX must be one of {', '.join(ONNX_PRECISIONS)}")
+    if precision not in ("auto", "fp32"):
+        flag = "optimize" if precision == "fp32_fused" else precision
+        raise BackendUnavailable(f"{foreign.folder} is a foreign ONNX export with one model ({foreign.onnx.name}); "
+                                 f"derive a {precision} model with `arena-export {foreign.folder} --out DIR "
+                                 f"--{flag}` and score DIR")
+    return foreign.onnx, "as exported"
 
 
 def _config_model_type(folder: Path) -> str | None:

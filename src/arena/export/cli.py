@@ -1,4 +1,5 @@
-"""``arena-export``: checkpoint -> verified ONNX (-> fused / FP16 / INT8 ONNX, -> TensorRT FP16 engines)."""
+"""``arena-export``: checkpoint (or a foreign ONNX export) -> verified ONNX (-> fused / FP16 / INT8 ONNX, -> TensorRT
+FP16 engines)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import typer
 from arena.cli_common import setup_logging
 from arena.errors import ArenaError, ConfigError, ParityError, cli_errors
 from arena.export.parity import parity_batches, parse_shapes
+from arena.foreign import is_foreign_export
 
 log = logging.getLogger("arena.export")
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
@@ -19,10 +21,13 @@ app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=F
 
 @app.command(epilog="Examples:\n\n  arena-export runs/model --out runs/export\n\n"
              "  arena-export runs/model --out runs/export --int8 --fp16\n\n"
+             "  arena-export optimum-onnx/ --out runs/export --int8   (an optimum export: no --opset/--exporter)\n\n"
              "  arena-export runs/model --out runs/export --trt   (NVIDIA GPU + pip install 'arena-toolkit[gpu]')")
 @cli_errors
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="arena-train output or any HF sequence-classification folder")],
+    checkpoint: Annotated[Path, typer.Argument(
+        help="arena-train output, any HF sequence-classification folder, or a foreign ONNX export (optimum's "
+             "model.onnx + config.json + tokenizer, no manifest: it becomes the parity reference)")],
     out: Annotated[Path, typer.Option(help="Folder for the artefacts (must not exist or be empty)")],
     fp16: Annotated[bool, typer.Option(help="Also write an ONNX Runtime FP16 model (fused, float32 I/O)")] = False,
     int8: Annotated[bool, typer.Option(help="Also write an INT8 dynamically quantised model (CPU)")] = False,
@@ -44,6 +49,16 @@ def export(
 ) -> None:
     """Export a checkpoint to ONNX, check it against PyTorch, and derive optimised artefacts."""
     setup_logging(verbose)
+    if is_foreign_export(checkpoint):  # an ONNX export without arena's manifest (optimum's layout)
+        from arena.export.foreign import run_foreign_export
+
+        summary = run_foreign_export(checkpoint, out, fp16=fp16, int8=int8, optimize=optimize, trt=trt, data=data,
+                                     parity_shapes=parity_shapes, fp32_tol=fp32_tol, fp16_prob_tol=fp16_prob_tol,
+                                     int8_prob_tol=int8_prob_tol, min_agreement=min_agreement,
+                                     trt_buckets=trt_buckets, max_tokens=max_tokens, workspace_gib=workspace_gib,
+                                     overwrite=overwrite, build_trt=_build_trt)
+        typer.echo(json.dumps(summary))
+        return
     summary = run_export(checkpoint, out, fp16=fp16, int8=int8, optimize=optimize, trt=trt, opset=opset,
                          exporter=exporter, data=data, parity_shapes=parity_shapes, fp32_tol=fp32_tol,
                          fp16_prob_tol=fp16_prob_tol, int8_prob_tol=int8_prob_tol, min_agreement=min_agreement,
