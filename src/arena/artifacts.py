@@ -4,6 +4,8 @@
 * ``manifest.json``: what was built, from what, with which versions, how it was checked, and the sha256 of every
   file (:func:`write_manifest`, :func:`read_manifest`, :func:`verify_files`);
 * ONNX files that are safe to open (:func:`check_onnx_file`);
+* the model files beside them (``config.json``, tokenizer, ``arena.json``), written so that transformers 4 reads
+  them too (:func:`copy_model_files`): optimum's ``ORTModelForSequenceClassification`` loads the folder as it is;
 * TensorRT engine identity: optimisation profiles (:class:`Profile`), the key and file name of an engine, the
   choice of an engine built for this GPU / TensorRT / ONNX file (:func:`select_engine`, naming the rebuild command
   when there is none) and its bytes checked against the manifest before they are deserialised (:func:`read_engine`).
@@ -32,7 +34,14 @@ TOKEN_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 FEATURES = "features"
 """A hybrid model's third input: float32 (batch, n_features)."""
 LOGITS = "logits"
+TOKEN_TYPE_IDS = "token_type_ids"
+"""An input some other exporters (optimum, for BERT-like models) keep; arena feeds zeros there, as arena-train
+never passes segment ids (and never exports this input itself)."""
 FORMAT_VERSION = 1
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spm.model",
+                   "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model",
+                   "tokenizer.model", "config.json", "arena.json")
+"""What an export folder holds beside its models so that it is self-contained: inference encodes from it."""
 
 
 def versions() -> dict[str, str | None]:
@@ -79,6 +88,31 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
 
 
+def copy_model_files(src: Path, dst: Path) -> list[str]:
+    """Copy the :data:`TOKENIZER_FILES` that ``src`` has into ``dst``; return their names.
+
+    transformers 5 saves ``extra_special_tokens`` in ``tokenizer_config.json`` as a list, where transformers 4
+    (which optimum-onnx pins) expects a mapping of named tokens and fails to load the tokenizer. Both versions read
+    ``additional_special_tokens`` as that same list, so the copy says it that way.
+    """
+    import shutil
+
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+            copied.append(name)
+    config_path = dst / "tokenizer_config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        if isinstance(config.get("extra_special_tokens"), list):
+            named = list(config.pop("additional_special_tokens", None) or [])
+            extra = config.pop("extra_special_tokens")
+            config["additional_special_tokens"] = named + [t for t in extra if t not in named]
+            atomic_write_text(config_path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    return copied
+
+
 # ------------------------------------------------------------------------------------------------------ ONNX files
 
 
@@ -103,6 +137,16 @@ def check_onnx_file(path: str | Path) -> None:
                         f"{path}: tensor {tensor.name!r} keeps its data at {entry.value!r}, outside the model "
                         "folder; refusing to read it"
                     )
+
+
+def external_data_files(proto: Any) -> list[str]:
+    """The external-data files an ONNX model names, relative to its folder, each once."""
+    names: list[str] = []
+    for tensor in _external_tensors(proto):
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value not in names:
+                names.append(entry.value)
+    return names
 
 
 def _external_tensors(proto: Any):

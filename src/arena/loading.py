@@ -1,4 +1,5 @@
-"""Open a model folder (arena-train checkpoint or arena-export folder) as a backend plus the encoder it needs."""
+"""Open a model folder (arena-train checkpoint, arena-export folder, or a foreign ONNX export such as optimum's) as a
+backend plus the encoder it needs."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from arena.backends.contract import Limits
 from arena.encode import ArenaEncoder, EncoderConfig
 from arena.ensemble import DEFAULT_COMBINE
 from arena.errors import BackendUnavailable, ConfigError, ModelError
+from arena.foreign import ForeignExport, inspect_foreign, is_foreign_export
 from arena.modeling import load_tokenizer, read_meta
 
 log = logging.getLogger(__name__)
@@ -57,11 +59,14 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
     if not folder.is_dir():
         raise ModelError(f"model folder {folder} does not exist")
     manifest = read_manifest(folder)
+    foreign = inspect_foreign(folder) if manifest is None and is_foreign_export(folder) else None
     if manifest is not None:
         from arena.artifacts import verify_files
 
         encoder_cfg = EncoderConfig.from_dict(manifest.get("encoder", {}))
         temperature = float(manifest.get("temperature", 1.0))
+    elif foreign is not None:
+        encoder_cfg, temperature = foreign.encoder, foreign.temperature
     else:
         from arena.modeling import check_model_folder
 
@@ -79,11 +84,13 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
         from arena.backends.onnx import OnnxBackend, onnx_device
 
         dev = onnx_device(device)  # auto: cuda only when a GPU is present and ONNX Runtime has the CUDA provider
-        path, prec = _onnx_artifact(folder, manifest, precision, dev)
+        path, prec = (_onnx_artifact(folder, manifest, precision, dev) if foreign is None
+                      else _foreign_artifact(foreign, precision))
         if manifest is not None:
             verify_files(folder, manifest, [path.name])
+        max_length = foreign.max_positions if foreign is not None else _onnx_max_length(manifest)
         runner = OnnxBackend(path, device=device, threads=threads, precision=prec,
-                             limits=Limits(max_length=_onnx_max_length(manifest)))
+                             limits=Limits(max_length=max_length))
     elif choice.backend == "torch":
         from arena.backends.torch import TorchBackend
 
@@ -92,7 +99,10 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
         from arena.backends.tensorrt import TensorRTBackend
 
         runner = TensorRTBackend(folder, manifest or {}, device=device)
-    return attach_runner(loaded, runner)
+    attach_runner(loaded, runner)
+    if foreign is not None:
+        loaded.description += f"; {foreign.describe()}"
+    return loaded
 
 
 def attach_runner(loaded: LoadedModel, runner: Any) -> LoadedModel:
@@ -107,6 +117,18 @@ def attach_runner(loaded: LoadedModel, runner: Any) -> LoadedModel:
         loaded.encoder = ArenaEncoder(loaded.encoder.tokenizer, replace(loaded.encoder.config, features=needs))
     loaded.runner, loaded.description = runner, runner.description
     return loaded
+
+
+def _foreign_artifact(foreign: ForeignExport, precision: str) -> tuple[Path, str]:
+    """A foreign export has one model, scored as it was exported; derived precisions come from arena-export."""
+    if precision not in ONNX_PRECISIONS:
+        raise ConfigError(f"--precision for ONNX must be one of {', '.join(ONNX_PRECISIONS)}")
+    if precision not in ("auto", "fp32"):
+        flag = "optimize" if precision == "fp32_fused" else precision
+        raise BackendUnavailable(f"{foreign.folder} is a foreign ONNX export with one model ({foreign.onnx.name}); "
+                                 f"derive a {precision} model with `arena-export {foreign.folder} --out DIR "
+                                 f"--{flag}` and score DIR")
+    return foreign.onnx, "as exported"
 
 
 def _config_model_type(folder: Path) -> str | None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from arena.artifacts import ATTENTION_MASK, FEATURES, INPUT_IDS, LOGITS
+from arena.artifacts import ATTENTION_MASK, FEATURES, INPUT_IDS, LOGITS, TOKEN_TYPE_IDS
 from arena.backends.contract import Limits
 from arena.backends.gpu import gpu_present
 from arena.errors import BackendUnavailable, ConfigError, ModelError
@@ -129,6 +129,8 @@ class OnnxBackend:
             if features is None:
                 raise ConfigError(f"{self.path.name} is a hybrid model: it needs the rows' features as a third input")
             feeds[FEATURES] = features
+        if TOKEN_TYPE_IDS in self.input_names:  # a foreign graph's segment ids: one segment, as arena-train feeds
+            feeds[TOKEN_TYPE_IDS] = np.zeros_like(feeds[INPUT_IDS])
         feeds = {k: v for k, v in feeds.items() if k in self.input_names}
         if self._stream is not None:  # pragma: no cover - needs onnxruntime-gpu and a GPU
             return self._run_bound(feeds)

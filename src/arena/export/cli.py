@@ -1,4 +1,5 @@
-"""``arena-export``: checkpoint -> verified ONNX (-> fused / FP16 / INT8 ONNX, -> TensorRT FP16 engines)."""
+"""``arena-export``: checkpoint (or a foreign ONNX export) -> verified ONNX (-> fused / FP16 / INT8 ONNX, -> TensorRT
+FP16 engines)."""
 
 from __future__ import annotations
 
@@ -13,61 +14,22 @@ import typer
 
 from arena.cli_common import run_app, setup_logging
 from arena.errors import ArenaError, ConfigError, ParityError, cli_errors
-from arena.modeling import TOKENIZER_FILES as MODEL_TOKENIZER_FILES
+from arena.export.parity import parity_batches, parse_shapes
+from arena.foreign import is_foreign_export
 
 log = logging.getLogger("arena.export")
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
-TOKENIZER_FILES = (*MODEL_TOKENIZER_FILES, "config.json", "arena.json")
-"""Copied into the export so that it is self-contained; the manifest hashes them like the model files."""
-
-
-def parity_batches(records, tokenizer, encoder_cfg, shapes: list[tuple[int, int]], executor):
-    """Real rows encoded and padded (by the executor that inference uses) to exactly each (batch, sequence) shape;
-    the longest rows first, cut to the sequence length."""
-    from dataclasses import replace
-
-    import numpy as np
-
-    from arena.encode import ArenaEncoder, Encoded
-    from arena.export.parity import ParityBatch
-
-    out = []
-    for batch, seq in shapes:
-        enc = ArenaEncoder(tokenizer, replace(encoder_cfg, max_length=max(seq, 64)))  # then cut to seq
-        rows = records[: max(batch * 4, batch)]
-        encoded = enc.encode(rows)
-        pick = np.argsort(-encoded.lengths, kind="stable")[:batch]
-        cut = Encoded([encoded.ids[i][:seq] for i in pick], features=encoded.feature_rows(pick))
-        padded = executor.prepare(cut, [np.arange(len(pick))], length=seq).batches[0]
-        labels = None
-        if all(rows[i].label is not None for i in pick):
-            labels = np.array([rows[i].label for i in pick])
-        out.append(ParityBatch(padded.input_ids, padded.attention_mask, labels, padded.features))
-    return out
-
-
-def parse_shapes(text: str, max_length: int) -> list[tuple[int, int]]:
-    shapes = []
-    for part in text.split(","):
-        try:
-            b, _, s = part.strip().lower().partition("x")
-            shape = (int(b), min(int(s), max_length))
-        except ValueError:
-            raise ConfigError(f"--parity-shapes takes BxL pairs such as 1x17,7x133; got {part!r}") from None
-        if shape not in shapes:
-            shapes.append(shape)
-    if (2, max_length) not in shapes and all(s != max_length for _, s in shapes):
-        shapes.append((2, max_length))  # the longest the model accepts
-    return shapes
-
 
 @app.command(epilog="Examples:\n\n  arena-export runs/model --out runs/export\n\n"
              "  arena-export runs/model --out runs/export --int8 --fp16\n\n"
+             "  arena-export optimum-onnx/ --out runs/export --int8   (an optimum export: no --opset/--exporter)\n\n"
              "  arena-export runs/model --out runs/export --trt   (NVIDIA GPU + pip install 'arena-toolkit[gpu]')")
 @cli_errors
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="arena-train output or any HF sequence-classification folder")],
+    checkpoint: Annotated[Path, typer.Argument(
+        help="arena-train output, any HF sequence-classification folder, or a foreign ONNX export (optimum's "
+             "model.onnx + config.json + tokenizer, no manifest: it becomes the parity reference)")],
     out: Annotated[Path, typer.Option(help="Folder for the artefacts (must not exist or be empty)")],
     fp16: Annotated[bool, typer.Option(help="Also write an ONNX Runtime FP16 model (fused, float32 I/O)")] = False,
     int8: Annotated[bool, typer.Option(help="Also write an INT8 dynamically quantised model (CPU)")] = False,
@@ -93,6 +55,16 @@ def export(
 ) -> None:
     """Export a checkpoint to ONNX, check it against PyTorch, and derive optimised artefacts."""
     setup_logging(verbose)
+    if is_foreign_export(checkpoint):  # an ONNX export without arena's manifest (optimum's layout)
+        from arena.export.foreign import run_foreign_export
+
+        summary = run_foreign_export(checkpoint, out, fp16=fp16, int8=int8, optimize=optimize, trt=trt, data=data,
+                                     parity_shapes=parity_shapes, fp32_tol=fp32_tol, fp16_prob_tol=fp16_prob_tol,
+                                     int8_prob_tol=int8_prob_tol, min_agreement=min_agreement,
+                                     trt_buckets=trt_buckets, max_tokens=max_tokens, workspace_gib=workspace_gib,
+                                     overwrite=overwrite, build_trt=_build_trt)
+        typer.echo(json.dumps(summary))
+        return
     summary = run_export(checkpoint, out, fp16=fp16, int8=int8, optimize=optimize, trt=trt, opset=opset,
                          exporter=exporter, data=data, parity_shapes=parity_shapes, fp32_tol=fp32_tol,
                          fp16_prob_tol=fp16_prob_tol, int8_prob_tol=int8_prob_tol, min_agreement=min_agreement,
@@ -108,13 +80,15 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                max_tokens: int | None = None, workspace_gib: float = 4.0, overwrite: bool = False) -> dict[str, Any]:
     from dataclasses import replace
 
-    from arena.artifacts import write_manifest
+    from arena.artifacts import copy_model_files, write_manifest
+    from arena.backends.onnx import OnnxBackend
     from arena.backends.torch import TorchBackend
     from arena.data import has_labels, read_records
     from arena.ensemble import member_folders
     from arena.executor import BatchExecutor
+    from arena.export.derive import derived_artifacts
     from arena.export.onnx import export_onnx
-    from arena.export.parity import Tolerance
+    from arena.export.parity import ParityGate, Tolerance
     from arena.export.precheck import check_export_request
     from arena.io import atomic_dir, sha256_file
     from arena.modeling import load_classifier, load_tokenizer, read_meta
@@ -162,12 +136,14 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
     try:
         with atomic_dir(out, overwrite=overwrite) as tmp:
             info = export_onnx(model, tmp / "model.onnx", opset=opset, exporter=exporter)
-            artifacts = derived_artifacts(tmp, model, gate, fp16=fp16, int8=int8, optimize=optimize,
-                                          fp32_tol=fp32_tol, fp16_prob_tol=fp16_prob_tol,
-                                          int8_prob_tol=int8_prob_tol, min_agreement=min_agreement)
-            for name in TOKENIZER_FILES:  # the export folder is self-contained: infer encodes from it
-                if (checkpoint / name).is_file():
-                    shutil.copy2(checkpoint / name, tmp / name)
+            fp32 = replace(Tolerance.fp32(), max_logit_diff=fp32_tol)
+            artifacts = {"fp32": {"file": "model.onnx", "precision": "fp32",
+                                  "parity": gate.check("fp32", OnnxBackend(tmp / "model.onnx", device="cpu"), fp32)}}
+            artifacts.update(derived_artifacts(
+                tmp, model.config, gate, fp16=fp16, int8=int8, optimize=optimize, fp32=fp32,
+                fp16_tol=replace(Tolerance.fp16(), max_prob_diff=fp16_prob_tol, min_argmax_agreement=min_agreement),
+                int8_tol=replace(Tolerance.int8(), max_prob_diff=int8_prob_tol, min_argmax_agreement=min_agreement)))
+            copy_model_files(checkpoint, tmp)  # the export folder is self-contained: infer encodes from it
             trt_section: dict[str, Any] = {"status": "not requested"}
             if trt:  # pragma: no cover - needs TensorRT and a GPU
                 tol16 = replace(Tolerance.fp16(), max_prob_diff=fp16_prob_tol, min_argmax_agreement=min_agreement)
@@ -192,65 +168,6 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
         raise ConfigError(f"cannot write --out {out}: {exc}") from None
     return {"out": str(out), "artifacts": {k: v["file"] for k, v in artifacts.items()},
             "parity": {k: v["passed"] for k, v in gate.reports.items()}}
-
-
-class ParityGate:
-    """Every artefact is compared with the PyTorch reference on the same real-row batches (the reference runs
-    once per batch); a failed comparison raises :class:`ParityError`, so the export keeps nothing."""
-
-    def __init__(self, reference: Any, batches: list) -> None:
-        self.reference, self.batches = reference, batches
-        self.cache: dict[int, Any] = {}
-        self.reports: dict[str, Any] = {}
-
-    def compare(self, name: str, candidate: Any, tol: Any) -> Any:
-        from arena.export.parity import compare
-
-        return compare(name, self.reference, candidate, self.batches, tol, self.cache)
-
-    def check(self, name: str, file: Path, tol: Any) -> dict[str, Any]:
-        """Parity of the ONNX model ``file`` on the CPU; its report (also kept in :attr:`reports`)."""
-        from arena.backends.onnx import OnnxBackend
-
-        report = self.compare(name, OnnxBackend(file, device="cpu"), tol)
-        for line in report.lines():
-            log.info("parity %s", line)
-        self.reports[name] = report.to_dict()
-        if not report.passed:
-            raise ParityError(f"{name} parity check failed, nothing was kept: " + "; ".join(report.failures)
-                              + "\n" + "\n".join(report.lines()))
-        return self.reports[name]
-
-
-def derived_artifacts(tmp: Path, model: Any, gate: ParityGate, *, fp16: bool, int8: bool, optimize: bool,
-                      fp32_tol: float, fp16_prob_tol: float, int8_prob_tol: float,
-                      min_agreement: float) -> dict[str, Any]:
-    """Check ``model.onnx`` and write (and check) each derived model asked for; the manifest's artefact table."""
-    from dataclasses import replace
-
-    from arena.export import optimize as ort_opt
-    from arena.export.parity import Tolerance
-
-    fp32 = replace(Tolerance.fp32(), max_logit_diff=fp32_tol)
-    artifacts: dict[str, Any] = {"fp32": {"file": "model.onnx", "precision": "fp32",
-                                          "parity": gate.check("fp32", tmp / "model.onnx", fp32)}}
-    if optimize:
-        stats = ort_opt.fuse(tmp / "model.onnx", tmp / "model.opt.onnx", model.config)
-        artifacts["fp32_fused"] = {"file": "model.opt.onnx", "precision": "fp32", "fusions": stats,
-                                   "parity": gate.check("fp32_fused", tmp / "model.opt.onnx", fp32)}
-    if fp16:
-        # the one FP16 graph: ONNX Runtime CUDA runs it and TensorRT builds its strongly typed engine from it
-        stats = ort_opt.to_fp16(tmp / "model.onnx", tmp / "model.fp16.onnx")
-        tol = replace(Tolerance.fp16(), max_prob_diff=fp16_prob_tol, min_argmax_agreement=min_agreement)
-        artifacts["fp16"] = {"file": "model.fp16.onnx", "precision": "fp16", "conversion": stats,
-                             "parity": gate.check("fp16", tmp / "model.fp16.onnx", tol),
-                             "checked_on": "CPUExecutionProvider"}
-    if int8:
-        info8 = ort_opt.to_int8(tmp / "model.onnx", tmp / "model.int8.onnx")
-        tol = replace(Tolerance.int8(), max_prob_diff=int8_prob_tol, min_argmax_agreement=min_agreement)
-        artifacts["int8"] = {"file": "model.int8.onnx", "precision": "int8", **info8,
-                             "parity": gate.check("int8", tmp / "model.int8.onnx", tol)}
-    return artifacts
 
 
 def run_ensemble_export(source: Path, members: list[Path], out: Path, *, overwrite: bool = False,
