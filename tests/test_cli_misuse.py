@@ -149,7 +149,8 @@ CASES = {
     "export: checkpoint missing": ("export", with_(EXPORT, "nope"), "does not exist"),
     "export: checkpoint is a file": ("export", with_(EXPORT, "train.csv"), "is a file"),
     "export: checkpoint is an export": ("export", with_(EXPORT, "export"), "arena-export folder"),
-    "export: checkpoint is a k-fold folder": ("export", with_(EXPORT, "kfold"), "k-fold"),
+    # a k-fold folder is a fold ensemble for export and infer (issue 16): an incomplete fold is named
+    "export: k-fold folder with an incomplete fold": ("export", with_(EXPORT, "kfold"), "fold_0"),
     "export: checkpoint without tokenizer": ("export", with_(EXPORT, "ckpt_notok"), "tokenizer"),
     "export: opset too old": ("export", with_(EXPORT, "--opset", "11"), "--opset"),
     "export: opset too new": ("export", with_(EXPORT, "--opset", "99"), "--opset"),
@@ -182,7 +183,7 @@ CASES = {
     "infer: model missing": ("infer", with_(INFER, "--model", "nope"), "does not exist"),
     "infer: model is a file": ("infer", with_(INFER, "--model", "notes.txt"), "is a file"),
     "infer: model is an empty folder": ("infer", with_(INFER, "--model", "emptydir"), "config.json"),
-    "infer: model is a k-fold folder": ("infer", with_(INFER, "--model", "kfold"), "k-fold"),
+    "infer: k-fold folder with an incomplete fold": ("infer", with_(INFER, "--model", "kfold"), "fold_0"),
     "infer: model without tokenizer": ("infer", with_(INFER, "--model", "ckpt_notok"), "tokenizer"),
     "infer: export with a changed tokenizer": ("infer", with_(INFER, "--model", "export_tampered"), "sha256"),
     "infer: unknown backend": ("infer", with_(INFER, "--backend", "tensorflow"), "--backend"),

@@ -177,10 +177,13 @@ def run_ensemble_export(source: Path, members: list[Path], out: Path, *, overwri
     from arena.artifacts import write_manifest
     from arena.data import resolve_csv
     from arena.ensemble import DEFAULT_COMBINE, ENSEMBLE_KIND
+    from arena.export.precheck import check_checkpoint
     from arena.io import atomic_dir
     from arena.safety import check_export_out
 
     check_export_out(out, checkpoint=source, data=resolve_csv(options.get("data"), "train.csv"), overwrite=overwrite)
+    for member in members:  # every fold checked before any is exported
+        check_checkpoint(member)
     summaries = {}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for member in members:
