@@ -12,7 +12,7 @@ from arena.backends.base import Choice, choose_backend
 from arena.backends.contract import Limits
 from arena.encode import ArenaEncoder, EncoderConfig
 from arena.errors import BackendUnavailable, ConfigError, ModelError
-from arena.modeling import load_tokenizer, read_meta
+from arena.modeling import check_pad_token, load_tokenizer, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
         from arena.backends.torch import TorchBackend
 
         runner = TorchBackend(folder, device=device, precision=precision, compile=compile, threads=threads)
+        check_pad_token(runner.model.config, encoder.pad_id, folder)  # a decoder pools by the pad id
     else:  # pragma: no cover - needs TensorRT and a GPU
         from arena.backends.tensorrt import TensorRTBackend
 

@@ -17,7 +17,7 @@ log = logging.getLogger("arena.export")
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spm.model",
-                   "added_tokens.json", "vocab.txt", "config.json", "arena.json")
+                   "tokenizer.model", "added_tokens.json", "vocab.txt", "config.json", "arena.json")
 
 
 def parity_batches(records, tokenizer, encoder_cfg, shapes: list[tuple[int, int]], executor):
@@ -112,8 +112,8 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
     from arena.export import optimize as ort_opt
     from arena.export.onnx import export_onnx
     from arena.export.parity import Tolerance, compare
-    from arena.io import atomic_dir, sha256_file
-    from arena.modeling import check_model_folder, load_classifier, load_tokenizer, read_meta
+    from arena.io import atomic_dir
+    from arena.modeling import check_model_folder, check_pad_token, load_classifier, load_tokenizer, read_meta
 
     checkpoint = Path(checkpoint)
     check_model_folder(checkpoint)
@@ -121,11 +121,7 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
         raise ConfigError(f"--out {out} already exists with other content; choose a new folder or pass --overwrite")
     if trt:  # say what is missing before spending minutes on the ONNX part
-        from arena.backends.tensorrt import tensorrt_available
-
-        ok, why = tensorrt_available()
-        if not ok:
-            raise ArenaError(f"--trt: {why}")
+        _check_trt_possible(checkpoint)
     from arena.hybrid import is_hybrid
 
     meta = read_meta(checkpoint)
@@ -134,6 +130,7 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
     if hybrid != meta.encoder.features:  # the parity rows must carry features exactly when the model takes them
         meta = replace(meta, encoder=replace(meta.encoder, features=hybrid))
     tokenizer = load_tokenizer(checkpoint)
+    check_pad_token(model.config, tokenizer.pad_token_id, checkpoint)  # a decoder's graph pools by the pad id
     max_length = meta.encoder.max_length
     shapes = parse_shapes(parity_shapes, max_length)
 
@@ -188,29 +185,55 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
             if trt:  # pragma: no cover - needs TensorRT and a GPU
                 trt_section = _build_trt(tmp, records, tokenizer, meta.encoder, trt_buckets, max_tokens,
                                          workspace_gib, model.n_features if hybrid else 0)
-            write_manifest(tmp, {
-                "source_checkpoint": str(checkpoint.resolve()),
-                "model": {"model_type": model.config.model_type, "num_labels": model.config.num_labels,
-                          "hidden_size": model.config.hidden_size,
-                          "num_hidden_layers": model.config.num_hidden_layers,
-                          "max_positions": reference.limits.max_length},
-                "head": meta.head or {"kind": "hf"},
-                "onnx": {**info, "inputs": _input_specs(info),
-                         "outputs": [{"name": "logits", "dtype": "float32", "dims": ["batch", 3]}]},
-                "max_length": max_length,
-                "tokenizer": type(tokenizer).__name__,
-                "encoder": meta.encoder.to_dict(),
-                "temperature": meta.temperature,
-                "parity_data": str(path),
-                "parity_shapes": [list(s) for s in shapes],
-                "artifacts": artifacts,
-                "tensorrt": trt_section,
-                "onnx_sha256": sha256_file(tmp / "model.onnx"),
-            })
+            write_manifest(tmp, _manifest(checkpoint, model, meta, tokenizer, info, reference.limits.max_length,
+                                          str(path), shapes, artifacts, trt_section, tmp / "model.onnx"))
     except OSError as exc:
         raise ConfigError(f"cannot write --out {out}: {exc}") from None
     return {"out": str(out), "artifacts": {k: v["file"] for k, v in artifacts.items()},
             "parity": {k: v["passed"] for k, v in reports.items()}}
+
+
+def _check_trt_possible(checkpoint: Path) -> None:
+    """Refuse ``--trt`` before any ONNX work: for decoder LLMs (out of scope) and where TensorRT is missing."""
+    from arena.backends.tensorrt import tensorrt_available
+    from arena.modeling import is_decoder, load_model_config
+
+    config = load_model_config(checkpoint)
+    if is_decoder(config):
+        raise ArenaError(
+            f"--trt: TensorRT engines for decoder LLMs ({config.model_type}) are TensorRT-LLM's job (its own model "
+            "definitions, paged KV cache, int4/int8 weight-only kernels) and out of scope for arena-export; export "
+            "ONNX without --trt for a small decoder, or serve it with arena-infer --backend torch "
+            "(bf16 / fp16 / 4bit / 8bit)")
+    ok, why = tensorrt_available()
+    if not ok:
+        raise ArenaError(f"--trt: {why}")
+
+
+def _manifest(checkpoint: Path, model: Any, meta: Any, tokenizer: Any, info: dict[str, Any],
+              max_positions: int | None, parity_data: str, shapes: list[tuple[int, int]],
+              artifacts: dict[str, Any], trt_section: dict[str, Any], onnx_file: Path) -> dict[str, Any]:
+    """What ``manifest.json`` records about an export (:mod:`arena.artifacts` adds versions and file hashes)."""
+    from arena.io import sha256_file
+
+    return {
+        "source_checkpoint": str(checkpoint.resolve()),
+        "model": {"model_type": model.config.model_type, "num_labels": model.config.num_labels,
+                  "hidden_size": model.config.hidden_size, "num_hidden_layers": model.config.num_hidden_layers,
+                  "max_positions": max_positions},
+        "head": meta.head or {"kind": "hf"},
+        "onnx": {**info, "inputs": _input_specs(info),
+                 "outputs": [{"name": "logits", "dtype": "float32", "dims": ["batch", 3]}]},
+        "max_length": meta.encoder.max_length,
+        "tokenizer": type(tokenizer).__name__,
+        "encoder": meta.encoder.to_dict(),
+        "temperature": meta.temperature,
+        "parity_data": parity_data,
+        "parity_shapes": [list(s) for s in shapes],
+        "artifacts": artifacts,
+        "tensorrt": trt_section,
+        "onnx_sha256": sha256_file(onnx_file),
+    }
 
 
 def _input_specs(info: dict[str, Any]) -> list[dict[str, Any]]:

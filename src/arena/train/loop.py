@@ -35,9 +35,10 @@ from arena.errors import ConfigError
 from arena.hybrid import init_from_logistic_regression, is_hybrid
 from arena.io import atomic_open, atomic_write_text
 from arena.metrics import accuracy, baselines, fit_temperature, log_loss, softmax
-from arena.modeling import CheckpointMeta, check_max_length, load_model_config, load_tokenizer, save_checkpoint
+from arena.modeling import CheckpointMeta, check_max_length, load_tokenizer, merge_lora_checkpoint, save_checkpoint
 from arena.train.config import HEADS, TrainConfig
 from arena.train.folds import holdout_split, stratified_folds
+from arena.train.model_options import model_config_of, resolve_model_options
 from arena.train.runtime import pick_device, resolve_precision
 from arena.train.trainer import DONE_FILE, build_model, train_split
 
@@ -61,10 +62,27 @@ def _write_oof(path: Path, records: list[Record], index: np.ndarray, logits: np.
         frame.to_csv(fh, index=False)
 
 
+def _save_untrained(config: TrainConfig, tokenizer: Any, records: list[Record], labels: np.ndarray) -> None:
+    """``--max-steps 0``: the initial model (a hybrid head fitted to the features) saved as a checkpoint."""
+    torch.manual_seed(config.seed)
+    model = build_model(config, pad_token_id=tokenizer.pad_token_id)
+    if is_hybrid(model):
+        from arena.features import feature_matrix
+
+        feats, y = feature_matrix(records), labels
+        if config.swap_augment:
+            feats = np.concatenate([feats, feature_matrix([swap_ab(r) for r in records])])
+            y = np.concatenate([labels, SWAP_CLASSES[labels]])
+        init_from_logistic_regression(model, feats, y)
+    save_checkpoint(model, tokenizer, config.output, CheckpointMeta(
+        encoder=config.encoder, source=str(config.model), extra={"train_config": config.to_dict(), "trained": False}))
+    if config.merge:
+        merge_lora_checkpoint(config.output)
+    log.info("--max-steps 0: saved the untrained model to %s", config.output)
+
+
 def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Read, validate, encode and train every requested split; return the summary written to ``metrics.json``."""
-    from transformers import AutoConfig
-
     path = resolve_csv(config.data, "train.csv")
     records = read_train(path)
     if config.max_rows is not None:
@@ -79,29 +97,16 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
         raise ConfigError("--random-init builds weights from a config.json and needs --tokenizer")
     if config.head not in HEADS:
         raise ConfigError(f"--head must be one of {', '.join(HEADS)}; got {config.head!r}")
-    if config.head == "hybrid" and not config.encoder.features:  # the hybrid head's third input
-        config = replace(config, encoder=replace(config.encoder, features=True))
     if config.batch_size < 1 or config.grad_accum < 1 or config.epochs <= 0:
         raise ConfigError("--batch-size and --grad-accum must be >= 1 and --epochs > 0")
-    model_config = (AutoConfig.from_pretrained(config.model) if config.random_init
-                    else load_model_config(config.model))
+    model_config = model_config_of(config.model, config.random_init)
+    config = resolve_model_options(config, model_config)  # head (auto: hybrid / hf for decoders), LoRA, 4/8-bit
+    if config.head == "hybrid" and not config.encoder.features:  # the hybrid head's third input
+        config = replace(config, encoder=replace(config.encoder, features=True))
     check_max_length(model_config, config.encoder.max_length)
     tokenizer = load_tokenizer(config.tokenizer or config.model)
     if config.max_steps == 0:  # no training: write the initial weights as a checkpoint (speed and export work)
-        torch.manual_seed(config.seed)
-        model = build_model(config)
-        if is_hybrid(model):
-            from arena.features import feature_matrix
-
-            feats, y = feature_matrix(records), labels
-            if config.swap_augment:
-                feats = np.concatenate([feats, feature_matrix([swap_ab(r) for r in records])])
-                y = np.concatenate([labels, SWAP_CLASSES[labels]])
-            init_from_logistic_regression(model, feats, y)
-        save_checkpoint(model, tokenizer, config.output, CheckpointMeta(
-            encoder=config.encoder, source=str(config.model), extra={"train_config": config.to_dict(),
-                                                                     "trained": False}))
-        log.info("--max-steps 0: saved the untrained model to %s", config.output)
+        _save_untrained(config, tokenizer, records, labels)
         return {}
     resolve_precision(config.precision, pick_device())
 
@@ -145,6 +150,8 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
 
             m = read_meta(r.output)
             write_meta(r.output, replace(m, temperature=temperature))
+            if config.merge:  # the best adapter -> a plain checkpoint (the temperature travels with arena.json)
+                merge_lora_checkpoint(r.output)
     _write_oof(out / "oof.csv", records, index, logits, labels, temperature)
     probs = softmax(logits)
     train_for_prior = labels[np.setdiff1d(np.arange(len(labels)), index)] if config.folds is None else labels
