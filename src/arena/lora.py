@@ -74,7 +74,7 @@ def require_peft() -> None:
     try:
         import peft  # noqa: F401
     except ImportError:
-        raise ConfigError("LoRA needs the peft package: pip install 'arena-toolkit[lora]' (or pip install peft)") \
+        raise ConfigError("LoRA needs the peft package (an arena-toolkit dependency): pip install peft") \
             from None
 
 

@@ -221,7 +221,8 @@ def _manifest(checkpoint: Path, model: Any, meta: Any, tokenizer: Any, info: dic
         "model": {"model_type": model.config.model_type, "num_labels": model.config.num_labels,
                   "hidden_size": model.config.hidden_size, "num_hidden_layers": model.config.num_hidden_layers,
                   "max_positions": max_positions},
-        "head": meta.head or {"kind": "hf"},
+        "head": {"kind": "hf", "merged_from": meta.head} if (meta.head or {}).get("kind") == "lora"
+        else meta.head or {"kind": "hf"},  # a LoRA checkpoint is exported merged
         "onnx": {**info, "inputs": _input_specs(info),
                  "outputs": [{"name": "logits", "dtype": "float32", "dims": ["batch", 3]}]},
         "max_length": meta.encoder.max_length,
