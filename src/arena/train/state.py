@@ -2,9 +2,8 @@
 
 ``state/`` beside the checkpoint holds the weights (a LoRA model's trainable tensors only), the optimizer,
 scheduler and gradient-scaler state, every RNG and :class:`TrainState` (the position in the epoch, the evaluation
-history). It is written atomically
-(:func:`arena.io.atomic_dir`), so a crash keeps the previous state, and restoring it makes a resumed run end with
-the same weights as an uninterrupted one.
+history). It is written atomically (:func:`arena.io.atomic_dir`), so a crash keeps the previous state, and restoring
+it makes a resumed run end with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
