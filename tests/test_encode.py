@@ -97,7 +97,7 @@ def test_encoder_properties(tokenizer, rec, max_length):
     enc = ArenaEncoder(tokenizer, EncoderConfig(max_length=max_length))
     ids = enc.encode([rec]).ids[0].tolist()
     assert len(ids) <= max_length
-    assert ids[0] == enc.cls_id and ids[-1] == enc.sep_id
+    assert ids[0] == enc.frame.begin[0] and ids[-1] == enc.frame.end[-1]
     assert enc.encode([rec]).ids[0].tolist() == ids  # deterministic
     segments = enc.decode_segments(ids)
     tok = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731

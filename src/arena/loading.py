@@ -16,7 +16,7 @@ from arena.encode import ArenaEncoder, EncoderConfig
 from arena.ensemble import DEFAULT_COMBINE
 from arena.errors import BackendUnavailable, ConfigError, ModelError
 from arena.foreign import ForeignExport, inspect_foreign, is_foreign_export
-from arena.modeling import load_tokenizer, read_meta
+from arena.modeling import check_pad_token, load_tokenizer, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
         from arena.backends.torch import TorchBackend
 
         runner = TorchBackend(folder, device=device, precision=precision, compile=compile, threads=threads)
+        check_pad_token(runner.model.config, encoder.pad_id, folder)  # a decoder pools by the pad id
     else:  # pragma: no cover - needs TensorRT and a GPU
         from arena.backends.tensorrt import TensorRTBackend
 

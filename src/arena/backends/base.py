@@ -57,7 +57,8 @@ def choose_backend(requested: str, folder: Path, *, precision: str = "auto") -> 
     manifest = read_manifest(folder)
     onnx_files = (manifest or {}).get("artifacts", {})
     has_onnx = bool(onnx_files) or any(folder.glob("*.onnx"))
-    has_torch = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
+    has_torch = any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json",
+                                                           "adapter_model.safetensors"))  # a LoRA checkpoint too
     engines = (manifest or {}).get("tensorrt", {}).get("engines", [])
     if requested == "tensorrt":
         if not engines:

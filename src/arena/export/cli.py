@@ -91,7 +91,7 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
     from arena.export.parity import ParityGate, Tolerance
     from arena.export.precheck import check_export_request
     from arena.io import atomic_dir, sha256_file
-    from arena.modeling import load_classifier, load_tokenizer, read_meta
+    from arena.modeling import check_pad_token, load_classifier, load_tokenizer, read_meta
     from arena.safety import unfinished_reason
 
     checkpoint, out = Path(checkpoint), Path(out)
@@ -108,11 +108,7 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                                 min_agreement=min_agreement, trt_buckets=trt_buckets, max_tokens=max_tokens,
                                 workspace_gib=workspace_gib, overwrite=overwrite)
     if trt:  # say what is missing before spending minutes on the ONNX part
-        from arena.backends.tensorrt import tensorrt_available
-
-        ok, why = tensorrt_available()
-        if not ok:
-            raise ArenaError(f"--trt: {why}")
+        _check_trt_possible(checkpoint)
         fp16 = True  # the engine is built from the parity-checked FP16 ONNX: precision lives in the graph
     from arena.hybrid import is_hybrid
 
@@ -122,6 +118,8 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
     if hybrid != meta.encoder.features:  # the parity rows must carry features exactly when the model takes them
         meta = replace(meta, encoder=replace(meta.encoder, features=hybrid))
     tokenizer = load_tokenizer(checkpoint)
+    check_pad_token(model.config, tokenizer.pad_token_id, checkpoint)  # a decoder's graph pools by the pad id
+    check_pad_token(model.config, tokenizer.pad_token_id, checkpoint)  # a decoder's graph pools by the pad id
     max_length = meta.encoder.max_length
     shapes = parse_shapes(parity_shapes, max_length)
 
@@ -156,7 +154,8 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                           "hidden_size": model.config.hidden_size,
                           "num_hidden_layers": model.config.num_hidden_layers,
                           "max_positions": reference.limits.max_length},
-                "head": meta.head or {"kind": "hf"},
+                "head": {"kind": "hf", "merged_from": meta.head} if (meta.head or {}).get("kind") == "lora"
+                else meta.head or {"kind": "hf"},  # a LoRA checkpoint is exported merged
                 "onnx": {**info, "inputs": _input_specs(info),
                          "outputs": [{"name": "logits", "dtype": "float32", "dims": ["batch", 3]}]},
                 "max_length": max_length, "tokenizer": type(tokenizer).__name__, "encoder": meta.encoder.to_dict(),
@@ -198,6 +197,23 @@ def run_ensemble_export(source: Path, members: list[Path], out: Path, *, overwri
                          "artifacts": summaries[m.name]["artifacts"]} for m in members]})
     return {"out": str(out), "members": {k: v["artifacts"] for k, v in summaries.items()},
             "parity": {k: v["parity"] for k, v in summaries.items()}}
+
+
+def _check_trt_possible(checkpoint: Path) -> None:
+    """Refuse ``--trt`` before any ONNX work: for decoder LLMs (out of scope) and where TensorRT is missing."""
+    from arena.backends.tensorrt import tensorrt_available
+    from arena.modeling import is_decoder, load_model_config
+
+    config = load_model_config(checkpoint)
+    if is_decoder(config):
+        raise ArenaError(
+            f"--trt: TensorRT engines for decoder LLMs ({config.model_type}) are TensorRT-LLM's job (its own model "
+            "definitions, paged KV cache, int4/int8 weight-only kernels) and out of scope for arena-export; export "
+            "ONNX without --trt for a small decoder, or serve it with arena-infer --backend torch "
+            "(bf16 / fp16 / 4bit / 8bit)")
+    ok, why = tensorrt_available()
+    if not ok:
+        raise ArenaError(f"--trt: {why}")
 
 
 def _input_specs(info: dict[str, Any]) -> list[dict[str, Any]]:

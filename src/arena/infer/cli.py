@@ -28,7 +28,8 @@ def infer(
              "repeat --model to blend several models")],
     out: Annotated[Path, typer.Option(help="Submission CSV to write (atomically)")] = Path("submission.csv"),
     backend: Annotated[str, typer.Option(help="auto, torch, onnx or tensorrt")] = "auto",
-    precision: Annotated[str, typer.Option(help="torch: auto/fp32/fp16/bf16; onnx: auto/fp32/fp32_fused/fp16/int8")]
+    precision: Annotated[str, typer.Option(help="torch: auto/fp32/fp16/bf16 (decoders also 4bit/8bit); onnx: "
+                                           "auto/fp32/fp32_fused/fp16/int8")]
     = "auto",
     tta: Annotated[str, typer.Option(help="none or swap (score A/B-swapped too and average)")] = "none",
     policy: Annotated[str, typer.Option(help="sorted (token budget), notebook or padded")] = "sorted",

@@ -17,6 +17,8 @@ app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=F
 
 @app.command(epilog="Examples:\n\n  arena-train --data ../shared/data/arena/lmsys_kaggle --output runs/small\n\n"
              "  arena-train --model DIR --folds 5 --epochs 2 --max-length 256 --output runs/cv\n\n"
+             "  arena-train --model google/gemma-2-9b-it --lora-r 64 --lora-alpha 128 --lr 1e-4 --max-length 1024 "
+             "--batch-size 4 --grad-accum 4 --gradient-checkpointing --load-in-4bit --output runs/gemma\n\n"
              "  torchrun --nproc-per-node 2 -m arena.train.cli --data train.csv --output runs/ddp")
 @cli_errors
 def train(
@@ -28,7 +30,8 @@ def train(
     tokenizer: Annotated[str | None, typer.Option(help="Tokenizer folder, if not the model's")] = None,
     random_init: Annotated[bool, typer.Option(help="Start from random weights built from --model's config.json")]
     = False,
-    max_length: Annotated[int, typer.Option(help="Tokens per row")] = 512,
+    max_length: Annotated[int | None, typer.Option(help="Tokens per row (default: 512 for encoders, 1,024 for "
+                                                   "decoders, within the model's limit)")] = None,
     strategy: Annotated[str, typer.Option(help="segments (per-segment budget) or notebook (cut at the end)")] =
     "segments",
     shares: Annotated[str, typer.Option(help="Token shares of prompt,A,B")] = "0.2,0.4,0.4",
@@ -52,8 +55,9 @@ def train(
     swap_augment: Annotated[bool, typer.Option(help="Add A/B-swapped copies of the training rows (doubles the "
                                               "training rows; part of the default recipe)")] = True,
     head: Annotated[str, typer.Option(help="hybrid (pooled encoder output + hand-crafted features, started from "
-                                      "their logistic regression; the default recipe) or hf (the model's own "
-                                      "classification head)")] = "hybrid",
+                                      "their logistic regression; encoders only) or hf (the model's own "
+                                      "classification head; decoders: last-token pooling); auto: hybrid for "
+                                      "encoders, hf for decoders")] = "auto",
     head_lr: Annotated[float, typer.Option(help="Learning rate of the hybrid head's own layers")] = 2e-4,
     calibrate: Annotated[bool, typer.Option(help="Fit a temperature on out-of-fold logits")] = True,
     compile: Annotated[bool, typer.Option(help="torch.compile the model (GPU)")] = False,
@@ -68,9 +72,22 @@ def train(
     soft_weight: Annotated[float, typer.Option(help="Teacher share of a labelled row's target (0..1)")] = 1.0,
     extra: Annotated[str | None, typer.Option(
         help="Unlabelled pairs (test layout) trained on their --soft-labels; never in validation")] = None,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank; 0: full fine-tuning (default: 16 for decoders, "
+                                               "0 for encoders)")] = None,
+    lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha (update scale alpha/r); default 2 x r")] = None,
+    lora_dropout: Annotated[float, typer.Option(help="Dropout on the LoRA input")] = 0.05,
+    lora_targets: Annotated[str, typer.Option(help="all-linear or a comma list of module names (q_proj,v_proj)")]
+    = "all-linear",
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in backward (less memory)")]
+    = False,
+    load_in_4bit: Annotated[bool, typer.Option(help="Frozen base in 4-bit NF4 (QLoRA; bitsandbytes, GPU)")] = False,
+    load_in_8bit: Annotated[bool, typer.Option(help="Frozen base in 8-bit (bitsandbytes, GPU)")] = False,
+    merge: Annotated[bool, typer.Option(help="Merge the LoRA adapter into the base and save a plain checkpoint")]
+    = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Fine-tune a Hugging Face encoder (DeBERTa-v3 by default) to predict model_a / model_b / tie."""
+    """Fine-tune a Hugging Face encoder (DeBERTa-v3 by default) or decoder LLM (Gemma-2, Llama, Mistral, Qwen-2;
+    LoRA) to predict model_a / model_b / tie."""
     setup_logging(verbose)
     encoder = encoder_config(max_length, strategy, shares, head_fraction)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 owns the output folder
@@ -84,6 +101,10 @@ def train(
                             scheduler=scheduler, precision=precision, head=head, resume=resume, overwrite=overwrite)
     from arena.train.loop import TrainConfig, run_training
 
+    if max_length is None:
+        from arena.train.model_options import default_length
+
+        max_length = default_length(model, random_init)
     cfg = TrainConfig(
         data=data, model=model, output=output, tokenizer=tokenizer, random_init=random_init,
         encoder=encoder, batch_size=batch_size,
@@ -93,8 +114,15 @@ def train(
         swap_augment=swap_augment, head=head, head_lr=head_lr, calibrate=calibrate, compile=compile, resume=resume,
         overwrite=overwrite,
         keep_state=keep_state, max_steps=max_steps, soft_labels=soft_labels, soft_weight=soft_weight, extra=extra,
+        lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        lora_targets=lora_targets, gradient_checkpointing=gradient_checkpointing, load_in_4bit=load_in_4bit,
+        load_in_8bit=load_in_8bit, merge=merge,
     )
-    summary = run_training(cfg)
+    report(run_training(cfg), output)
+
+
+def report(summary: dict[str, Any], output: str) -> None:
+    """The one-line summary and, last, one line of JSON (nothing for ``--max-steps 0``)."""
     if summary:
         typer.echo(
             f"done: {summary['validation_rows']} validation rows, log loss {summary['oof_log_loss']:.4f} "

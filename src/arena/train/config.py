@@ -7,7 +7,7 @@ from typing import Any
 
 from arena.encode import EncoderConfig
 
-HEADS = ("hf", "hybrid")
+HEADS = ("auto", "hf", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,10 @@ class TrainConfig:
     swap_augment: bool = True
     """Train on every row twice, as given and with A and B exchanged (labels a <-> b). Part of the default recipe:
     on the real sample it is worth more than the encoder (benchmarks/RESULTS.md)."""
-    head: str = "hybrid"
-    """``hybrid`` (the default recipe): pooled encoder output plus the hand-crafted features (:mod:`arena.hybrid`),
-    the feature path started from their logistic regression. ``hf``: the model's own sequence-classification head."""
+    head: str = "auto"
+    """``hybrid`` (the default recipe for encoders): pooled encoder output plus the hand-crafted features
+    (:mod:`arena.hybrid`), the feature path started from their logistic regression. ``hf``: the model's own
+    sequence-classification head (decoders: last-token pooling). ``auto``: hybrid for encoders, hf for decoders."""
     head_lr: float = 2e-4
     """Learning rate of the hybrid head's own layers (the encoder uses ``lr``)."""
     max_grad_norm: float = 1.0
@@ -64,6 +65,21 @@ class TrainConfig:
     """Unlabelled pairs that train on their ``soft_labels`` only (never in a validation fold)."""
     max_steps: int | None = None
     """Stop after this many optimizer steps in total (quick runs, tests)."""
+    lora_r: int | None = None
+    """LoRA rank (:mod:`arena.lora`); 0: full fine-tuning; None: 16 for decoders, full fine-tuning for encoders."""
+    lora_alpha: float | None = None
+    """LoRA scale numerator (the update is scaled by alpha / r); None: 2 x r (the 1st place used r 64, alpha 128)."""
+    lora_dropout: float = 0.05
+    lora_targets: str = "all-linear"
+    """Modules that get LoRA matrices: ``all-linear`` (every projection in the blocks) or a comma list of names."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: about a third more compute for far less activation memory."""
+    load_in_4bit: bool = False
+    """Hold the frozen base in 4-bit NF4 (bitsandbytes, QLoRA; needs a CUDA GPU and LoRA)."""
+    load_in_8bit: bool = False
+    """Hold the frozen base in 8-bit (bitsandbytes; needs a CUDA GPU and LoRA)."""
+    merge: bool = False
+    """After training, merge the LoRA adapter into the base and write a plain checkpoint instead of the adapter."""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

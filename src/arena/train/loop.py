@@ -39,13 +39,14 @@ from arena.modeling import (
     CheckpointMeta,
     check_max_length,
     check_tokenizer,
-    load_model_config,
     load_tokenizer,
+    merge_lora_checkpoint,
     save_checkpoint,
 )
 from arena.safety import check_train_config_output, finish_train_output, start_train_output
 from arena.train.config import HEADS, TrainConfig
 from arena.train.folds import holdout_split, stratified_folds
+from arena.train.model_options import model_config_of, resolve_model_options
 from arena.train.runtime import pick_device, resolve_precision
 from arena.train.targets import read_extra, read_soft_labels, training_targets
 from arena.train.trainer import DONE_FILE, ExtraRows, build_model, train_split
@@ -80,8 +81,6 @@ def check_options(config: TrainConfig) -> TrainConfig:
         raise ConfigError("--random-init builds weights from a config.json and needs --tokenizer")
     if config.head not in HEADS:
         raise ConfigError(f"--head must be one of {', '.join(HEADS)}; got {config.head!r}")
-    if config.head == "hybrid" and not config.encoder.features:  # the hybrid head's third input
-        config = replace(config, encoder=replace(config.encoder, features=True))
     if config.batch_size < 1 or config.grad_accum < 1 or config.epochs <= 0:
         raise ConfigError("--batch-size and --grad-accum must be >= 1 and --epochs > 0")
     return config
@@ -90,7 +89,7 @@ def check_options(config: TrainConfig) -> TrainConfig:
 def save_untrained(config: TrainConfig, records: list[Record], labels: np.ndarray, tokenizer: Any) -> None:
     """``--max-steps 0``: the initial weights as a checkpoint (a hybrid head started from the feature regression)."""
     torch.manual_seed(config.seed)
-    model = build_model(config)
+    model = build_model(config, pad_token_id=tokenizer.pad_token_id)
     if is_hybrid(model):
         from arena.features import feature_matrix
 
@@ -103,6 +102,8 @@ def save_untrained(config: TrainConfig, records: list[Record], labels: np.ndarra
     save_checkpoint(model, tokenizer, config.output, CheckpointMeta(
         encoder=config.encoder, source=str(config.model), extra={"train_config": config.to_dict(),
                                                                  "trained": False}))
+    if config.merge:
+        merge_lora_checkpoint(config.output)
     finish_train_output(config.output)
     log.info("--max-steps 0: saved the untrained model to %s", config.output)
 
@@ -121,6 +122,8 @@ def summarise_run(config: TrainConfig, records: list[Record], labels: np.ndarray
 
             m = read_meta(r.output)
             write_meta(r.output, replace(m, temperature=temperature))
+            if config.merge:  # the best adapter -> a plain checkpoint (the temperature travels with arena.json)
+                merge_lora_checkpoint(r.output)
     _write_oof(out / "oof.csv", records, index, logits, labels, temperature)
     probs = softmax(logits)
     train_for_prior = labels[np.setdiff1d(np.arange(len(labels)), index)] if config.folds is None else labels
@@ -142,8 +145,6 @@ def summarise_run(config: TrainConfig, records: list[Record], labels: np.ndarray
 
 def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Read, validate, encode and train every requested split; return the summary written to ``metrics.json``."""
-    from transformers import AutoConfig
-
     path = resolve_csv(config.data, "train.csv")
     check_train_config_output(config, path)  # no one else's files, no finished run, no input in --output
     records = read_train(path)
@@ -157,8 +158,10 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
     if soft is not None:
         log.info("soft labels for %d of %d labelled rows (weight %.2f)%s", found, len(records), config.soft_weight,
                  f"; {len(extra.records)} pseudo-labelled extra rows" if extra else "")
-    model_config = (AutoConfig.from_pretrained(config.model) if config.random_init
-                    else load_model_config(config.model))
+    model_config = model_config_of(config.model, config.random_init)
+    config = resolve_model_options(config, model_config)  # head (auto: hybrid / hf for decoders), LoRA, 4/8-bit
+    if config.head == "hybrid" and not config.encoder.features:  # the hybrid head's third input
+        config = replace(config, encoder=replace(config.encoder, features=True))
     check_max_length(model_config, config.encoder.max_length)
     tokenizer = load_tokenizer(config.tokenizer or config.model)
     check_tokenizer(tokenizer, config.tokenizer or config.model, getattr(model_config, "vocab_size", None))

@@ -65,9 +65,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def weights_digest(model: torch.nn.Module) -> str:
-    """sha256 over every parameter and buffer, in name order: two models agree iff their digests do."""
+    """sha256 over every parameter and buffer (a LoRA model: its trainable tensors), in name order: two models agree
+    iff their digests do."""
+    from arena.lora import trainable_state
+
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(trainable_state(model).items()):
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        t = tensor.detach().cpu().contiguous()
+        h.update((t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes())
     return h.hexdigest()

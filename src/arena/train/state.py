@@ -1,9 +1,9 @@
 """The resumable state of one training split: where the run is, and how it is saved and restored.
 
-``state/`` beside the checkpoint holds the weights, the optimizer, scheduler and gradient-scaler state, every RNG
-and :class:`TrainState` (the position in the epoch, the evaluation history). It is written atomically
-(:func:`arena.io.atomic_dir`), so a crash keeps the previous state, and restoring it makes a resumed run end with
-the same weights as an uninterrupted one.
+``state/`` beside the checkpoint holds the weights (a LoRA model's trainable tensors only), the optimizer,
+scheduler and gradient-scaler state, every RNG and :class:`TrainState` (the position in the epoch, the evaluation
+history). It is written atomically (:func:`arena.io.atomic_dir`), so a crash keeps the previous state, and restoring
+it makes a resumed run end with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 
+from arena.errors import TrainingError
 from arena.io import atomic_dir, atomic_open
+from arena.lora import is_lora, trainable_state
 from arena.train.runtime import DistInfo
 
 STATE_DIR = "state"
@@ -62,7 +64,7 @@ def save_state(folder: Path, model: torch.nn.Module, optimizer, scheduler, scale
         with atomic_dir(folder / STATE_DIR, overwrite=True) as tmp:
             for f in (folder / STATE_DIR).glob("rng_rank*.pt") if dist.world > 1 else ():
                 shutil.copy2(f, tmp / f.name)
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            save_file({k: v.detach().cpu().contiguous() for k, v in trainable_state(model).items()},
                       str(tmp / "model.safetensors"))
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict(), "rng": rng}, tmp / "optim.pt")
@@ -79,7 +81,15 @@ def load_state(folder: Path, model: torch.nn.Module, optimizer, scheduler, scale
     state_dir = folder / STATE_DIR
     if not (state_dir / "trainer_state.json").is_file():
         return None
-    model.load_state_dict(load_file(str(state_dir / "model.safetensors")))
+    tensors = load_file(str(state_dir / "model.safetensors"))
+    if is_lora(model):  # the adapter and head only; the frozen base was loaded from its own files
+        missing = sorted(set(trainable_state(model)) - set(tensors))
+        if missing:
+            raise TrainingError(f"{state_dir} does not hold this LoRA model's trainable tensors (missing "
+                                f"{missing[:3]}); it was saved by a different run: start a new --output")
+        model.load_state_dict(tensors, strict=False)
+    else:
+        model.load_state_dict(tensors)
     blob = torch.load(state_dir / "optim.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])

@@ -35,8 +35,9 @@ from arena.executor import BatchExecutor
 from arena.hybrid import forward_logits, init_from_logistic_regression, is_hybrid
 from arena.io import atomic_open, atomic_write_text
 from arena.metrics import accuracy, baselines, log_loss, softmax
-from arena.modeling import CheckpointMeta, load_classifier, save_checkpoint
+from arena.modeling import CheckpointMeta, save_checkpoint
 from arena.train.config import TrainConfig
+from arena.train.model_options import build_classifier, enable_gradient_checkpointing, is_quantized
 from arena.train.runtime import DistInfo, autocast, init_distributed, pick_device, resolve_precision, weights_digest
 from arena.train.state import STATE_DIR, TrainState, load_state, save_state
 
@@ -121,14 +122,18 @@ def prepare_rows(encoded: Encoded, labels: np.ndarray, index: np.ndarray, swappe
     return TrainRows(ids, y, None if feats[0] is None else np.concatenate(feats), lengths, dist)
 
 
-def build_model(config: TrainConfig) -> torch.nn.Module:
-    """The model to fine-tune: the Hugging Face classifier, or the hybrid head on the bare encoder."""
-    random_from = config.model if config.random_init else None
+def build_model(config: TrainConfig, *, pad_token_id: int | None = None, device: torch.device | None = None,
+                dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """The model to fine-tune: the hybrid head on the bare encoder, or the Hugging Face classifier (with LoRA,
+    gradient checkpointing and 4/8-bit base weights as ``config`` says: :mod:`arena.train.model_options`)."""
     if config.head == "hybrid":
         from arena.hybrid import build_hybrid
 
-        return build_hybrid(config.model, random_init_from=random_from)
-    return load_classifier(config.model, random_init_from=random_from)
+        model = build_hybrid(config.model, random_init_from=config.model if config.random_init else None)
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        return model
+    return build_classifier(config, pad_token_id=pad_token_id, device=device, dtype=dtype)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, lr: float,
@@ -235,7 +240,7 @@ def build_trainer(config: TrainConfig, *, name: str, out_dir: Path, tokenizer: A
     dist = init_distributed(device)
     dtype = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
-    raw = build_model(config)
+    raw = build_model(config, pad_token_id=tokenizer.pad_token_id, device=device, dtype=dtype)
     hybrid = is_hybrid(raw)
     if hybrid:
         if rows.features is None:
@@ -244,7 +249,9 @@ def build_trainer(config: TrainConfig, *, name: str, out_dir: Path, tokenizer: A
         start = init_from_logistic_regression(raw, rows.features[hard], rows.labels[hard])
         if dist.main:
             log.info("%s: hybrid head starts from the feature logistic regression (train log loss %.4f)", name, start)
-    raw.to(device).train()
+    if not is_quantized(raw):  # bitsandbytes weights were placed on the device as they loaded
+        raw.to(device)
+    raw.train()
     optimizer = torch.optim.AdamW(param_groups(raw, config.weight_decay, config.lr, config.head_lr if hybrid else None),
                                   lr=config.lr, fused=device.type == "cuda")
     batches = len(length_grouped_batches(rows.lengths, config.batch_size, config.seed)) // dist.world
