@@ -44,8 +44,10 @@ TRAIN_NAMES = (
     "metrics.json", "oof.csv", "val_logits.npy", "state", "fold_*", ".*.tmp", ".*.partial", ".*.old",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "spm.model",
     "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
-    "chat_template.jinja", "chat_template.json",
+    "chat_template.jinja", "chat_template.json", "adapter_config.json", "adapter_model.safetensors",
 )
+ADAPTER_CARD = "README.md"
+"""The model card peft writes beside a LoRA adapter: arena-train's only where its adapter is."""
 
 
 def _real(path: str | Path) -> Path:
@@ -208,8 +210,9 @@ def remove_stale(out: str | Path, earlier: Iterable[str], written: Iterable[str]
 def train_foreign_files(folder: Path) -> list[str]:
     """Entries of ``folder`` (and of its ``fold_*`` subfolders) that arena-train does not write."""
     foreign = []
+    names = (*TRAIN_NAMES, ADAPTER_CARD) if (folder / "adapter_config.json").is_file() else TRAIN_NAMES
     for entry in _entries(folder):
-        if not any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in TRAIN_NAMES):
+        if not any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in names):
             foreign.append(entry.name)
         elif entry.name.startswith("fold_") and not entry.is_dir():
             foreign.append(entry.name)

@@ -11,6 +11,7 @@ import typer
 
 from arena.cli_common import encoder_config, run_app, setup_logging
 from arena.errors import ConfigError, cli_errors
+from arena.train.config import HEADS
 
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
@@ -89,7 +90,6 @@ def train(
     """Fine-tune a Hugging Face encoder (DeBERTa-v3 by default) or decoder LLM (Gemma-2, Llama, Mistral, Qwen-2;
     LoRA) to predict model_a / model_b / tie."""
     setup_logging(verbose)
-    encoder = encoder_config(max_length, strategy, shares, head_fraction)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 owns the output folder
         check_train_request(data=data, model=model, output=output, tokenizer=tokenizer, random_init=random_init,
                             max_length=max_length,
@@ -105,6 +105,7 @@ def train(
         from arena.train.model_options import default_length
 
         max_length = default_length(model, random_init)
+    encoder = encoder_config(max_length, strategy, shares, head_fraction)
     cfg = TrainConfig(
         data=data, model=model, output=output, tokenizer=tokenizer, random_init=random_init,
         encoder=encoder, batch_size=batch_size,
@@ -165,7 +166,7 @@ def check_train_request(*, data: str | None, model: str, output: str, tokenizer:
     one_of("--precision", precision, PRECISIONS)
     if precision == "fp16" and not torch_gpus():
         raise ConfigError("--precision fp16 needs a CUDA GPU and this machine has none; use fp32, bf16 or auto")
-    one_of("--head", head, ("hybrid", "hf"))
+    one_of("--head", head, HEADS)
     if random_init:
         if not tokenizer:
             raise ConfigError("--random-init builds weights from a config.json and needs --tokenizer")
@@ -174,7 +175,8 @@ def check_train_request(*, data: str | None, model: str, output: str, tokenizer:
             raise ConfigError(f"--model {model}: --random-init needs a config.json file (or a folder holding one)")
     elif is_local(model):
         check_model_folder(model)
-    check_max_length(_model_config(model, random_init), max_length)
+    if max_length is not None:  # else the model's own default (arena.train.model_options.default_length)
+        check_max_length(_model_config(model, random_init), max_length)
     if tokenizer is not None and is_local(tokenizer):
         existing_folder("--tokenizer", tokenizer, "the folder that holds the tokenizer files")
     path = resolve_csv(data, "train.csv")
