@@ -78,6 +78,7 @@ def check_infer_request(test_csv: Path, models: list[Path], out: Path, *, backen
     from arena.data import check_layout
     from arena.devices import check_device, parse_devices
     from arena.ensemble import member_folders
+    from arena.foreign import is_foreign_export
     from arena.modeling import check_model_folder
     from arena.options import at_least, check_precision, existing_file, existing_folder, one_of
     from arena.safety import check_submission_out
@@ -104,7 +105,8 @@ def check_infer_request(test_csv: Path, models: list[Path], out: Path, *, backen
     check_layout(test_csv, labelled=False)
     for model in models:
         existing_folder("--model", model, "the arena-train checkpoint or arena-export folder")
-        if not (model / "manifest.json").is_file() and member_folders(model) is None:
+        if not (model / "manifest.json").is_file() and member_folders(model) is None \
+                and not is_foreign_export(model):
             check_model_folder(model)
         check_submission_out(out, test_csv=test_csv, model=model)
     return device, shards
