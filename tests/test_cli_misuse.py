@@ -280,6 +280,7 @@ def test_mistake_is_one_error_line_and_touches_nothing(ws, monkeypatch, capsys, 
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2, f"exit {code}\nstdout: {out[-1500:]}\nstderr: {err[-1500:]}"
     assert len(errors) == 1, err
+    assert [line for line in err.splitlines() if line.strip()] == errors, err  # nothing but the error line
     assert says in errors[0], errors[0]
     assert "Traceback" not in out + err
     assert tree(ws) == before, "files were created, changed or removed"

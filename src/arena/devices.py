@@ -71,6 +71,8 @@ def parse_devices(text: str | None, backend: str = "auto") -> list[str] | None:
         if count < 1:
             raise ConfigError(f"--devices {text}: give a number of GPUs >= 1 or a list such as cuda:0,cuda:1")
         gpus = torch_gpus()
+        if count > gpus and not gpus:
+            raise ConfigError(f"--devices {text}: this machine has no CUDA GPU; list devices such as cpu,cpu instead")
         if count > gpus:
             raise ConfigError(f"--devices {text}: this machine has {gpus} CUDA GPU(s); ask for at most {gpus}, "
                               "or list devices such as cpu,cpu")

@@ -141,7 +141,9 @@ def load_tokenizer(name_or_path: str | Path) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
     except (OSError, ValueError, TypeError) as exc:
         if is_local(name):
-            raise ModelError(f"{name} does not hold a tokenizer that transformers can load: {exc}") from None
+            detail = " ".join(str(exc).split())[:300]
+            raise ModelError(f"{name} does not hold a tokenizer that transformers can load ({detail}); pass the "
+                             "folder with the tokenizer files") from None
         raise offline_hint(name, exc) from None
     vocab_size = None
     if is_local(name) and (Path(name) / "config.json").is_file():

@@ -90,13 +90,3 @@ def open_sharded(folder: str | Path, devices: Sequence[str], *, backend: str = "
     runner = ShardedRunner(folder, devices, backend=loaded.choice.backend, precision=precision, threads=threads)
     return attach_runner(loaded, runner)
 
-
-def parse_devices(text: str | None) -> list[str] | None:
-    """``cuda:0,cuda:1`` / ``cpu,cpu`` / ``2`` (the first N GPUs) -> device names, or None for one device."""
-    if not text:
-        return None
-    if text.isdigit():
-        n = int(text)
-        return None if n <= 1 else [f"cuda:{i}" for i in range(n)]
-    devices = [d.strip() for d in text.split(",") if d.strip()]
-    return devices if len(devices) > 1 else None
