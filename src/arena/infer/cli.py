@@ -67,12 +67,14 @@ def infer(
     typer.echo(json.dumps(summary))
 
 
-def check_infer_request(test_csv: Path, models: list[Path], out: Path, *, backend: str, precision: str, tta: str | bool,
-                        policy: str, max_tokens: int | None, batch_size: int, chunk_rows: int, threads: int | None,
+def check_infer_request(test_csv: Path, models: Path | list[Path], out: Path, *, backend: str, precision: str,
+                        tta: str | bool, policy: str, max_tokens: int | None, batch_size: int, chunk_rows: int,
+                        threads: int | None,
                         encode_workers: int, compile: bool, device: str,
                         devices: str | None) -> tuple[str, list[str] | None]:
     """Every option and path checked before a model is loaded: return the device and the device list (None for
     one device; ``--devices`` with one name is that device, not ignored)."""
+    models = [Path(models)] if isinstance(models, Path | str) else [Path(m) for m in models]
     from arena.backends.base import BACKENDS
     from arena.batching import POLICIES
     from arena.data import check_layout
