@@ -10,7 +10,8 @@ Two kinds, both what the top LMSYS solutions submitted:
 How to combine (``COMBINE``): ``probs``, the weighted mean of the members' probabilities, or ``geometric``, the
 weighted mean of their log-probabilities, renormalised. Averaging tempered logits is the same thing as
 ``geometric`` (each member's log-softmax differs from its tempered logits by a per-row constant, which the final
-softmax removes), so it is not a third choice. Which one is the default is measured (``benchmarks/RESULTS.md``).
+softmax removes), so it is not a third choice. The default, ``probs``, measured 1.0491 against 1.0496 for the geometric
+mean on 300 held-out real rows (no real difference; the simpler one kept: ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
