@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,12 @@ def make_session(path: str | Path, *, device: str = "cpu", threads: int | None =
     import onnxruntime as ort
 
     from arena.artifacts import check_onnx_file
+    from arena.cpu import allowed_cores
 
     check_onnx_file(path)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.intra_op_num_threads = threads or allowed_cores()
     opts.log_severity_level = 3
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -48,6 +48,7 @@ class OnnxBackend:
         self.device = device
         self.path = Path(path)
         self.session = make_session(path, device=device, threads=threads)
+        self.threads = self.session.get_session_options().intra_op_num_threads
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.needs_features = FEATURES in self.input_names
         self.precision = precision
@@ -56,7 +57,8 @@ class OnnxBackend:
 
     @property
     def description(self) -> str:
-        return f"onnx ({self.path.name}, {self.precision}, {self.device})"
+        threads = f", {self.threads} threads" if self.device == "cpu" else ""
+        return f"onnx ({self.path.name}, {self.precision}, {self.device}{threads})"
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                  features: np.ndarray | None = None) -> np.ndarray:

@@ -23,9 +23,12 @@ class TorchBackend:
     def __init__(self, folder: str | Path | None = None, *, model: torch.nn.Module | None = None,
                  device: str = "auto", precision: str = "auto", compile: bool = False,
                  threads: int | None = None) -> None:
-        if threads:
-            torch.set_num_threads(threads)
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        if threads or self.device == "cpu":
+            from arena.cpu import allowed_cores
+
+            torch.set_num_threads(threads or allowed_cores())  # all the cores this process may use, no more
+        self.threads = torch.get_num_threads()
         if precision == "auto":
             precision = "fp16" if self.device.startswith("cuda") else "fp32"
         if precision not in DTYPES:
@@ -44,7 +47,8 @@ class TorchBackend:
 
     @property
     def description(self) -> str:
-        return f"torch ({self.precision}, {self.device}{', compiled' if self.compiled else ''})"
+        threads = f", {self.threads} threads" if self.device == "cpu" else ""
+        return f"torch ({self.precision}, {self.device}{threads}{', compiled' if self.compiled else ''})"
 
     @torch.inference_mode()
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,

@@ -26,8 +26,9 @@ def infer(
     test_csv: Annotated[Path, typer.Argument(help="Kaggle test.csv (id, prompt, response_a, response_b)")],
     model: Annotated[Path, typer.Option(help="arena-train checkpoint or arena-export folder")],
     out: Annotated[Path, typer.Option(help="Submission CSV to write (atomically)")] = Path("submission.csv"),
-    backend: Annotated[str, typer.Option(help="auto, torch, onnx or tensorrt")] = "auto",
-    precision: Annotated[str, typer.Option(help="torch: auto/fp32/fp16/bf16; onnx: auto/fp32/fp32_fused/fp16/int8")]
+    backend: Annotated[str, typer.Option(help="auto, torch, onnx, openvino or tensorrt")] = "auto",
+    precision: Annotated[str, typer.Option(
+        help="torch: auto/fp32/fp16/bf16; onnx: auto/fp32/fp32_fused/fp16/int8; openvino: auto/fp32/bf16/int8")]
     = "auto",
     tta: Annotated[str, typer.Option(help="none or swap (score A/B-swapped too and average)")] = "none",
     policy: Annotated[str, typer.Option(help="sorted (token budget), notebook or padded")] = "sorted",
@@ -108,7 +109,8 @@ def run_infer(test_csv: Path, model: Path, out: Path, *, backend: str = "auto", 
         scorer.close()
         if shards is not None:
             loaded.runner.close()
-    return {"backend": loaded.description, "reason": loaded.choice.reason, "tta": tta, "policy": policy,
+    return {"backend": loaded.description, "reason": loaded.choice.reason,
+            "threads": getattr(loaded.runner, "threads", None), "tta": tta, "policy": policy,
             "rules": list(config.rules), "max_tokens": max_tokens,
             **timings.summary()}
 
