@@ -78,6 +78,14 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
 
 
+def openvino_passed(manifest: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The OpenVINO precisions whose parity check passed at export (the manifest's ``openvino`` section):
+    precision -> entry (``file``, ``parity``, ...). Nothing else may be run or chosen."""
+    section = (manifest or {}).get("openvino") or {}
+    return {name: entry for name, entry in (section.get("precisions") or {}).items()
+            if (entry.get("parity") or {}).get("passed")}
+
+
 # ------------------------------------------------------------------------------------------------------ ONNX files
 
 

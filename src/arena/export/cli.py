@@ -70,6 +70,11 @@ def export(
     int8: Annotated[bool, typer.Option(help="Also write an INT8 dynamically quantised model (CPU)")] = False,
     optimize: Annotated[bool, typer.Option(help="Also write an onnxruntime.transformers fused fp32 model")] = False,
     trt: Annotated[bool, typer.Option(help="Build TensorRT FP16 engines (needs TensorRT and a GPU)")] = False,
+    openvino: Annotated[bool, typer.Option(help="Check model.onnx under OpenVINO at fp32 and bf16 (CPU) and record "
+                                           "it for --backend auto (skipped when OpenVINO is not installed)")] = True,
+    int8_static: Annotated[bool, typer.Option(help="Also write an NNCF static INT8 OpenVINO model, calibrated on "
+                                              "real rows (CPU; needs arena-toolkit[openvino])")] = False,
+    calibration_rows: Annotated[int, typer.Option(help="Real rows that calibrate --int8-static")] = 64,
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17)")] = 17,
     exporter: Annotated[str, typer.Option(help="torchscript (tested) or dynamo")] = "torchscript",
     data: Annotated[str | None, typer.Option(help="CSV whose real rows drive the parity check")] = None,
@@ -90,7 +95,8 @@ def export(
                          exporter=exporter, data=data, parity_shapes=parity_shapes, fp32_tol=fp32_tol,
                          fp16_prob_tol=fp16_prob_tol, int8_prob_tol=int8_prob_tol, min_agreement=min_agreement,
                          trt_buckets=trt_buckets, max_tokens=max_tokens, workspace_gib=workspace_gib,
-                         overwrite=overwrite)
+                         overwrite=overwrite, openvino=openvino, int8_static=int8_static,
+                         calibration_rows=calibration_rows)
     typer.echo(json.dumps(summary))
 
 
@@ -98,7 +104,8 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                trt: bool = False, opset: int = 17, exporter: str = "torchscript", data: str | None = None,
                parity_shapes: str = "1x17,7x133,16x512", fp32_tol: float = 1e-4, fp16_prob_tol: float = 2e-2,
                int8_prob_tol: float = 0.1, min_agreement: float = 0.97, trt_buckets: int = 4,
-               max_tokens: int = 16384, workspace_gib: float = 4.0, overwrite: bool = False) -> dict[str, Any]:
+               max_tokens: int = 16384, workspace_gib: float = 4.0, overwrite: bool = False,
+               openvino: bool = True, int8_static: bool = False, calibration_rows: int = 64) -> dict[str, Any]:
     from dataclasses import replace
 
     import numpy as np
@@ -178,6 +185,13 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                       replace(Tolerance.int8(), max_prob_diff=int8_prob_tol, min_argmax_agreement=min_agreement))
                 artifacts["int8"] = {"file": "model.int8.onnx", "precision": "int8", **info8,
                                      "parity": reports["int8"]}
+            ov_section = _openvino_artifacts(tmp, meta.encoder, tokenizer, path, reference, batches, ref_cache,
+                                             openvino=openvino or int8_static, int8_static=int8_static,
+                                             calibration_rows=calibration_rows, fp32_tol=fp32_tol,
+                                             int8_tol=replace(Tolerance.int8(), max_prob_diff=int8_prob_tol,
+                                                              min_argmax_agreement=min_agreement))
+            reports.update({f"openvino_{k}": v["parity"] for k, v in ov_section["precisions"].items()
+                            if "parity" in v})
             for name in TOKENIZER_FILES:  # the export folder is self-contained: infer encodes from it
                 if (checkpoint / name).is_file():
                     shutil.copy2(checkpoint / name, tmp / name)
@@ -201,12 +215,38 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                 "parity_shapes": [list(s) for s in shapes],
                 "artifacts": artifacts,
                 "tensorrt": trt_section,
+                "openvino": ov_section,
                 "onnx_sha256": sha256_file(tmp / "model.onnx"),
             })
     except OSError as exc:
         raise ConfigError(f"cannot write --out {out}: {exc}") from None
     return {"out": str(out), "artifacts": {k: v["file"] for k, v in artifacts.items()},
             "parity": {k: v["passed"] for k, v in reports.items()}}
+
+
+def _openvino_artifacts(folder: Path, encoder_cfg, tokenizer, data: Path, reference, batches, ref_cache, *,
+                        openvino: bool, int8_static: bool, calibration_rows: int, fp32_tol: float,
+                        int8_tol) -> dict[str, Any]:
+    """The manifest's ``openvino`` section: fp32/bf16 parity of model.onnx under OpenVINO and, asked for, the
+    static INT8 model (:mod:`arena.export.openvino`)."""
+    if not openvino:
+        return {"status": "not requested", "precisions": {}}
+    from arena.export import openvino as ov_export
+
+    section = ov_export.check_onnx(folder / "model.onnx", reference, batches, ref_cache, fp32_tol=fp32_tol)
+    if int8_static:
+        if section["status"] != "checked":
+            raise ConfigError(f"--int8-static: {section['why']}")
+        from arena.batching import default_max_tokens
+        from arena.encode import ArenaEncoder
+        from arena.export.quantize import calibration_batches
+
+        rows = ov_export.calibration_records(data, calibration_rows)
+        calibration = calibration_batches(rows, ArenaEncoder(tokenizer, encoder_cfg),
+                                          max_tokens=default_max_tokens("cpu", encoder_cfg.max_length))
+        section["precisions"]["int8"] = ov_export.add_static_int8(folder, reference, batches, ref_cache,
+                                                                  calibration, int8_tol)
+    return section
 
 
 def _input_specs(info: dict[str, Any]) -> list[dict[str, Any]]:
