@@ -186,12 +186,9 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                 artifacts["int8"] = {"file": "model.int8.onnx", "precision": "int8", **info8,
                                      "parity": reports["int8"]}
             ov_section = _openvino_artifacts(tmp, meta.encoder, tokenizer, path, reference, batches, ref_cache,
-                                             openvino=openvino or int8_static, int8_static=int8_static,
+                                             reports, openvino=openvino, int8_static=int8_static,
                                              calibration_rows=calibration_rows, fp32_tol=fp32_tol,
-                                             int8_tol=replace(Tolerance.int8(), max_prob_diff=int8_prob_tol,
-                                                              min_argmax_agreement=min_agreement))
-            reports.update({f"openvino_{k}": v["parity"] for k, v in ov_section["precisions"].items()
-                            if "parity" in v})
+                                             int8_tol=(int8_prob_tol, min_agreement))
             for name in TOKENIZER_FILES:  # the export folder is self-contained: infer encodes from it
                 if (checkpoint / name).is_file():
                     shutil.copy2(checkpoint / name, tmp / name)
@@ -224,14 +221,17 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
             "parity": {k: v["passed"] for k, v in reports.items()}}
 
 
-def _openvino_artifacts(folder: Path, encoder_cfg, tokenizer, data: Path, reference, batches, ref_cache, *,
-                        openvino: bool, int8_static: bool, calibration_rows: int, fp32_tol: float,
-                        int8_tol) -> dict[str, Any]:
+def _openvino_artifacts(folder: Path, encoder_cfg, tokenizer, data: Path, reference, batches, ref_cache,
+                        reports: dict[str, Any], *, openvino: bool, int8_static: bool, calibration_rows: int,
+                        fp32_tol: float, int8_tol: tuple[float, float]) -> dict[str, Any]:
     """The manifest's ``openvino`` section: fp32/bf16 parity of model.onnx under OpenVINO and, asked for, the
-    static INT8 model (:mod:`arena.export.openvino`)."""
-    if not openvino:
+    static INT8 model (:mod:`arena.export.openvino`); each check's report is added to ``reports``."""
+    if not (openvino or int8_static):
         return {"status": "not requested", "precisions": {}}
+    from dataclasses import replace
+
     from arena.export import openvino as ov_export
+    from arena.export.parity import Tolerance
 
     section = ov_export.check_onnx(folder / "model.onnx", reference, batches, ref_cache, fp32_tol=fp32_tol)
     if int8_static:
@@ -244,8 +244,10 @@ def _openvino_artifacts(folder: Path, encoder_cfg, tokenizer, data: Path, refere
         rows = ov_export.calibration_records(data, calibration_rows)
         calibration = calibration_batches(rows, ArenaEncoder(tokenizer, encoder_cfg),
                                           max_tokens=default_max_tokens("cpu", encoder_cfg.max_length))
+        tol = replace(Tolerance.int8(), max_prob_diff=int8_tol[0], min_argmax_agreement=int8_tol[1])
         section["precisions"]["int8"] = ov_export.add_static_int8(folder, reference, batches, ref_cache,
-                                                                  calibration, int8_tol)
+                                                                  calibration, tol)
+    reports.update({f"openvino_{k}": v["parity"] for k, v in section["precisions"].items() if "parity" in v})
     return section
 
 
