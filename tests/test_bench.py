@@ -12,14 +12,11 @@ from tests.conftest import TOKENIZER, TRAIN_CSV
 
 
 def test_bench_runs_a_matrix_and_writes_every_report(tmp_path, tiny_checkpoint, tiny_export):
-    thresholds = tmp_path / "t.json"
-    thresholds.write_text(json.dumps({"ratios": [
-        {"name": "sanity", "numerator": "onnx:fp32/sorted", "denominator": "torch:fp32/notebook", "min": 0.01}]}))
     out = tmp_path / "bench"
     result = CliRunner().invoke(app, [
         "--model", str(tiny_checkpoint), "--export", str(tiny_export), "--data", str(TRAIN_CSV), "--rows", "40",
-        "--cells", "torch:fp32/notebook,torch:fp32/sorted,onnx:fp32/sorted,onnx:int8/padded", "--repeats", "1",
-        "--warmup", "0", "--max-length", "512", "--out", str(out), "--check", str(thresholds)])
+        "--cells", "torch:fp32/notebook,torch:fp32/sorted,onnx:fp32/sorted,onnx:int8/padded", "--repeats", "2",
+        "--warmup", "0", "--max-length", "512", "--out", str(out)])
     assert result.exit_code == 0, result.output
     final = json.loads(result.output.strip().splitlines()[-1])
     assert set(final["cells"]) == {"torch:fp32/notebook", "torch:fp32/sorted", "onnx:fp32/sorted",
@@ -32,6 +29,28 @@ def test_bench_runs_a_matrix_and_writes_every_report(tmp_path, tiny_checkpoint, 
     assert cells["onnx:int8/padded"]["padding_efficiency"] < cells["onnx:fp32/sorted"]["padding_efficiency"]
     assert all(c["rows"] == 40 and c["batch_ms_p50"] > 0 and c["peak_rss_mib"] > 0 for c in data["cells"])
     assert "| torch:fp32/notebook |" in (out / "bench.md").read_text()
+    for c in data["cells"]:
+        # one pass gives both numbers: the time inside the model is part of the pass's wall time
+        assert len(c["e2e_runs_s"]) == len(c["model_runs_s"]) == 2
+        assert all(m <= e for m, e in zip(c["model_runs_s"], c["e2e_runs_s"], strict=True))
+        assert c["model_rows_per_s"] >= c["rows_per_s"]
+        assert c["rows_per_s_min"] <= c["rows_per_s"] <= c["rows_per_s_max"]
+        assert c["e2e_s"] == sorted(c["e2e_runs_s"])[0]  # the median of two passes is the lower one
+
+
+def test_bench_interleaves_repeats_across_cells(monkeypatch, tiny_checkpoint, tiny_export, train_records):
+    from arena.bench import runner
+
+    order = []
+    real = runner.time_pass
+    monkeypatch.setattr(runner, "time_pass", lambda cell, rows: order.append(cell.spec.name) or real(cell, rows))
+    specs = [runner.CellSpec.parse("torch:fp32", "sorted"), runner.CellSpec.parse("onnx:fp32", "sorted")]
+    cells = [runner.open_cell(s, tiny_checkpoint if s.backend == "torch" else tiny_export, batch_size=64,
+                              max_tokens=None, threads=None, max_length=None) for s in specs]
+    results = runner.run_cells(cells, train_records[:8], repeats=3, warmup=1)
+    names = [s.name for s in specs]
+    assert order == names + names * 3  # warm-up of each, then repeat 1 of every cell, repeat 2, ...
+    assert [r.name for r in results] == names
 
 
 def test_check_mode_fails_below_threshold(tmp_path, tiny_checkpoint, tiny_export):

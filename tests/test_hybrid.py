@@ -71,7 +71,7 @@ def test_untrained_hybrid_predicts_exactly_the_feature_regression(hybrid_parts, 
 
 def test_hybrid_head_parameters_exclude_the_encoder(hybrid_parts):
     model, _, _ = hybrid_parts
-    from arena.train.loop import _param_groups
+    from arena.train.trainer import param_groups as _param_groups
 
     head = {id(p) for p in model.head_parameters()}
     assert head and all(not n.startswith("backbone.") for n, p in model.named_parameters() if id(p) in head)
@@ -110,7 +110,7 @@ def test_hybrid_training_writes_a_hybrid_checkpoint(hybrid_checkpoint):
 def test_hybrid_checkpoint_reloads_to_the_same_validation_logits(hybrid_checkpoint, tokenizer, train_records):
     out, _ = hybrid_checkpoint
     from arena.train.folds import holdout_split
-    from arena.train.loop import predict_logits
+    from arena.train.trainer import predict_logits
 
     model = load_classifier(out, require_three_labels=True).eval()
     rows = train_records[:240]

@@ -190,7 +190,7 @@ def test_pickle_only_checkpoint_is_refused(tmp_path):
 def test_nan_loss_stops_with_the_step(tmp_path, tiny_config):
     from arena.errors import TrainingError
 
-    with pytest.raises(TrainingError, match=r"at step \d+\. Try a lower --lr"):
+    with pytest.raises(TrainingError, match=r"the loss became nan by step \d+ .* Try a lower --lr"):
         run_training(tiny_cfg(tiny_config, tmp_path / "nan", lr=1e30, epochs=3, max_rows=40,
                               max_grad_norm=float("inf")))
 
@@ -206,9 +206,19 @@ def test_early_stopping_stops_after_patience(tmp_path, tiny_config):
     summary = run_training(tiny_cfg(tiny_config, tmp_path / "e", epochs=30, max_rows=40, lr=0.5, eval_steps=1,
                                     early_stopping=2))
     history = summary["splits"][0]["history"]
-    best = min(h["log_loss"] for h in history)
-    assert len(history) < 30 * 4  # stopped long before the planned steps
-    assert all(h["log_loss"] >= best for h in history[-2:])  # the last two evaluations did not improve
+    losses = [h["log_loss"] for h in history]
+    planned = 30 * 4  # 30 epochs of 32 training rows in batches of 8, one evaluation per step
+    assert len(history) < planned and history[-1]["step"] < planned  # stopped long before the planned steps
+    best_at = losses.index(min(losses))
+    # patience 2: the run stops right after the second evaluation in a row that does not beat the best
+    assert best_at == len(losses) - 3, losses
+    assert all(x >= losses[best_at] for x in losses[-2:])
+    stale, best, stop_at = 0, float("inf"), None  # replay the rule: it must fire first at the last evaluation
+    for i, x in enumerate(losses):
+        stale, best = (0, x) if x < best else (stale + 1, best)
+        if stale >= 2 and stop_at is None:
+            stop_at = i
+    assert stop_at == len(losses) - 1
 
 
 def test_single_fold_writes_a_checkpoint_at_the_output(tmp_path, tiny_config):

@@ -4,8 +4,11 @@
 * ``manifest.json``: what was built, from what, with which versions, how it was checked, and the sha256 of every
   file (:func:`write_manifest`, :func:`read_manifest`, :func:`verify_files`);
 * ONNX files that are safe to open (:func:`check_onnx_file`);
-* TensorRT engine identity: optimisation profiles (:class:`Profile`), the key and file name of an engine, and the
-  check that an engine was built for this GPU / TensorRT / ONNX file (:func:`check_engine`).
+* the model files beside them (``config.json``, tokenizer, ``arena.json``), written so that transformers 4 reads
+  them too (:func:`copy_model_files`): optimum's ``ORTModelForSequenceClassification`` loads the folder as it is;
+* TensorRT engine identity: optimisation profiles (:class:`Profile`), the key and file name of an engine, the
+  choice of an engine built for this GPU / TensorRT / ONNX file (:func:`select_engine`, naming the rebuild command
+  when there is none) and its bytes checked against the manifest before they are deserialised (:func:`read_engine`).
 
 The exporter writes this format and the backends read it; neither imports the other.
 """
@@ -31,7 +34,14 @@ TOKEN_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 FEATURES = "features"
 """A hybrid model's third input: float32 (batch, n_features)."""
 LOGITS = "logits"
+TOKEN_TYPE_IDS = "token_type_ids"
+"""An input some other exporters (optimum, for BERT-like models) keep; arena feeds zeros there, as arena-train
+never passes segment ids (and never exports this input itself)."""
 FORMAT_VERSION = 1
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spm.model",
+                   "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model",
+                   "tokenizer.model", "config.json", "arena.json")
+"""What an export folder holds beside its models so that it is self-contained: inference encodes from it."""
 
 
 def versions() -> dict[str, str | None]:
@@ -78,6 +88,31 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
 
 
+def copy_model_files(src: Path, dst: Path) -> list[str]:
+    """Copy the :data:`TOKENIZER_FILES` that ``src`` has into ``dst``; return their names.
+
+    transformers 5 saves ``extra_special_tokens`` in ``tokenizer_config.json`` as a list, where transformers 4
+    (which optimum-onnx pins) expects a mapping of named tokens and fails to load the tokenizer. Both versions read
+    ``additional_special_tokens`` as that same list, so the copy says it that way.
+    """
+    import shutil
+
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+            copied.append(name)
+    config_path = dst / "tokenizer_config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        if isinstance(config.get("extra_special_tokens"), list):
+            named = list(config.pop("additional_special_tokens", None) or [])
+            extra = config.pop("extra_special_tokens")
+            config["additional_special_tokens"] = named + [t for t in extra if t not in named]
+            atomic_write_text(config_path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    return copied
+
+
 def openvino_passed(manifest: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     """The OpenVINO precisions whose parity check passed at export (the manifest's ``openvino`` section):
     precision -> entry (``file``, ``parity``, ...). Nothing else may be run or chosen."""
@@ -110,6 +145,16 @@ def check_onnx_file(path: str | Path) -> None:
                         f"{path}: tensor {tensor.name!r} keeps its data at {entry.value!r}, outside the model "
                         "folder; refusing to read it"
                     )
+
+
+def external_data_files(proto: Any) -> list[str]:
+    """The external-data files an ONNX model names, relative to its folder, each once."""
+    names: list[str] = []
+    for tensor in _external_tensors(proto):
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value not in names:
+                names.append(entry.value)
+    return names
 
 
 def _external_tensors(proto: Any):
@@ -174,14 +219,73 @@ def engine_filename(gpu_name: str, trt_version: str, precision: str, key: str) -
     return f"model.{precision}.{slug(gpu_name)}.trt{trt_version}.{key[:12]}.engine"
 
 
+def engine_mismatches(entry: dict[str, Any], *, gpu_name: str, compute_capability: str,
+                      trt_version: str) -> list[str]:
+    """What differs between the machine an engine was built on and this one (empty: it may run here).
+
+    An engine is GPU code compiled for one GPU model and one TensorRT version: a user who builds on an H100 and
+    scores on Kaggle's T4 must rebuild there."""
+    wanted = {"gpu_name": gpu_name, "compute_capability": compute_capability, "tensorrt_version": trt_version}
+    return [f"{k}: engine {entry.get(k)!r} vs here {v!r}" for k, v in wanted.items() if entry.get(k) != v]
+
+
+def rebuild_command(manifest: dict[str, Any] | None, folder: str | Path = "DIR") -> str:
+    """The command that rebuilds a folder's engines on this machine."""
+    source = (manifest or {}).get("source_checkpoint") or "CHECKPOINT"
+    return f"arena-export {source} --out {folder} --fp16 --trt --overwrite"
+
+
 def check_engine(entry: dict[str, Any], *, gpu_name: str, compute_capability: str, trt_version: str,
-                 onnx_sha256: str) -> None:
+                 rebuild: str = "arena-export CHECKPOINT --out DIR --fp16 --trt") -> None:
     """Raise :class:`BackendUnavailable` naming what differs between the engine's build and this machine."""
-    wanted = {"gpu_name": gpu_name, "compute_capability": compute_capability, "tensorrt_version": trt_version,
-              "onnx_sha256": onnx_sha256}
-    diffs = [f"{k}: engine {entry.get(k)!r} vs here {v!r}" for k, v in wanted.items() if entry.get(k) != v]
+    diffs = engine_mismatches(entry, gpu_name=gpu_name, compute_capability=compute_capability,
+                              trt_version=trt_version)
     if diffs:
         raise BackendUnavailable(
             "the TensorRT engine was built for another setup (" + "; ".join(diffs) + "). Rebuild it here with "
-            "`arena-export CHECKPOINT --out DIR --trt`, or use --backend onnx/torch."
+            f"`{rebuild}`, or use --backend onnx/torch."
         )
+
+
+def select_engine(manifest: dict[str, Any], *, gpu_name: str, compute_capability: str, trt_version: str,
+                  folder: str | Path = "DIR") -> dict[str, Any]:
+    """The first engine of the manifest that was built for this GPU and TensorRT version from the ONNX file the
+    folder holds now; :class:`BackendUnavailable` naming what differs, and the rebuild command, when none was."""
+    section = manifest.get("tensorrt") or {}
+    engines = section.get("engines") or []
+    rebuild = rebuild_command(manifest, folder)
+    if not engines:
+        raise BackendUnavailable(f"{folder} has no TensorRT engine; build one with `{rebuild}`")
+    files = manifest.get("files", {})
+    reasons = []
+    for entry in engines:
+        diffs = engine_mismatches(entry, gpu_name=gpu_name, compute_capability=compute_capability,
+                                  trt_version=trt_version)
+        onnx_file = entry.get("onnx_file")
+        if onnx_file is not None and files.get(onnx_file) != entry.get("onnx_sha256"):
+            diffs.append(f"it was built from another {onnx_file} than the one in the folder")
+        if not diffs:
+            return entry
+        reasons.append(f"{entry.get('file')}: " + "; ".join(diffs))
+    raise BackendUnavailable("no TensorRT engine in the folder was built for this machine (" + " | ".join(reasons)
+                             + f"). Rebuild it here with `{rebuild}`, or use --backend onnx/torch.")
+
+
+def read_engine(folder: str | Path, manifest: dict[str, Any], entry: dict[str, Any]) -> bytes:
+    """The engine file's bytes, after checking them against the sha256 the manifest recorded.
+
+    A serialized engine is GPU code that TensorRT loads as it is: a file that changed since the export (corrupt,
+    truncated, swapped) is refused before it reaches ``deserialize_cuda_engine``."""
+    path = Path(folder) / entry["file"]
+    recorded = manifest.get("files", {}).get(entry["file"])
+    if recorded is None:
+        raise ModelError(f"{Path(folder) / MANIFEST} records no sha256 for {entry['file']}; refusing to load an "
+                         "engine arena-export did not write")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read the TensorRT engine {path}: {exc}") from None
+    if hashlib.sha256(data).hexdigest() != recorded:
+        raise ModelError(f"{path} does not match the sha256 in {Path(folder) / MANIFEST}: the engine changed or is "
+                         f"corrupt; rebuild it with `{rebuild_command(manifest, folder)}`")
+    return data

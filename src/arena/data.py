@@ -16,12 +16,9 @@ Contract:
 from __future__ import annotations
 
 import ast
-import csv
-import io
 import json
 import logging
 import re
-import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,6 +29,7 @@ import numpy as np
 
 from arena import LABELS
 from arena.errors import DataError
+from arena.readers import EMPTY, Rows, open_rows, read_header
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +37,6 @@ TEXT_COLUMNS = ("prompt", "response_a", "response_b")
 TEST_COLUMNS = ("id", *TEXT_COLUMNS)
 TRAIN_COLUMNS = (*TEST_COLUMNS, *LABELS)
 CLASS_NAMES = ("a", "b", "tie")
-
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # real answers reach 20k chars; robustness tests use 1 MB
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -132,15 +128,6 @@ def parse_turns(raw: str) -> Parsed:
 # --------------------------------------------------------------------------------------------------- CSV
 
 
-def _open(path: Path) -> io.TextIOBase:
-    """Open for streaming. ``surrogateescape`` keeps bad bytes as lone surrogates, so the error can name the row
-    and column they are in instead of failing on a byte offset; ``utf-8-sig`` drops a BOM."""
-    if path.stat().st_size == 0:
-        raise DataError("the file is empty: expected a header line such as 'id,prompt,response_a,response_b'",
-                        path=str(path))
-    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
-
-
 def _bad_bytes(value: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in value) if _LONE_SURROGATE.search(value) else False
 
@@ -173,53 +160,53 @@ def iter_records(
     Memory grows with the chunk and the set of ids seen, not with the file's text beyond the decoded buffer.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError("no such file", path=str(path))
-    spath = str(path)
-    with _open(path) as fh:
-        yield from _iter_open(fh, spath, labelled=labelled, chunk_rows=chunk_rows, report=report)
+    with open_rows(path) as rows:
+        yield from _iter_rows(rows, str(path), labelled=labelled, chunk_rows=chunk_rows, report=report)
 
 
-def _iter_open(fh: io.TextIOBase, spath: str, *, labelled: bool, chunk_rows: int,
-               report: ParseReport | None) -> Iterator[list[Record]]:
-    reader = csv.reader(fh)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise DataError("the file is empty: expected a header line such as 'id,prompt,response_a,response_b'",
-                        path=spath) from None
-    except csv.Error as exc:
-        raise DataError(f"cannot read the header: {exc}", path=spath, line=1) from None
+def check_header(header: list[str], spath: str, *, labelled: bool) -> dict[str, int]:
+    """Each required column's index in ``header``; raise :class:`DataError` naming what is wrong."""
     header = [h.strip() for h in header]
     if _bad_bytes("".join(header)):
-        raise DataError("the header has bytes that are not valid UTF-8", path=spath, line=1)
+        raise DataError("the header has bytes that are not valid UTF-8 (save the file as UTF-8)", path=spath, line=1)
     required = TRAIN_COLUMNS if labelled else TEST_COLUMNS
     missing = [c for c in required if c not in header]
     if missing:
-        raise DataError(f"missing column(s) {', '.join(missing)}; the header has {', '.join(header)}",
+        hint = ""
+        if labelled and set(missing) <= set(LABELS):
+            hint = ("; this is an unlabelled (test) file: training and parity checks need the labelled train.csv "
+                    "with winner_model_a, winner_model_b, winner_tie")
+        shown = ", ".join(h[:40] for h in header[:12]) + (" ..." if len(header) > 12 else "")
+        raise DataError(f"missing column(s) {', '.join(missing)}; the header has {shown or 'nothing'}{hint}",
                         path=spath, line=1, column=missing[0])
     dup_cols = [c for c, n in Counter(header).items() if n > 1]
     if dup_cols:
         raise DataError("column appears more than once in the header", path=spath, line=1, column=dup_cols[0])
-    index = {c: header.index(c) for c in required}
+    return {c: header.index(c) for c in required}
+
+
+def check_layout(path: str | Path, *, labelled: bool) -> None:
+    """Read only the header and raise :class:`DataError` unless it has the columns a train (``labelled``) or test
+    file needs: the up-front check the CLIs run before any work."""
+    check_header(read_header(path), str(path), labelled=labelled)
+
+
+def _iter_rows(rows: Rows, spath: str, *, labelled: bool, chunk_rows: int,
+               report: ParseReport | None) -> Iterator[list[Record]]:
+    header = next(rows, None)
+    if header is None:
+        raise DataError(EMPTY, path=spath)
+    index = check_header(header[1], spath, labelled=labelled)
+    n_fields = len(header[1])
     report = report if report is not None else ParseReport()
     seen: dict[str, int] = {}
     chunk: list[Record] = []
-    prev_end = reader.line_num
-    while True:
-        line = prev_end + 1
-        try:
-            fields = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise DataError(f"malformed CSV: {exc}", path=spath, line=line) from None
-        prev_end = reader.line_num
+    for line, fields in rows:
         if not fields or (len(fields) == 1 and not fields[0].strip()):
             continue  # a blank line is not a row
         row_id = fields[0].strip() if fields else ""
-        if len(fields) != len(header):
-            raise DataError(f"expected {len(header)} fields, found {len(fields)}", path=spath, row_id=row_id,
+        if len(fields) != n_fields:
+            raise DataError(f"expected {n_fields} fields, found {len(fields)}", path=spath, row_id=row_id,
                             line=line)
         row = {c: fields[i] for c, i in index.items()}
         for col, value in row.items():
@@ -264,9 +251,7 @@ def read_records(path: str | Path, *, labelled: bool, report: ParseReport | None
 
 def has_labels(path: str | Path) -> bool:
     """Whether a CSV's header has the label columns (train layout) rather than only the test columns."""
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        header = {h.strip() for h in next(csv.reader([fh.readline()]), [])}
-    return set(LABELS) <= header
+    return set(LABELS) <= set(read_header(path))
 
 
 def read_train(path: str | Path, report: ParseReport | None = None) -> list[Record]:
@@ -319,11 +304,19 @@ def default_data_dir() -> Path:
 
 
 def resolve_csv(data: str | Path | None, name: str) -> Path:
-    """A CSV path from ``--data``: a file is used as is; a folder gets ``name`` (or ``train_sample.csv``) in it."""
+    """The data file from ``--data``: a file is used as is; a folder gets ``name`` (or, for train.csv,
+    ``train_sample.csv``) in it, as CSV, compressed CSV or Parquet."""
     base = Path(data) if data is not None else default_data_dir()
     if base.is_file():
         return base
-    for candidate in (name, "train_sample.csv" if name == "train.csv" else name):
-        if (base / candidate).is_file():
-            return base / candidate
-    raise DataError(f"no {name} in {base} (pass --data with a folder or a CSV file)", path=str(base / name))
+    if not base.exists():
+        what = "--data" if data is not None else "the default data folder (pass --data)"
+        raise DataError(f"{what}: no such file or folder", path=str(base))
+    stems = [name, "train_sample.csv"] if name == "train.csv" else [name]
+    for stem in stems:
+        for candidate in (stem, *(f"{stem}.{ext}" for ext in ("gz", "bz2", "xz", "zip", "zst")),
+                          stem.replace(".csv", ".parquet")):
+            if (base / candidate).is_file():
+                return base / candidate
+    raise DataError(f"no {' or '.join(stems)} in this folder; pass --data with the CSV file itself or its folder",
+                    path=str(base))

@@ -1,8 +1,13 @@
 """Text -> token ids: the segment budget and truncation rules, in one place, used by train and infer.
 
-Layout of one row (``segments`` strategy)::
+Layout of one row (``segments`` strategy), framed by the tokenizer's own special tokens (:class:`Frame`)::
 
-    [CLS] <prompt header> prompt [SEP] <response A header> response_a [SEP] <response B header> response_b [SEP]
+    encoders:  [CLS] <prompt header> prompt [SEP] <response A header> response_a [SEP] <B header> response_b [SEP]
+    decoders:  <bos> <prompt header> prompt \n\n <response A header> response_a \n\n <B header> response_b <eos>
+
+A decoder's classifier reads the hidden state of the last real token (it finds it as the rightmost token that is not
+the pad token), so rows are right-padded, the pad token is set where the tokenizer has none (:func:`ensure_pad_token`)
+and a row never ends with the pad id: where the only candidate pad token is EOS, rows end without it.
 
 Inside a segment, turns are joined by a turn marker. When the row does not fit ``max_length``:
 
@@ -188,13 +193,12 @@ class ArenaEncoder:
         self.config = config or EncoderConfig()
         cfg = self.config
         self._rust = _raw_encoder(tokenizer)
-        self.cls_id = _special_id(tokenizer, "cls")
-        self.sep_id = _special_id(tokenizer, "sep")
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        pieces = self._tokenize([*cfg.headers, cfg.turn_marker])
+        self.pad_id = ensure_pad_token(tokenizer)
+        pieces = self._tokenize([*cfg.headers, cfg.turn_marker, DECODER_SEPARATOR])
         self.header_ids = pieces[:3]
         self.marker_ids = pieces[3]
-        fixed = 4 + sum(len(h) for h in self.header_ids)  # [CLS] + 3 x [SEP] + headers
+        self.frame = Frame.for_tokenizer(tokenizer, pieces[4], self.pad_id)
+        fixed = self.frame.size + sum(len(h) for h in self.header_ids)
         self.available = cfg.max_length - fixed
         if self.available < 3 * 4:
             raise ConfigError(f"max_length {cfg.max_length} leaves only {self.available} tokens for text")
@@ -224,13 +228,21 @@ class ArenaEncoder:
         return encoded
 
     def decode_segments(self, ids: Sequence[int]) -> list[list[int]]:
-        """Split one encoded row into its three segments' token ids (without headers); for tests and reports."""
-        body = list(ids)[1:]
+        """Split one encoded row into its three segments' token ids (without headers); for tests and reports.
+
+        A segment ends where the separator followed by the next segment's header first appears (a text that itself
+        contains exactly those tokens would split early; real rows do not)."""
+        frame = self.frame
+        body = list(ids)[len(frame.begin): len(ids) - len(frame.end)]
         out: list[list[int]] = []
-        for header in self.header_ids:
-            end = body.index(self.sep_id)
+        for s, header in enumerate(self.header_ids):
+            if s == 2:
+                out.append(body[len(header):])
+                break
+            cut = [*frame.separator, *self.header_ids[s + 1]]
+            end = next(i for i in range(len(header), len(body) - len(cut) + 1) if body[i:i + len(cut)] == cut)
             out.append(body[len(header):end])
-            body = body[end + 1:]
+            body = body[end + len(frame.separator):]
         return out
 
     # -- internals ----------------------------------------------------------------------------------------------
@@ -309,7 +321,7 @@ class ArenaEncoder:
                 whole = sum(len(t.head) for t in seg if t is not None) + len(marker) * (len(seg) - 1)
                 lengths.append(big if cut else whole)
             budget = segment_budget(lengths, cfg.shares, self.available)
-            ids: list[int] = [self.cls_id]
+            ids: list[int] = list(self.frame.begin)
             ok = True
             for s, seg in enumerate(row):
                 body = self._assemble(seg, budget[s])
@@ -318,7 +330,7 @@ class ArenaEncoder:
                     break
                 ids += self.header_ids[s]
                 ids += body
-                ids.append(self.sep_id)
+                ids += self.frame.separator if s < 2 else self.frame.end
             if not ok:
                 retry.append(r)
                 out.append(np.empty(0, dtype=np.int32))
@@ -371,12 +383,13 @@ class ArenaEncoder:
             return full[:cap] if cut else full
 
         body = self._tokenize([text(r, True) for r in records])
-        limit = cfg.max_length - 2
+        begin, end = self.frame.begin, self.frame.end
+        limit = cfg.max_length - len(begin) - len(end)
         retry = [i for i, (r, b) in enumerate(zip(records, body, strict=True))
                  if len(b) < limit and len(text(r, False)) > cap]
         for i, b in zip(retry, self._tokenize([text(records[i], False) for i in retry]), strict=True):
             body[i] = b
-        ids = [np.asarray([self.cls_id, *b[:limit], self.sep_id], dtype=np.int32) for b in body]
+        ids = [np.asarray([*begin, *b[:limit], *end], dtype=np.int32) for b in body]
         return Encoded(ids=ids, fallbacks=len(retry))
 
 
@@ -418,13 +431,58 @@ def _cut_tail(text: str, n: int) -> str:
     return text[space + 1 if space >= 0 else start:]
 
 
-def _special_id(tokenizer: Any, name: str) -> int:
-    value = getattr(tokenizer, f"{name}_token_id", None)
-    if value is None:  # e.g. GPT-style tokenizers: fall back to BOS/EOS
-        value = getattr(tokenizer, "bos_token_id" if name == "cls" else "eos_token_id", None)
-    if value is None:
-        raise ConfigError(f"the tokenizer has no {name} token; arena needs a [CLS]/[SEP]-style encoder tokenizer")
-    return int(value)
+DECODER_SEPARATOR = "\n\n"
+"""Between a decoder row's segments: plain text (a decoder has no [SEP]-like token it was pre-trained with)."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The special tokens around and between a row's three segments, from the tokenizer.
+
+    * ``cls/sep``: the tokenizer has CLS and SEP (BERT, DeBERTa): ``[CLS] ... [SEP] ... [SEP] ... [SEP]``.
+    * ``bos/eos``: anything else (decoders: Gemma, Llama, Mistral, Qwen): BOS where the tokenizer has one, the
+      segments joined by :data:`DECODER_SEPARATOR`, EOS at the end unless EOS is also the pad token (the classifier
+      finds the last real token as the rightmost non-pad token, so a row must not end with the pad id).
+    """
+
+    kind: str
+    begin: tuple[int, ...]
+    separator: tuple[int, ...]
+    end: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        """Special and separator tokens of one ``segments`` row."""
+        return len(self.begin) + 2 * len(self.separator) + len(self.end)
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any, text_separator: Sequence[int], pad_id: int) -> Frame:
+        cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+        if cls_id is not None and sep_id is not None:
+            return cls("cls/sep", (int(cls_id),), (int(sep_id),), (int(sep_id),))
+        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        return cls("bos/eos", () if bos is None else (int(bos),), tuple(int(i) for i in text_separator),
+                   () if eos is None or eos == pad_id else (int(eos),))
+
+
+def ensure_pad_token(tokenizer: Any) -> int:
+    """The pad id, after setting a pad token where the tokenizer has none (decoders), and padding on the right.
+
+    The pad token must not end a real row (see :class:`Frame`): UNK is preferred where the tokenizer has one that
+    differs from BOS/EOS (Llama-2, Mistral: byte-fallback SentencePiece never emits it), else EOS (Llama-3,
+    Qwen-2 base). Gemma and every encoder tokenizer already have a pad token and are left as they are.
+    """
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token_id is None:
+        unk = getattr(tokenizer, "unk_token", None)
+        specials = {tokenizer.bos_token_id, tokenizer.eos_token_id}
+        if unk is not None and tokenizer.unk_token_id not in specials:
+            tokenizer.pad_token = unk
+        elif tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        else:
+            raise ConfigError("the tokenizer has no pad, UNK or EOS token to pad rows with; set tokenizer.pad_token")
+    return int(tokenizer.pad_token_id)
 
 
 def pad_batch(rows: Sequence[np.ndarray], pad_id: int, *, multiple: int = 8,

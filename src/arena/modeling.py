@@ -4,6 +4,15 @@ A checkpoint folder is a Hugging Face sequence-classification folder (``config.j
 tokenizer files) plus ``arena.json``: the encoder settings, the temperature and how the model was made. A plain
 Hugging Face folder without ``arena.json`` is accepted too, with the default encoder settings.
 
+A LoRA checkpoint (:mod:`arena.lora`) holds the adapter alone (``adapter_config.json``,
+``adapter_model.safetensors``) beside the base's ``config.json``, and names its base model in ``arena.json``;
+:func:`load_classifier` loads the base and applies the adapter (merged into the weights unless the base is
+quantised).
+
+Decoders (Gemma-2, Llama, Mistral, Qwen-2) load through the same ``AutoModelForSequenceClassification``: their
+head reads the last real token, found by the pad id, so the config's ``pad_token_id`` must be the tokenizer's
+(:func:`check_pad_token`).
+
 Safety: weights load from safetensors only (a pickle-only folder is refused, since unpickling runs code), and
 ``trust_remote_code`` is never set.
 """
@@ -24,8 +33,11 @@ log = logging.getLogger(__name__)
 
 ARENA_META = "arena.json"
 FORMAT_VERSION = 1
-PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.ckpt", "tf_model.h5")
-SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.ckpt", "tf_model.h5",
+                  "adapter_model.bin")
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+DECODER_MAX_LENGTH = 1024
+"""Default tokens per row for decoders (the top LMSYS solutions trained at 1,024-1,800); encoders keep 512."""
 
 
 @dataclass
@@ -80,8 +92,8 @@ def check_model_folder(folder: str | Path, *, need_weights: bool = True) -> Path
     if not (folder / "config.json").is_file():
         folds = sorted(p.name for p in folder.glob("fold_*") if (p / "config.json").is_file())
         if folds:
-            raise ModelError(f"{folder} is a k-fold training output; pass one fold's checkpoint, e.g. "
-                             f"{folder / folds[0]} (fold ensembles are not built in yet)")
+            raise ModelError(f"{folder} is a k-fold training output: arena-export and arena-infer take it as a "
+                             f"fold ensemble; here pass one fold's checkpoint, e.g. {folder / folds[0]}")
         raise ModelError(f"{folder} has no config.json: not a Hugging Face / arena checkpoint folder")
     if need_weights and not any((folder / w).is_file() for w in SAFE_WEIGHTS):
         pickled = [w for w in PICKLE_WEIGHTS if (folder / w).is_file()]
@@ -110,20 +122,120 @@ def load_model_config(name_or_path: str | Path) -> Any:
 
 
 def load_tokenizer(name_or_path: str | Path) -> Any:
+    """The tokenizer of a local folder or hub name, checked (:func:`check_tokenizer`): a folder without its
+    tokenizer files must not turn every word into ``[UNK]`` (transformers builds an empty vocabulary from
+    ``config.json`` alone), and an export's tokenizer files must match its manifest.
+    A tokenizer without a pad token (decoders) gets one (:func:`arena.encode.ensure_pad_token`), padding right."""
     from transformers import AutoTokenizer
 
+    from arena.encode import ensure_pad_token
+
     name = str(name_or_path)
-    if is_local(name) and not Path(name).is_dir():
+    if is_local(name) and not Path(name).exists():
         raise ModelError(f"tokenizer folder {name} does not exist")
+    if is_local(name) and not Path(name).is_dir():
+        raise ModelError(f"{name} is a file; pass the folder that holds the tokenizer files")
+    if is_local(name):
+        verify_tokenizer_files(name)
     try:
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+    except (OSError, ValueError, TypeError) as exc:
         if is_local(name):
-            raise ModelError(f"{name} does not hold a tokenizer that transformers can load: {exc}") from None
+            detail = " ".join(str(exc).split())[:300]
+            raise ModelError(f"{name} does not hold a tokenizer that transformers can load ({detail}); pass the "
+                             "folder with the tokenizer files") from None
         raise offline_hint(name, exc) from None
+    vocab_size = None
+    if is_local(name) and (Path(name) / "config.json").is_file():
+        try:
+            vocab_size = json.loads((Path(name) / "config.json").read_text()).get("vocab_size")
+        except ValueError:
+            vocab_size = None
+    check_tokenizer(tokenizer, name, vocab_size)
+    ensure_pad_token(tokenizer)
+    return tokenizer
 
 
-HEAD_KINDS: dict[str, str] = {"hybrid": "arena.hybrid:load_hybrid"}
+MIN_VOCABULARY = 100
+"""Fewer tokens than this is no real vocabulary: what transformers builds when the tokenizer files are missing."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "spm.model", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
+def check_tokenizer(tokenizer: Any, source: str | Path, vocab_size: int | None) -> None:
+    """Raise :class:`ModelError` unless ``tokenizer`` has a real vocabulary that fits the model's embedding
+    (``vocab_size`` rows; None when unknown): ids beyond it would index past the embedding, and a near-empty
+    vocabulary maps every word to ``[UNK]`` while still giving plausible-looking probabilities."""
+    size = len(tokenizer)
+    if size < MIN_VOCABULARY:
+        raise ModelError(f"{source} has no usable tokenizer (a vocabulary of {size} tokens): its tokenizer files "
+                         f"({', '.join(TOKENIZER_FILES[:5])}, ...) are missing. Copy them from the tokenizer the "
+                         "model was trained with (or pass --tokenizer), or train/export again")
+    if vocab_size is not None and size > int(vocab_size):
+        raise ModelError(f"{source}: the tokenizer has {size} tokens but the model's embedding has {vocab_size} "
+                         "rows (config.json vocab_size); the tokenizer belongs to another model. Pass the tokenizer "
+                         "the model was trained with")
+
+
+def verify_tokenizer_files(folder: str | Path) -> None:
+    """In an export folder (one with ``manifest.json``), the tokenizer files and ``config.json`` must be those
+    the manifest recorded: present, unchanged, and at least one tokenizer file among them."""
+    from arena.io import sha256_file
+
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except OSError:
+        return
+    except ValueError as exc:
+        raise ModelError(f"{folder / 'manifest.json'} is not valid JSON ({exc}); export again") from None
+    recorded = manifest.get("files", {}) if isinstance(manifest, dict) else {}
+    names = [n for n in (*TOKENIZER_FILES, "config.json") if n in recorded or (folder / n).is_file()]
+    if not any(n in recorded for n in TOKENIZER_FILES):
+        raise ModelError(f"{folder} is an export without tokenizer files in its manifest; export again with "
+                         "this version of arena-export")
+    for name in names:
+        if name not in recorded:
+            raise ModelError(f"{folder / name} is not in {folder / 'manifest.json'}: it was added after the "
+                             "export; remove it or export again")
+        if not (folder / name).is_file():
+            raise ModelError(f"{folder / name} is missing (the manifest lists it); export again")
+        if sha256_file(folder / name) != recorded[name]:
+            raise ModelError(f"{folder / name} does not match the sha256 in {folder / 'manifest.json'}: the file "
+                             "changed or is corrupt; export again")
+
+
+def is_decoder(config: Any) -> bool:
+    """A causal language model family (Gemma, Llama, Mistral, Qwen, ...) rather than a bidirectional encoder: its
+    classifier pools the last real token instead of [CLS]."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    kind = getattr(config, "model_type", None)
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def default_max_length(config: Any) -> int:
+    """Tokens per row when none is asked for: 1,024 for decoders, 512 for encoders, within the model's limit."""
+    wanted = DECODER_MAX_LENGTH if is_decoder(config) else 512
+    limit = max_supported_length(config)
+    return min(wanted, limit) if limit else wanted
+
+
+def check_pad_token(config: Any, pad_id: int, where: str | Path) -> None:
+    """A decoder classifier pools the rightmost token that is not ``config.pad_token_id``; rows are padded with the
+    tokenizer's pad id. If the two differ, every padded row is read at a padding position: refuse that."""
+    if is_decoder(config) and config.pad_token_id != pad_id:
+        raise ModelError(
+            f"{where}: the model's pad_token_id ({config.pad_token_id}) is not the tokenizer's pad id ({pad_id}); "
+            "a decoder classifier finds the last real token by the pad id, so they must agree. Set "
+            f'"pad_token_id": {pad_id} in its config.json (arena-train does this)')
+
+
+HEAD_KINDS: dict[str, str] = {"hybrid": "arena.hybrid:load_hybrid", "lora": "arena.lora:load_lora"}
 """Head kinds a checkpoint's ``arena.json`` may name, each with its loader ``(folder, spec) -> nn.Module``.
 A head module registers here by name (imported lazily), so it never needs to import this module."""
 
@@ -138,34 +250,61 @@ def head_loader(folder: str | Path, kind: Any) -> Any:
 
 
 def load_classifier(name_or_path: str | Path, *, random_init_from: str | Path | None = None,
-                    require_three_labels: bool = False) -> Any:
-    """A ``AutoModelForSequenceClassification`` with a 3-way head.
+                    require_three_labels: bool = False, pad_token_id: int | None = None, dtype: Any = None,
+                    quantization: Any = None, device_map: Any = None) -> Any:
+    """A ``AutoModelForSequenceClassification`` with a 3-way head (or a registered head kind: hybrid, LoRA).
 
     ``name_or_path`` is a local folder (checked by :func:`check_model_folder`) or a hub name; ``random_init_from``
     builds randomly initialised weights from a ``config.json`` instead (for speed and export work).
     ``require_three_labels`` rejects a model whose head is not already 3-way (export, inference).
+    ``pad_token_id`` sets the config's pad id (a decoder's head finds the last real token by it); ``dtype`` the
+    weights' dtype (default: as saved); ``quantization`` a transformers quantisation config (bitsandbytes 4/8-bit,
+    GPU only) placed by ``device_map``. A LoRA checkpoint loads its base with these and applies the adapter.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     id2label, label2id = label_maps()
     if random_init_from is not None:
+        extra = {} if pad_token_id is None else {"pad_token_id": pad_token_id}
         config = AutoConfig.from_pretrained(str(random_init_from), num_labels=3, id2label=id2label,
-                                            label2id=label2id)
+                                            label2id=label2id, **extra)
         log.warning("building %s with RANDOM weights from %s", config.model_type, random_init_from)
-        return AutoModelForSequenceClassification.from_config(config)
+        return _ready(AutoModelForSequenceClassification.from_config(config, dtype=dtype))
     name = str(name_or_path)
+    options = dict(pad_token_id=pad_token_id, dtype=dtype, quantization=quantization, device_map=device_map)
     if is_local(name):
         config = load_model_config(name)
         head = read_meta(name).head
+        if head is None and (Path(name) / "adapter_config.json").is_file():
+            head = {"kind": "lora"}  # a peft adapter folder without arena.json: its adapter_config names the base
+        if head is not None and head.get("kind") == "lora":
+            from functools import partial
+
+            options["pad_token_id"] = pad_token_id if pad_token_id is not None else config.pad_token_id
+            return head_loader(name, "lora")(name, head, load_base=partial(_from_pretrained, **options))
         if head is not None:
             return head_loader(name, head.get("kind"))(name, head)
         if require_three_labels and config.num_labels != 3:
             raise ModelError(f"{name} has a {config.num_labels}-label head; arena needs 3 labels (a, b, tie)")
+    return _from_pretrained(name, require_three_labels=require_three_labels, **options)
+
+
+def _from_pretrained(name: str, *, require_three_labels: bool = False, pad_token_id: int | None = None,
+                     dtype: Any = None, quantization: Any = None, device_map: Any = None) -> Any:
+    from transformers import AutoModelForSequenceClassification
+
     kwargs: dict[str, Any] = dict(use_safetensors=True, trust_remote_code=False)
     if not require_three_labels:
+        id2label, label2id = label_maps()
         kwargs.update(num_labels=3, id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True)
+    if pad_token_id is not None:
+        kwargs["pad_token_id"] = pad_token_id
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if quantization is not None:
+        kwargs.update(quantization_config=quantization, device_map=device_map)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(name, **kwargs)
+        return _ready(AutoModelForSequenceClassification.from_pretrained(name, **kwargs))
     except OSError as exc:
         if is_local(name):
             raise ModelError(f"cannot load the model in {name}: {exc}") from None
@@ -175,6 +314,39 @@ def load_classifier(name_or_path: str | Path, *, random_init_from: str | Path | 
             raise ModelError(f"cannot load the weights in {name} ({type(exc).__name__}: {exc}); the checkpoint "
                              "may be truncated or corrupt") from None
         raise
+
+
+def _ready(model: Any) -> Any:
+    """A classifier scores whole rows once: no key/value cache (it would also be traced into an ONNX graph)."""
+    if is_decoder(model.config):
+        model.config.use_cache = False
+    return model
+
+
+def require_bitsandbytes(flag: str) -> None:
+    """bitsandbytes' 4-bit and 8-bit kernels run on CUDA: say so, in one line, where there is none."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{flag} needs an NVIDIA GPU (bitsandbytes' 4-bit and 8-bit kernels run on CUDA) and none "
+                          "is present; use bf16 or fp32 weights here")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"{flag} needs bitsandbytes: pip install 'arena-toolkit[gpu]' (or pip install "
+                          "bitsandbytes)") from None
+
+
+def quantization_config(bits: int, compute_dtype: Any) -> Any:
+    """bitsandbytes settings for frozen weights: 4-bit NF4 with double quantisation (QLoRA), or 8-bit LLM.int8()."""
+    from transformers import BitsAndBytesConfig
+
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if bits != 4:
+        raise ConfigError(f"bitsandbytes quantises to 4 or 8 bits, not {bits}")
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
 
 
 def max_supported_length(config: Any) -> int | None:
@@ -193,13 +365,38 @@ def check_max_length(config: Any, max_length: int) -> None:
 
 
 def save_checkpoint(model: Any, tokenizer: Any, folder: str | Path, meta: CheckpointMeta) -> None:
-    """Write a checkpoint folder: safetensors weights, tokenizer, ``arena.json`` (with the head's spec)."""
+    """Write a checkpoint folder: safetensors weights (a LoRA model: the adapter alone), tokenizer, ``arena.json``
+    (with the head's spec)."""
     from dataclasses import replace
+
+    from arena.lora import is_lora, save_lora
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    spec = getattr(model, "spec", None)
-    meta = replace(meta, head=spec() if callable(spec) else None)
-    model.save_pretrained(folder, safe_serialization=True)
+    if is_lora(model):
+        meta = replace(meta, head=save_lora(model, folder))
+    else:
+        spec = getattr(model, "spec", None)
+        meta = replace(meta, head=spec() if callable(spec) else None)
+        model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     write_meta(folder, meta)
+
+
+def merge_lora_checkpoint(folder: str | Path) -> None:
+    """Turn a LoRA checkpoint into a plain one in place: base + adapter merged, saved as ``model.safetensors``;
+    ``arena.json`` keeps the adapter's spec under ``merged_from``. The adapter files are removed last, so a crash
+    leaves a folder that still loads."""
+    from dataclasses import replace
+
+    from arena.lora import ADAPTER_FILES
+
+    folder = Path(folder)
+    meta = read_meta(folder)
+    if (meta.head or {}).get("kind") != "lora":
+        raise ModelError(f"{folder} is not a LoRA checkpoint; nothing to merge")
+    model = load_classifier(folder)
+    save_checkpoint(model, load_tokenizer(folder), folder, replace(meta, extra={**meta.extra, "merged_from":
+                                                                                 meta.head}))
+    for name in ADAPTER_FILES:
+        (folder / name).unlink(missing_ok=True)

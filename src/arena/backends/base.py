@@ -1,4 +1,4 @@
-"""The backend contract and the automatic choice between backends."""
+"""The automatic choice between backends (the contract itself is :mod:`arena.backends.contract`)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ import importlib.util
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-import numpy as np
-
-from arena.artifacts import openvino_passed, read_manifest
+from arena.artifacts import openvino_passed, read_manifest, rebuild_command
+from arena.backends.contract import UNLIMITED, Backend, Limits, ShapeRange
+from arena.backends.gpu import engine_usable, gpu_present, ort_cuda, torch_cuda
 from arena.errors import BackendUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnx", "openvino", "tensorrt")
+__all__ = ["BACKENDS", "CPU_RANKING", "UNLIMITED", "Backend", "Choice", "Limits", "ShapeRange", "choose_backend",
+           "choose_cpu", "cpu_options"]
 
 CPU_RANKING: tuple[tuple[str, str], ...] = (
     ("openvino", "int8"), ("openvino", "bf16"), ("onnx", "int8"), ("openvino", "fp32"), ("onnx", "fp32"),
@@ -25,71 +27,6 @@ CPU_RANKING: tuple[tuple[str, str], ...] = (
 and MiniLM-L6 at 256 on 2-core AMD EPYC (Zen 4) machines: ``benchmarks/RESULTS.md``, "The fastest CPU path"."""
 
 
-@dataclass(frozen=True)
-class ShapeRange:
-    """A box of batch shapes a backend accepts: padded lengths ``seq_min..seq_max`` with up to ``batch_max`` rows
-    (a TensorRT optimisation profile)."""
-
-    seq_min: int
-    seq_max: int
-    batch_max: int
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What a backend can run. The executor (:mod:`arena.executor`) plans every batch within these, so a batch the
-    backend cannot take is never built; ``None`` means no limit of that kind."""
-
-    max_length: int | None = None
-    """The longest padded sequence the model accepts (absolute position embeddings, an engine's largest profile)."""
-    max_batch: int | None = None
-    """The most rows in one batch."""
-    max_tokens: int | None = None
-    """The most rows x padded length in one batch (what an engine was planned for)."""
-    ranges: tuple[ShapeRange, ...] = ()
-    """When not empty, every batch must fit one of these (TensorRT profiles)."""
-
-    def max_rows(self, padded_length: int) -> int:
-        """The largest batch this backend takes at ``padded_length`` tokens per row; 0 when no batch fits."""
-        if self.max_length is not None and padded_length > self.max_length:
-            return 0
-        rows = [r.batch_max for r in self.ranges if r.seq_min <= padded_length <= r.seq_max] if self.ranges \
-            else [1 << 30]
-        best = max(rows, default=0)
-        if self.max_batch is not None:
-            best = min(best, self.max_batch)
-        if self.max_tokens is not None:
-            best = min(best, self.max_tokens // max(padded_length, 1))
-        return best
-
-
-UNLIMITED = Limits()
-
-
-@runtime_checkable
-class Backend(Protocol):
-    """What every backend is: a callable from one padded batch to logits, which states its device and limits.
-
-    ``__call__(input_ids, attention_mask, features)``: int64 arrays (batch, sequence), and for a hybrid model
-    (``needs_features``) float32 (batch, n_features), else None; returns float32 logits (batch, 3) in host memory
-    (GPU backends synchronise before returning, so wall-clock timing around a call is honest).
-    """
-
-    name: str
-    device: str
-    needs_features: bool
-    limits: Limits
-
-    @property
-    def description(self) -> str:
-        """One line for summaries: backend, file, precision, device."""
-        ...
-
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-                 features: np.ndarray | None = None) -> np.ndarray:
-        ...
-
-
 @dataclass
 class Choice:
     backend: str
@@ -97,22 +34,26 @@ class Choice:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def _cuda() -> bool:
-    try:
-        import torch
+def _auto_gpu_choice(folder: Path, manifest: dict[str, Any] | None, *, has_onnx: bool,
+                     has_torch: bool) -> Choice | None:
+    """The GPU part of ``auto``: a TensorRT engine built for this GPU and TensorRT > ONNX Runtime CUDA > torch CUDA.
+    None without a GPU. An engine built elsewhere (an H100 engine on Kaggle's T4) is skipped, and the choice says
+    why and how to rebuild it."""
+    if not gpu_present():
+        return None
+    skipped = ""
+    if ((manifest or {}).get("tensorrt") or {}).get("engines"):
 
-        return torch.cuda.is_available()
-    except ImportError:  # pragma: no cover
-        return False
-
-
-def _ort_cuda() -> bool:
-    try:
-        import onnxruntime as ort
-
-        return "CUDAExecutionProvider" in ort.get_available_providers()
-    except ImportError:  # pragma: no cover
-        return False
+        ok, why = engine_usable(folder, manifest)
+        if ok:
+            return Choice("tensorrt", f"a GPU is present and {why}")
+        log.warning("not using the TensorRT engine: %s", why)
+        skipped = f"; the TensorRT engine is not used: {why}"
+    if has_onnx and ort_cuda():
+        return Choice("onnx", "a GPU is present and ONNX Runtime has the CUDA provider" + skipped)
+    if has_torch and torch_cuda():
+        return Choice("torch", "a GPU is present and the folder holds PyTorch weights" + skipped)
+    return None
 
 
 def choose_backend(requested: str, folder: Path, *, precision: str = "auto") -> Choice:
@@ -126,12 +67,17 @@ def choose_backend(requested: str, folder: Path, *, precision: str = "auto") -> 
     manifest = read_manifest(folder)
     onnx_files = (manifest or {}).get("artifacts", {})
     has_onnx = bool(onnx_files) or any(folder.glob("*.onnx"))
-    has_torch = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
+    has_torch = any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json",
+                                                           "adapter_model.safetensors"))  # a LoRA checkpoint too
     engines = (manifest or {}).get("tensorrt", {}).get("engines", [])
-    cuda = _cuda()
     if requested == "tensorrt":
         if not engines:
-            raise BackendUnavailable(f"{folder} has no TensorRT engine; build one with arena-export --trt")
+            raise BackendUnavailable(f"{folder} has no TensorRT engine; build one with "
+                                     f"`{rebuild_command(manifest, folder)}`")
+
+        ok, why = engine_usable(folder, manifest)
+        if not ok:
+            raise BackendUnavailable(f"--backend tensorrt: {why}")
         return Choice("tensorrt", "asked for")
     if requested == "onnx":
         if not has_onnx:
@@ -147,17 +93,11 @@ def choose_backend(requested: str, folder: Path, *, precision: str = "auto") -> 
         if not has_torch:
             raise BackendUnavailable(f"{folder} has no model.safetensors for the torch backend")
         return Choice("torch", "asked for")
-    if engines and cuda:
-        from arena.backends.tensorrt import tensorrt_available
-
-        ok, why = tensorrt_available()
-        if ok:
-            return Choice("tensorrt", "a TensorRT engine is in the folder and a GPU is present")
-        log.info("not using the TensorRT engine: %s", why)
-    if has_onnx and cuda and _ort_cuda():
-        return Choice("onnx", "ONNX model present and ONNX Runtime has the CUDA provider")
-    if has_torch and cuda:
-        return Choice("torch", "a GPU is present and the folder holds PyTorch weights")
+    on_gpu = _auto_gpu_choice(folder, manifest, has_onnx=has_onnx, has_torch=has_torch)
+    if on_gpu is not None:
+        return on_gpu
+    if has_onnx and manifest is None:  # a foreign or hand-made folder: its one ONNX model, on ONNX Runtime
+        return Choice("onnx", "no GPU; the folder has no arena manifest, so its ONNX model runs on ONNX Runtime")
     if has_onnx:
         return choose_cpu(manifest, precision)
     if has_torch:
@@ -198,8 +138,13 @@ def choose_cpu(manifest: dict[str, Any] | None, precision: str = "auto") -> Choi
     options = cpu_options(manifest, precision)
     usable = [(b, p) for b, p, why in options if why is None]
     if not usable:
-        raise BackendUnavailable("no CPU backend can run this export: " + "; ".join(
-            f"{b} {p}: {why}" for b, p, why in options))
+        relevant = [(b, p, why) for b, p, why in options if precision in ("auto", p)]
+        flag = {"int8": "--int8 (ONNX Runtime) or --int8-static (OpenVINO)", "fp32_fused": "--optimize"}.get(
+            precision, "OpenVINO installed")
+        raise BackendUnavailable(
+            f"--precision {precision}: no CPU backend can run it from this export ("
+            + "; ".join(f"{b} {p}: {why}" for b, p, why in relevant)
+            + f"); re-export with {flag}, or choose another --precision")
     backend, prec = usable[0]
     passed_over = [f"{b} {p} ({why})" for b, p, why in options[:options.index((backend, prec, None))]]
     reason = (f"no GPU; {backend} {prec} is the fastest CPU option this export holds that passed its parity check "

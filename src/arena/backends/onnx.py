@@ -1,18 +1,53 @@
-"""ONNX Runtime backend: CPU and CUDA providers; IO binding on GPU."""
+"""ONNX Runtime backend: CPU, or CUDA with IO binding on one stream shared with PyTorch.
+
+On CUDA the session is created on a PyTorch stream (the provider's ``user_compute_stream``): inputs are copied to
+the GPU on that stream and bound by address, the output is bound to a GPU buffer and copied back on the same stream,
+so nothing races and nothing is copied twice; inputs that are already CUDA tensors are bound as they are, with no
+copy at all. A session asked for CUDA that ONNX Runtime quietly put on the CPU (``session.get_providers()``
+without the CUDA provider: missing CUDA/cuDNN libraries, no GPU) is an error when CUDA was asked for, and a warning
+plus an honest ``cpu`` label under ``--device auto``.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from arena.artifacts import ATTENTION_MASK, FEATURES, INPUT_IDS, LOGITS
-from arena.backends.base import Limits
+from arena.artifacts import ATTENTION_MASK, FEATURES, INPUT_IDS, LOGITS, TOKEN_TYPE_IDS
+from arena.backends.contract import Limits
+from arena.backends.gpu import gpu_present
 from arena.errors import BackendUnavailable, ConfigError, ModelError
 
+log = logging.getLogger(__name__)
 
-def make_session(path: str | Path, *, device: str = "cpu", threads: int | None = None):
-    """An InferenceSession with full graph optimisation; refuses corrupt files and escaping external data."""
+CUDA_PROVIDER = "CUDAExecutionProvider"
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def onnx_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is present and ONNX Runtime has the CUDA provider, else ``cpu``."""
+    if device != "auto":
+        return device
+    import onnxruntime as ort
+
+    return "cuda" if CUDA_PROVIDER in ort.get_available_providers() and gpu_present() else "cpu"
+
+
+def _device_id(device: str) -> int:
+    return int(device.partition(":")[2] or 0)
+
+
+def make_session(path: str | Path, *, device: str = "cpu", threads: int | None = None,
+                 stream: int | None = None) -> Any:
+    """An InferenceSession with full graph optimisation; refuses corrupt files and escaping external data.
+
+    ``device`` cuda[:N]: raises :class:`BackendUnavailable` when the CUDA provider is not installed or when the
+    session came up without it. ``stream``: a CUDA stream handle the provider computes on (not 0: ONNX Runtime
+    ignores the default stream).
+    """
     import onnxruntime as ort
 
     from arena.artifacts import check_onnx_file
@@ -23,17 +58,37 @@ def make_session(path: str | Path, *, device: str = "cpu", threads: int | None =
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads or allowed_cores()
     opts.log_severity_level = 3
-    if device.startswith("cuda"):
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise BackendUnavailable("ONNX Runtime has no CUDA provider here; pip install 'arena-toolkit[gpu]'")
-        providers = [("CUDAExecutionProvider", {"device_id": int(device.partition(":")[2] or 0)}),
-                     "CPUExecutionProvider"]
+    cuda = device.startswith("cuda")
+    if cuda:
+        if CUDA_PROVIDER not in ort.get_available_providers():
+            raise BackendUnavailable("ONNX Runtime has no CUDA provider here; pip install 'arena-toolkit[gpu]' "
+                                     "(onnxruntime-gpu instead of onnxruntime)")
+        options: dict[str, Any] = {"device_id": _device_id(device)}
+        if stream:
+            options["user_compute_stream"] = str(stream)
+        providers: list[Any] = [(CUDA_PROVIDER, options), "CPUExecutionProvider"]
     else:
         providers = ["CPUExecutionProvider"]
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
         raise ModelError(f"ONNX Runtime cannot load {path}: {exc}") from None
+    if cuda and CUDA_PROVIDER not in session.get_providers():
+        raise BackendUnavailable(f"ONNX Runtime could not start its CUDA provider for {Path(path).name} and would "
+                                 f"run it on the CPU (providers: {', '.join(session.get_providers())}): check that "
+                                 "a GPU is visible and the CUDA/cuDNN libraries onnxruntime-gpu needs are installed")
+    return session
+
+
+def _torch_stream(device: str) -> Any:
+    """A dedicated PyTorch CUDA stream on ``device``, or None when PyTorch cannot use CUDA here."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.Stream(device=torch.device("cuda", _device_id(device)))  # pragma: no cover - needs a GPU
 
 
 class OnnxBackend:
@@ -41,39 +96,79 @@ class OnnxBackend:
 
     def __init__(self, path: str | Path, *, device: str = "auto", threads: int | None = None,
                  precision: str = "fp32", limits: Limits = Limits()) -> None:
-        import onnxruntime as ort
-
-        if device == "auto":
-            device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
-        self.device = device
+        requested = device
+        device = onnx_device(device)
         self.path = Path(path)
-        self.session = make_session(path, device=device, threads=threads)
+        self._stream = _torch_stream(device) if device.startswith("cuda") else None
+        handle = self._stream.cuda_stream if self._stream is not None else None
+        try:
+            self.session = make_session(path, device=device, threads=threads, stream=handle)
+        except BackendUnavailable as exc:
+            if requested != "auto":
+                raise
+            log.warning("ONNX Runtime CUDA is not usable (%s); running %s on the CPU", exc, self.path.name)
+            device, self._stream = "cpu", None
+            self.session = make_session(path, device="cpu", threads=threads)
+        self.device = device
         self.threads = self.session.get_session_options().intra_op_num_threads
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.needs_features = FEATURES in self.input_names
         self.precision = precision
         self.limits = limits
-        self._binding = device.startswith("cuda")
+        output = self.session.get_outputs()[0]
+        self._output_shape, self._output_type = list(output.shape), _ORT_TYPES.get(output.type, np.float32)
 
     @property
     def description(self) -> str:
         threads = f", {self.threads} threads" if self.device == "cpu" else ""
         return f"onnx ({self.path.name}, {self.precision}, {self.device}{threads})"
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-                 features: np.ndarray | None = None) -> np.ndarray:
-        feeds = {INPUT_IDS: np.ascontiguousarray(input_ids, dtype=np.int64),
-                 ATTENTION_MASK: np.ascontiguousarray(attention_mask, dtype=np.int64)}
+    def __call__(self, input_ids: Any, attention_mask: Any, features: Any = None) -> np.ndarray:
+        """Logits (batch, 3) as float32 in host memory. Inputs are numpy arrays, or CUDA tensors on this backend's
+        GPU (bound in place, no copy)."""
+        feeds = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
         if self.needs_features:
             if features is None:
                 raise ConfigError(f"{self.path.name} is a hybrid model: it needs the rows' features as a third input")
-            feeds[FEATURES] = np.ascontiguousarray(features, dtype=np.float32)
+            feeds[FEATURES] = features
+        if TOKEN_TYPE_IDS in self.input_names:  # a foreign graph's segment ids: one segment, as arena-train feeds
+            feeds[TOKEN_TYPE_IDS] = np.zeros_like(feeds[INPUT_IDS])
         feeds = {k: v for k, v in feeds.items() if k in self.input_names}
-        if self._binding:  # pragma: no cover - needs onnxruntime-gpu
+        if self._stream is not None:  # pragma: no cover - needs onnxruntime-gpu and a GPU
+            return self._run_bound(feeds)
+        arrays = {k: np.ascontiguousarray(_host(v), dtype=np.float32 if k == FEATURES else np.int64)
+                  for k, v in feeds.items()}
+        return np.asarray(self.session.run([LOGITS], arrays)[0], dtype=np.float32)
+
+    def _run_bound(self, feeds: dict[str, Any]) -> np.ndarray:  # pragma: no cover - needs onnxruntime-gpu and a GPU
+        """IO binding on the session's own stream: copy in, run, copy out, one synchronisation."""
+        import torch
+
+        device = torch.device("cuda", _device_id(self.device))
+        wanted = {INPUT_IDS: (torch.int64, np.int64), ATTENTION_MASK: (torch.int64, np.int64),
+                  FEATURES: (torch.float32, np.float32)}
+        out_dtype = torch.float16 if self._output_type is np.float16 else torch.float32
+        self._stream.wait_stream(torch.cuda.current_stream(device))  # CUDA tensors handed in are ready first
+        with torch.cuda.device(device), torch.cuda.stream(self._stream):
             binding = self.session.io_binding()
+            kept = []
             for name, value in feeds.items():
-                binding.bind_cpu_input(name, value)
-            binding.bind_output(LOGITS, "cuda")
+                tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+                tensor = tensor.to(device, dtype=wanted[name][0], non_blocking=True).contiguous()
+                binding.bind_input(name, "cuda", device.index, wanted[name][1], tuple(tensor.shape),
+                                   tensor.data_ptr())
+                kept.append(tensor)
+            batch = int(kept[0].shape[0])
+            shape = [d if isinstance(d, int) else batch for d in self._output_shape]
+            out = torch.empty(shape, dtype=out_dtype, device=device)
+            binding.bind_output(LOGITS, "cuda", device.index, self._output_type, tuple(shape), out.data_ptr())
             self.session.run_with_iobinding(binding)
-            return binding.copy_outputs_to_cpu()[0].astype(np.float32)
-        return self.session.run([LOGITS], feeds)[0].astype(np.float32)
+            host = out.float().to("cpu", non_blocking=True)
+            self._stream.synchronize()
+        del kept
+        return host.numpy()
+
+
+def _host(value: Any) -> Any:
+    """A CPU array for a numpy array or a torch tensor (the CPU session takes host memory)."""
+    return value.cpu().numpy() if hasattr(value, "cpu") else value

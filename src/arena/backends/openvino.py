@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from arena.artifacts import ATTENTION_MASK, FEATURES, INPUT_IDS, LOGITS
-from arena.backends.base import Limits
+from arena.backends.contract import Limits
 from arena.errors import BackendUnavailable, ConfigError, ModelError
 
 log = logging.getLogger(__name__)

@@ -1,123 +1,162 @@
-"""TensorRT runtime: is TensorRT usable here, which GPU is this, run an engine; the backend that checks an engine
-against this GPU / TensorRT / ONNX file (:func:`arena.artifacts.check_engine`) before running it."""
+"""TensorRT runtime: is a usable TensorRT here, which GPU is this, run an engine; the backend that picks the folder's
+engine built for this GPU and TensorRT version (:func:`arena.artifacts.select_engine`), checks the file's sha256
+(:func:`arena.artifacts.read_engine`) and only then deserialises it.
+
+Runtime discipline (as in NVIDIA's demo/BERT ``inference.py``): the optimisation profiles are read back from the
+engine (:func:`engine_profiles`) and become the backend's :class:`~arena.backends.contract.Limits`, so the executor
+never plans a batch no profile holds; input copies, the profile switch, the engine and the output copy are all
+enqueued on one CUDA stream; the output buffer is sized from the context after the input shapes are set
+(``infer_shapes`` / ``get_tensor_shape``), not assumed.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from arena.artifacts import FEATURES, TOKEN_INPUTS, Profile, check_engine, pick_profile
-from arena.backends.base import Limits, ShapeRange
+from arena.artifacts import (
+    ATTENTION_MASK,
+    FEATURES,
+    INPUT_IDS,
+    LOGITS,
+    Profile,
+    pick_profile,
+    read_engine,
+    select_engine,
+)
+from arena.backends.contract import Limits, ShapeRange
+from arena.backends.gpu import check_tensorrt_version, gpu_identity, tensorrt_available
 from arena.errors import BackendUnavailable, ConfigError, ModelError
 
+if TYPE_CHECKING:  # the real API, as the tensorrt-stubs wheel describes it (tests/test_tensorrt_static.py)
+    import tensorrt as trt
 
-def tensorrt_available() -> tuple[bool, str]:
-    """(available, reason) without importing anything heavy when it is not."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False, "the tensorrt package is not installed (pip install 'arena-toolkit[gpu]')"
-    try:
-        import torch
+log = logging.getLogger(__name__)
 
-        if not torch.cuda.is_available():
-            return False, "no CUDA GPU is visible to PyTorch; TensorRT engines need an NVIDIA GPU"
-    except ImportError:
-        return False, "PyTorch is not installed"
-    return True, "ok"
+def engine_profiles(engine: trt.ICudaEngine) -> list[Profile]:
+    """The optimisation profiles as the engine holds them (min / opt / max of ``input_ids``, per profile)."""
+    profiles = []
+    for k in range(engine.num_optimization_profiles):
+        lo, opt, hi = engine.get_tensor_profile_shape(INPUT_IDS, k)
+        profiles.append(Profile(seq_min=lo[1], seq_opt=opt[1], seq_max=hi[1],
+                                batch_min=lo[0], batch_opt=opt[0], batch_max=hi[0]))
+    return profiles
 
 
-def gpu_identity() -> tuple[str, str]:
-    import torch
-
-    major, minor = torch.cuda.get_device_capability()
-    return torch.cuda.get_device_name(), f"{major}.{minor}"
+def limits_for_profiles(profiles: Sequence[Profile], max_tokens: int | None = None) -> Limits:
+    """What an engine with these profiles runs: every batch inside one profile's box, and (when the engine was
+    planned for a token budget) at most ``max_tokens`` rows x padded length."""
+    return Limits(max_length=max(p.seq_max for p in profiles), max_batch=max(p.batch_max for p in profiles),
+                  max_tokens=max_tokens,
+                  ranges=tuple(ShapeRange(p.seq_min, p.seq_max, p.batch_max) for p in profiles))
 
 
 class TensorRTRunner:  # pragma: no cover - needs TensorRT and a GPU
-    """Run an engine: pick the profile that fits each batch, bind torch CUDA buffers, execute on a stream."""
+    """Run a deserialised engine on one CUDA stream: pick the profile that fits each batch, bind torch buffers."""
 
-    def __init__(self, engine_path: Path, profiles: list[Profile], *, n_features: int = 0) -> None:
+    def __init__(self, engine_bytes: bytes, *, device: str = "cuda") -> None:
         import tensorrt as trt
         import torch
 
-        self.torch = torch
-        self.profiles = profiles
-        self.n_features = n_features
-        self.needs_features = n_features > 0
-        logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(logger)
-        data = Path(engine_path).read_bytes()
-        self.engine = self.runtime.deserialize_cuda_engine(data)
-        if self.engine is None:
-            raise ModelError(f"{engine_path} is not a TensorRT engine this TensorRT version can load (corrupt?)")
-        self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream()
-        self.input_dtypes = {n: self.engine.get_tensor_dtype(n) for n in TOKEN_INPUTS}
-        self.current = -1
+        check_tensorrt_version(trt.__version__)
+        self._torch = torch
+        self.device = torch.device(device)
+        with torch.cuda.device(self.device):
+            self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            engine = self.runtime.deserialize_cuda_engine(engine_bytes)
+            if engine is None:
+                raise ModelError("TensorRT could not deserialise the engine (built by another TensorRT version?)")
+            self.engine: trt.ICudaEngine = engine
+            self.context: trt.IExecutionContext = engine.create_execution_context()
+            self.stream = torch.cuda.Stream(device=self.device)
+        self.names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        kinds = {trt.DataType.INT64: torch.int64, trt.DataType.INT32: torch.int32,
+                 trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
+        self.dtypes = {name: kinds[engine.get_tensor_dtype(name)] for name in self.names}
+        self.profiles = engine_profiles(engine)
+        self.n_features = engine.get_tensor_shape(FEATURES)[1] if FEATURES in self.names else 0
+        self.needs_features = self.n_features > 0
+        self.profile = -1
+
+    def _bind_inputs(self, arrays: dict[str, np.ndarray]) -> list[Any]:
+        """Copy each input to the GPU on the runner's stream and bind it; the tensors must outlive the run."""
+        torch = self._torch
+        kept = []
+        for name, array in arrays.items():
+            tensor = torch.from_numpy(np.ascontiguousarray(array)).to(self.device, dtype=self.dtypes[name],
+                                                                       non_blocking=True)
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                raise ModelError(f"TensorRT refused the shape {tuple(tensor.shape)} for {name}")
+            self.context.set_tensor_address(name, tensor.data_ptr())
+            kept.append(tensor)
+        return kept
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                  features: np.ndarray | None = None) -> np.ndarray:
-        import tensorrt as trt
-
-        torch = self.torch
+        torch = self._torch
         batch, seq = input_ids.shape
         k = pick_profile(self.profiles, batch, seq)
-        if k != self.current:
-            self.context.set_optimization_profile_async(k, self.stream.cuda_stream)
-            self.current = k
-        tensors = {}
-        for name, array in (("input_ids", input_ids), ("attention_mask", attention_mask)):
-            dtype = torch.int32 if self.input_dtypes[name] == trt.int32 else torch.int64
-            tensors[name] = torch.from_numpy(array).to("cuda", dtype=dtype, non_blocking=True)
-            self.context.set_input_shape(name, (batch, seq))
+        arrays = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
         if self.n_features:
             if features is None or features.shape != (batch, self.n_features):
                 raise ConfigError(f"this engine takes a ({batch}, {self.n_features}) features input")
-            tensors[FEATURES] = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to("cuda")
-            self.context.set_input_shape(FEATURES, (batch, self.n_features))
-        out = torch.empty((batch, 3), dtype=torch.float32, device="cuda")
-        for name, t in tensors.items():
-            self.context.set_tensor_address(name, t.data_ptr())
-        self.context.set_tensor_address("logits", out.data_ptr())
-        with torch.cuda.stream(self.stream):
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
+            arrays[FEATURES] = features
+        handle = self.stream.cuda_stream
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):  # one stream for everything below
+            if k != self.profile:
+                if not self.context.set_optimization_profile_async(k, handle):
+                    raise ModelError(f"TensorRT could not switch to optimisation profile {k}")
+                self.profile = k
+            inputs = self._bind_inputs(arrays)
+            unresolved = self.context.infer_shapes()
+            if unresolved:
+                raise ModelError(f"TensorRT could not infer the shapes of {', '.join(unresolved)}")
+            dims = self.context.get_tensor_shape(LOGITS)
+            out = torch.empty([dims[i] for i in range(len(dims))], dtype=self.dtypes[LOGITS], device=self.device)
+            self.context.set_tensor_address(LOGITS, out.data_ptr())
+            if not self.context.execute_async_v3(handle):
                 raise ModelError("TensorRT execution failed")
-        self.stream.synchronize()
-        return out.cpu().numpy()
+            host = out.float().to("cpu", non_blocking=True)
+            self.stream.synchronize()
+        del inputs
+        return host.numpy()
 
 
 class TensorRTBackend:  # pragma: no cover - needs TensorRT and a GPU
-    name = "tensorrt"
-    device = "cuda"
+    """The folder's engine for this machine, behind the backend contract; limits from the engine's own profiles."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
+    name = "tensorrt"
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], *, device: str = "cuda") -> None:
+        if device == "auto":
+            device = "cuda"
+        if not device.startswith("cuda"):
+            raise ConfigError(f"--backend tensorrt runs on an NVIDIA GPU, not on --device {device}")
         ok, why = tensorrt_available()
         if not ok:
             raise BackendUnavailable(f"--backend tensorrt: {why}")
         import tensorrt as trt
 
-        gpu, cc = gpu_identity()
-        section = manifest.get("tensorrt", {})
-        onnx_sha = section.get("onnx_sha256", "")
-        for entry in section.get("engines", []):
-            try:
-                check_engine(entry, gpu_name=gpu, compute_capability=cc, trt_version=trt.__version__,
-                             onnx_sha256=onnx_sha)
-            except BackendUnavailable as exc:
-                last = exc
-                continue
-            profiles = [Profile(**p) for p in entry["profiles"]]
-            self.runner = TensorRTRunner(folder / entry["file"], profiles, n_features=int(entry.get("features", 0)))
-            self.profiles = profiles
-            self.needs_features = self.runner.needs_features
-            self.limits = Limits(max_length=max(p.seq_max for p in profiles),
-                                 ranges=tuple(ShapeRange(p.seq_min, p.seq_max, p.batch_max) for p in profiles))
-            self.description = f"tensorrt ({entry['file']}, {entry.get('precision', 'fp16')}, cuda)"
-            return
-        raise last if section.get("engines") else BackendUnavailable(f"{folder} has no TensorRT engines")
+        gpu, cc = gpu_identity(device)
+        entry = select_engine(manifest, gpu_name=gpu, compute_capability=cc, trt_version=trt.__version__,
+                              folder=folder)
+        self.runner = TensorRTRunner(read_engine(folder, manifest, entry), device=device)
+        recorded = [Profile(**p) for p in entry.get("profiles", [])]
+        if recorded != self.runner.profiles:
+            log.warning("%s: the manifest's profiles differ from the engine's; using the engine's", entry["file"])
+        budget = entry.get("max_tokens", (manifest.get("tensorrt") or {}).get("max_tokens"))
+        self.limits = limits_for_profiles(self.runner.profiles, int(budget) if budget else None)
+        self.needs_features = self.runner.needs_features
+        self.device = device
+        self.file = str(entry["file"])
+
+    @property
+    def description(self) -> str:
+        return f"tensorrt ({self.file}, fp16 strongly typed, {self.device})"
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                  features: np.ndarray | None = None) -> np.ndarray:

@@ -13,8 +13,8 @@ from typing import Annotated
 
 import typer
 
-from arena.cli_common import setup_logging
-from arena.errors import BenchmarkCheckFailed, ConfigError, cli_errors
+from arena.cli_common import run_app, setup_logging
+from arena.errors import BenchmarkCheckFailed, cli_errors
 
 log = logging.getLogger("arena.bench")
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
@@ -65,7 +65,8 @@ def bench(
     batch_size: Annotated[int, typer.Option(help="Rows per batch cap (notebook policy always uses 16)")] = 64,
     max_tokens: Annotated[int | None, typer.Option(
         help="Token budget per sorted batch (default: 2 rows of max length on CPU, 64 on GPU)")] = None,
-    repeats: Annotated[int, typer.Option(help="Timed passes per cell (median reported)")] = 3,
+    repeats: Annotated[int, typer.Option(
+        help="Timed passes per cell, interleaved across cells (median, min and max reported)")] = 3,
     warmup: Annotated[int, typer.Option(help="Untimed passes per cell")] = 1,
     threads: Annotated[int | None, typer.Option(help="CPU threads for the backends")] = None,
     encode_workers: Annotated[int, typer.Option(help="Tokenizer processes for padded/sorted end-to-end runs")] = 0,
@@ -80,33 +81,37 @@ def bench(
     setup_logging(verbose)
     from dataclasses import replace
 
-    import torch
-
-    from arena.batching import default_max_tokens, token_budget_batches
+    from arena.batching import token_budget_batches
+    from arena.bench.precheck import check_bench_request, parse_cells, read_thresholds
     from arena.bench.report import plot, write_reports
-    from arena.bench.runner import CellSpec, check_thresholds, compute_speedups, repeat_to, run_cell
+    from arena.bench.runner import check_thresholds, compute_speedups, open_cell, repeat_to, run_cells
     from arena.data import has_labels, read_records, resolve_csv
     from arena.encode import ArenaEncoder
-    from arena.modeling import load_model_config, load_tokenizer, read_meta
+    from arena.modeling import load_tokenizer, read_meta
+    from arena.safety import warn_if_unfinished
 
+    specs = parse_cells(cells, backends, policies)
     path = resolve_csv(data, "train.csv")
+    check_bench_request(model=model, export=export, specs=specs, baseline=baseline, data_path=path, out=out,
+                        check=check, numbers=dict(rows=rows, batch_size=batch_size, max_tokens=max_tokens,
+                                                  repeats=repeats, warmup=warmup, threads=threads,
+                                                  encode_workers=encode_workers, max_length=max_length))
+    thresholds = read_thresholds(check, [s.name for s in specs]) if check is not None else {}
+    for folder in (model, export):
+        if folder is not None:
+            warn_if_unfinished(folder)
     records = repeat_to(read_records(path, labelled=has_labels(path)), rows)
-    if cells:
-        specs = [CellSpec.parse(*c.strip().rsplit("/", 1)) for c in cells.split(",")]
-    else:
-        specs = [CellSpec.parse(b.strip(), p.strip()) for b in backends.split(",") for p in policies.split(",")]
-    thresholds = json.loads(check.read_text()) if check is not None else {}
-    results = []
-    for spec in specs:
+    opened = []
+    for spec in specs:  # open every cell before timing any
         folder = model if spec.backend in ("torch", "torch.compile") else (export or model)
-        if not folder.is_dir():
-            raise ConfigError(f"{spec.name}: folder {folder} does not exist")
-        log.info("measuring %s on %d rows", spec.name, len(records))
-        res = run_cell(spec, folder, records, batch_size=batch_size, max_tokens=max_tokens, repeats=repeats,
-                       warmup=warmup, threads=threads, max_length=max_length, encode_workers=encode_workers)
-        log.info("%s: %.2f rows/s end to end, %.2f rows/s model only", spec.name, res.rows_per_s,
-                 res.model_rows_per_s)
-        results.append(res)
+        opened.append(open_cell(spec, folder, batch_size=batch_size, max_tokens=max_tokens, threads=threads,
+                               max_length=max_length, encode_workers=encode_workers))
+    log.info("measuring %s on %d rows, %d interleaved repeats", ", ".join(s.name for s in specs), len(records),
+             repeats)
+    results = run_cells(opened, records, repeats=repeats, warmup=warmup)
+    for res in results:
+        log.info("%s: %.2f rows/s end to end (%.2f-%.2f), %.2f rows/s model only", res.name, res.rows_per_s,
+                 res.rows_per_s_min, res.rows_per_s_max, res.model_rows_per_s)
     compute_speedups(results, baseline)
     checks = check_thresholds(results, thresholds) if thresholds else []
 
@@ -116,13 +121,13 @@ def bench(
         encoder_cfg = replace(encoder_cfg, max_length=max_length)
     encoder = ArenaEncoder(load_tokenizer(model), encoder_cfg)
     lengths = encoder.encode(records).lengths
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    budget = max_tokens or default_max_tokens(device, encoder_cfg.max_length, load_model_config(model).model_type)
+    sorted_cells = [c for c in opened if c.spec.policy == "sorted"] or opened
+    budget = sorted_cells[0].scorer.executor.budget  # the budget the sorted cells planned with
     boundaries = sorted({int(-(-lengths[b].max() // 8) * 8)
                          for b in token_budget_batches(lengths, budget, batch_size)})
     command = "arena-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    payload = {"title": title, "command": command, "machine": machine_description(), "rows": len(records),
-               "data": str(path), "max_length": encoder.config.max_length, "baseline": baseline}
+    payload = {"kind": "arena-bench", "title": title, "command": command, "machine": machine_description(),
+               "rows": len(records), "data": str(path), "max_length": encoder.config.max_length, "baseline": baseline}
     out.mkdir(parents=True, exist_ok=True)
     plot(results, lengths, boundaries, out / "bench.png",
          f"{title}: {len(records)} real rows, max length {encoder.config.max_length}; {payload['machine']}")
@@ -144,7 +149,7 @@ def _describe(check: dict) -> str:
 
 
 def main() -> None:
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,13 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from arena.cli_common import setup_logging
+from arena.cli_common import run_app, setup_logging
 from arena.errors import cli_errors
 from arena.io import atomic_write_text
 
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 MAX_LENGTHS = (256, 512, 768, 1024, 1536, 2048)
+REPORT_FILES = ("data.md", "data.json", "data.png")
 
 
 def full_token_lengths(records, tokenizer) -> np.ndarray:
@@ -32,13 +33,14 @@ def summarize(records, tokenizer=None) -> dict[str, Any]:
     from arena.data import CLASS_NAMES
 
     labels = [r.label for r in records if r.label is not None]
-    counts = np.bincount(labels, minlength=3) if labels else np.zeros(3, dtype=int)
     len_a = np.array([sum(len(t) for t in r.response_a) for r in records])
     len_b = np.array([sum(len(t) for t in r.response_b) for r in records])
-    out: dict[str, Any] = {
-        "rows": len(records),
-        "class_counts": {CLASS_NAMES[i]: int(counts[i]) for i in range(3)},
-        "class_share": {CLASS_NAMES[i]: float(counts[i] / max(counts.sum(), 1)) for i in range(3)},
+    out: dict[str, Any] = {"rows": len(records), "labelled": bool(labels)}
+    if labels:  # an unlabelled (test) file has no classes: no counts, rather than counts of 0
+        counts = np.bincount(labels, minlength=3)
+        out["class_counts"] = {CLASS_NAMES[i]: int(counts[i]) for i in range(3)}
+        out["class_share"] = {CLASS_NAMES[i]: float(counts[i] / max(counts.sum(), 1)) for i in range(3)}
+    out |= {
         "multi_turn_share": float(np.mean([len(r.prompt) > 1 for r in records])) if records else 0.0,
         "rows_with_null_or_empty_turn": int(sum(any(t == "" for t in (*r.response_a, *r.response_b, *r.prompt))
                                                 for r in records)),
@@ -91,10 +93,15 @@ def plot(records, summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def markdown(summary: dict[str, Any], source: str) -> str:
+def markdown(summary: dict[str, Any], source: str, plot_file: str | None = None) -> str:
+    """The report as Markdown; ``plot_file`` is linked only when this run wrote it."""
     s = summary
-    lines = [f"# Data report: {source}", "", f"- rows: {s['rows']}",
-             "- classes: " + ", ".join(f"{k} {v} ({s['class_share'][k]:.1%})" for k, v in s["class_counts"].items()),
+    if s.get("class_counts"):
+        shares = s["class_share"]
+        classes = "- classes: " + ", ".join(f"{k} {v} ({shares[k]:.1%})" for k, v in s["class_counts"].items())
+    else:
+        classes = "- labels: none (an unlabelled file, e.g. test.csv): no class balance or lengths by winner"
+    lines = [f"# Data report: {source}", "", f"- rows: {s['rows']}", classes,
              f"- multi-turn rows: {s['multi_turn_share']:.1%}",
              f"- rows with a null or empty turn: {s['rows_with_null_or_empty_turn']}",
              f"- identical responses: {s['identical_responses']}"]
@@ -105,7 +112,7 @@ def markdown(summary: dict[str, Any], source: str) -> str:
         lines += [f"| p{k} | {v:.0f} |" for k, v in s["token_length_percentiles"].items()]
         lines += ["", "| max length | rows truncated |", "|---|---|"]
         lines += [f"| {k} | {v:.1%} |" for k, v in s["truncated_share_by_max_length"].items()]
-    lines += ["", "![data](data.png)", ""]
+    lines += ["", f"![data]({plot_file})", ""] if plot_file else [""]
     return "\n".join(lines)
 
 
@@ -118,22 +125,34 @@ def report(
 ) -> None:
     """Summarise an arena CSV: classes, lengths by winner, truncation by max length, turns."""
     setup_logging()
-    from arena.data import has_labels, read_records
-    from arena.modeling import load_tokenizer
+    from arena.data import check_layout, has_labels, read_records
+    from arena.modeling import is_local, load_tokenizer
+    from arena.options import existing_file, existing_folder
+    from arena.safety import check_report_out, remove_stale
 
+    existing_file("CSV_PATH", csv_path, "the train or test file to describe (e.g. train.csv)")
+    check_layout(csv_path, labelled=False)
+    if tokenizer is not None and is_local(tokenizer):
+        existing_folder("--tokenizer", tokenizer, "the folder that holds the tokenizer files")
+    earlier = check_report_out(out, names=REPORT_FILES, owner="data.json", kind="arena-report",
+                               inputs={"input file": csv_path, "tokenizer": tokenizer})
     labelled = has_labels(csv_path)
     records = read_records(csv_path, labelled=labelled)
     tok = load_tokenizer(tokenizer) if tokenizer else None
     summary = summarize(records, tok)
     out.mkdir(parents=True, exist_ok=True)
-    if labelled:
+    written = ["data.json", "data.md"]
+    if labelled and records:
         plot(records, summary, out / "data.png")
-    public = {k: v for k, v in summary.items() if not k.startswith("_")}
+        written.append("data.png")
+    public = {"kind": "arena-report", **{k: v for k, v in summary.items() if not k.startswith("_")}}
+    text = markdown(public, str(csv_path), "data.png" if "data.png" in written else None)
     atomic_write_text(out / "data.json", json.dumps(public, indent=2))
-    atomic_write_text(out / "data.md", markdown(public, str(csv_path)))
-    typer.echo(markdown(public, str(csv_path)))
-    typer.echo(json.dumps({"rows": public["rows"], "report": str(out / "data.md")}))
+    atomic_write_text(out / "data.md", text)
+    remove_stale(out, earlier, written)  # an earlier run's plot must not pass for this file's
+    typer.echo(text)
+    typer.echo(json.dumps({"rows": public["rows"], "labelled": labelled, "report": str(out / "data.md")}))
 
 
 def main() -> None:
-    app()
+    run_app(app)

@@ -15,13 +15,14 @@ from arena.io import atomic_write_text
 
 
 def markdown_table(results: Sequence[CellResult], baseline: str) -> str:
-    head = ("| cell | backend | rows/s (e2e) | rows/s (model) | tokens/s | padding eff. | batches | "
-            "batch ms p50 / p90 / p99 | peak RSS MiB | load + warm-up s | vs " + baseline + " |")
+    head = ("| cell | backend | rows/s e2e, median (min-max) | rows/s model only | tokens/s | padding eff. | "
+            "batches | batch ms p50 / p90 / p99 | peak RSS MiB | load + warm-up s | vs " + baseline + " |")
     lines = [head, "|" + "---|" * 11]
     for r in results:
         speed = f"{r.speedup:.2f}x" if r.speedup is not None else "-"
         lines.append(
-            f"| {r.name} | {r.description} | {r.rows_per_s:.2f} | {r.model_rows_per_s:.2f} | {r.tokens_per_s:.0f} | "
+            f"| {r.name} | {r.description} | {r.rows_per_s:.2f} ({r.rows_per_s_min:.2f}-{r.rows_per_s_max:.2f}) | "
+            f"{r.model_rows_per_s:.2f} | {r.tokens_per_s:.0f} | "
             f"{r.padding_efficiency:.2f} | {r.batches} | {r.batch_ms_p50:.0f} / {r.batch_ms_p90:.0f} / "
             f"{r.batch_ms_p99:.0f} | {r.peak_rss_mib:.0f} | {r.load_s:.1f} + {r.warmup_s:.1f} | {speed} |"
         )
@@ -76,7 +77,10 @@ def write_reports(out_dir: Path, payload: dict[str, Any], results: Sequence[Cell
     out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(results, baseline)
     md = [f"# arena-bench: {payload['title']}", "", f"Command: `{payload['command']}`", "",
-          f"Machine: {payload['machine']}", "", table, ""]
+          f"Machine: {payload['machine']}", "",
+          f"{len(results[0].e2e_runs_s) if results else 0} timed passes per cell, interleaved across cells; end to "
+          "end is the median pass with the slowest and fastest beside it; model only is the time inside the "
+          "backend on that same pass.", "", table, ""]
     ct = checks_table(checks)
     if ct:
         md += ["## Ratio checks", "", ct, ""]

@@ -1,36 +1,38 @@
 """Measure scoring throughput for backend x precision x batch policy cells, side by side in one run.
 
-Each cell is timed twice:
+Every cell runs the real scoring path, :class:`~arena.scoring.Scorer` on :class:`~arena.executor.BatchExecutor`:
+records -> probabilities, tokenization included (the ``notebook`` policy tokenizes batch by batch in file order
+on the model's thread, as the starter notebook did; ``padded`` and ``sorted`` encode and pad in a background
+thread, overlapped with compute). One pass gives both numbers of a cell: end to end (its wall time) and model only
+(the time inside the backend, from the executor's own timings of that pass), so model-only rows/s is never below
+end-to-end rows/s.
 
-* end to end: records -> probabilities, tokenization included. The ``notebook`` policy tokenizes inside the loop,
-  batch by batch in file order, as the starter notebook did; ``padded`` and ``sorted`` go through
-  :class:`~arena.scoring.Scorer` (encoding overlapped with compute);
-* model only: the same batches from pre-encoded rows, so the backend's own speed is visible.
-
-Warm-up passes are excluded; each timing is the median of ``repeats`` passes, and batch latencies are pooled over
-the model-only passes for percentiles. GPU backends are synchronised by the backends themselves (their results are
-copied to host memory before the timer stops).
+All cells are opened and checked before any is timed; then the passes are interleaved (repeat 1 of every cell,
+then repeat 2, ...), so a slow minute of a shared machine hits every cell alike. Reported: the median pass, with
+the min and max beside it. GPU backends synchronise before they return (their results are in host memory).
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from arena.batching import default_max_tokens, padding_stats, plan_batches
 from arena.data import Record
-from arena.encode import ArenaEncoder, pad_batch
+from arena.encode import ArenaEncoder
 from arena.errors import ConfigError
+from arena.executor import Timings
 from arena.scoring import ScoreConfig, Scorer
 
 log = logging.getLogger(__name__)
+
+NOTEBOOK_BATCH = 16
+"""The starter notebook's batch size, used by every ``notebook`` cell."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,9 @@ class CellResult:
     description: str
     rows: int
     e2e_s: float
+    """Median end-to-end seconds of the timed passes."""
     model_s: float
+    """Seconds inside the backend on the pass with the median end-to-end time."""
     rows_per_s: float
     model_rows_per_s: float
     tokens_per_s: float
@@ -68,11 +72,16 @@ class CellResult:
     batch_ms_p90: float
     batch_ms_p99: float
     peak_rss_mib: float
+    """The process's peak resident memory during this cell's passes (every cell's model is loaded meanwhile)."""
     peak_gpu_mib: float | None
     load_s: float
     warmup_s: float = 0.0
     """Untimed warm-up passes (includes torch.compile / ORT graph preparation), reported apart from throughput."""
     e2e_runs_s: list[float] = field(default_factory=list)
+    model_runs_s: list[float] = field(default_factory=list)
+    rows_per_s_min: float = 0.0
+    rows_per_s_max: float = 0.0
+    max_tokens: int = 0
     speedup: float | None = None
 
 
@@ -95,98 +104,101 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def notebook_loop(runner, encoder: ArenaEncoder, records: list[Record], batch_size: int) -> np.ndarray:
-    """The starter notebook's loop: file order, fixed batches, tokenize inside the loop, pad to the batch max."""
-    out = np.zeros((len(records), 3), dtype=np.float32)
-    for start in range(0, len(records), batch_size):
-        chunk = records[start:start + batch_size]
-        enc = encoder.encode(chunk)
-        ids, mask = pad_batch(enc.ids, encoder.pad_id, multiple=1)
-        out[start:start + len(chunk)] = runner(ids, mask, enc.features)
-    return out
+@dataclass
+class Cell:
+    """One opened cell: its model, scorer and the timings of every pass so far."""
+
+    spec: CellSpec
+    loaded: Any
+    scorer: Scorer
+    load_s: float
+    warmup_s: float = 0.0
+    passes: list[tuple[float, Timings]] = field(default_factory=list)
+    peak_rss_mib: float = 0.0
+    peak_gpu_mib: float | None = None
 
 
-def run_cell(spec: CellSpec, model_dir: Path, records: list[Record], *, batch_size: int, max_tokens: int | None,
-             repeats: int, warmup: int, threads: int | None, max_length: int | None,
-             encode_workers: int = 0) -> CellResult:
-    from dataclasses import replace
+def open_cell(spec: CellSpec, model_dir: Path, *, batch_size: int, max_tokens: int | None, threads: int | None,
+              max_length: int | None, encode_workers: int = 0) -> Cell:
+    """Load the cell's model and build its scorer (raises before any timing if the cell cannot run)."""
+    from arena.loading import open_models
+    from arena.scoring import scorer_for
 
-    from arena.loading import open_model
-
-    gc.collect()
-    _reset_peak_rss()
-    gpu = spec.precision in ("fp16", "bf16") or spec.backend == "tensorrt"
-    torch_mod = None
-    try:
-        import torch as torch_mod
-
-        if torch_mod.cuda.is_available():
-            torch_mod.cuda.reset_peak_memory_stats()
-    except ImportError:  # pragma: no cover
-        pass
     t0 = time.perf_counter()
     compiled = spec.backend == "torch.compile"  # torch with torch.compile(dynamic=True), timed after warm-up
-    loaded = open_model(model_dir, backend="torch" if compiled else spec.backend, precision=spec.precision,
-                        threads=threads, compile=compiled)
+    loaded = open_models([model_dir], backend="torch" if compiled else spec.backend, precision=spec.precision,
+                         threads=threads, compile=compiled)
     load_s = time.perf_counter() - t0
-    encoder = loaded.encoder
-    if max_length is not None and max_length != encoder.config.max_length:
-        encoder = ArenaEncoder(encoder.tokenizer, replace(encoder.config, max_length=max_length))
-    policy = spec.policy
-    bs = 16 if policy == "notebook" else batch_size
-    max_tokens = max_tokens or default_max_tokens(getattr(loaded.runner, "device", "cpu"), encoder.config.max_length,
-                                                  loaded.model_type)
-    scorer = Scorer(loaded.runner, encoder, ScoreConfig(policy=policy, batch_size=bs, max_tokens=max_tokens,
-                                                        temperature=loaded.temperature,
-                                                        encode_workers=encode_workers),
-                    tokenizer_path=model_dir)
+    if max_length is not None:
+        for m in loaded.members:
+            if max_length != m.encoder.config.max_length:
+                m.encoder = ArenaEncoder(m.encoder.tokenizer, replace(m.encoder.config, max_length=max_length))
+    bs = NOTEBOOK_BATCH if spec.policy == "notebook" else batch_size
+    config = ScoreConfig(policy=spec.policy, batch_size=bs, max_tokens=max_tokens, encode_workers=encode_workers)
+    scorer = scorer_for(loaded, config)
+    return Cell(spec, loaded, scorer, load_s)
 
-    def end_to_end() -> float:
-        t = time.perf_counter()
-        if policy == "notebook":
-            notebook_loop(loaded.runner, encoder, records, bs)
-        else:
-            scorer.score(records)
-        return time.perf_counter() - t
 
-    encoded = encoder.encode(records)
-    batches, fixed = plan_batches(policy, encoded.lengths, batch_size=bs, max_tokens=max_tokens,
-                                  max_length=encoder.config.max_length)
-    padded = [(*pad_batch([encoded.ids[i] for i in b], encoder.pad_id, length=fixed,
-                          multiple=1 if policy == "notebook" else 8), encoded.feature_rows(b)) for b in batches]
+def time_pass(cell: Cell, records: list[Record]) -> tuple[float, Timings]:
+    """One end-to-end pass; the executor's timings of the same pass carry the model-only time."""
+    timings = Timings()
+    t0 = time.perf_counter()
+    cell.scorer.score(records, timings)
+    timings.wall_s = time.perf_counter() - t0
+    return timings.wall_s, timings
 
-    def model_only(latencies: list[float] | None) -> float:
-        t = time.perf_counter()
-        for ids, mask, feats in padded:
-            tb = time.perf_counter()
-            loaded.runner(ids, mask, feats)
-            if latencies is not None:
-                latencies.append((time.perf_counter() - tb) * 1000)
-        return time.perf_counter() - t
 
-    tw = time.perf_counter()
-    for _ in range(warmup):
-        model_only(None)
-    warmup_s = time.perf_counter() - tw
-    latencies: list[float] = []
-    model_runs = [model_only(latencies) for _ in range(repeats)]
-    e2e_runs = [end_to_end() for _ in range(repeats)]
-    scorer.close()
-    stats = padding_stats(batches, encoded.lengths, pad_multiple=1 if policy == "notebook" else 8,
-                          fixed_length=fixed)
-    e2e, model_s = statistics.median(e2e_runs), statistics.median(model_runs)
-    lat = np.array(latencies)
-    peak_gpu = None
-    if torch_mod is not None and gpu and torch_mod.cuda.is_available():
-        peak_gpu = torch_mod.cuda.max_memory_allocated() / 2**20
+def run_cells(cells: list[Cell], records: list[Record], *, repeats: int, warmup: int) -> list[CellResult]:
+    """Warm every cell up, then time ``repeats`` passes interleaved across cells."""
+    if repeats < 1 or warmup < 0:
+        raise ConfigError("--repeats must be at least 1 and --warmup at least 0")
+    torch_mod = _torch()
+    for cell in cells:
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            time_pass(cell, records)
+        cell.warmup_s = time.perf_counter() - t0
+    for _ in range(repeats):
+        for cell in cells:
+            gc.collect()
+            _reset_peak_rss()
+            if torch_mod is not None:
+                torch_mod.cuda.reset_peak_memory_stats()
+            cell.passes.append(time_pass(cell, records))
+            cell.peak_rss_mib = max(cell.peak_rss_mib, _peak_rss_mib())
+            if torch_mod is not None:
+                cell.peak_gpu_mib = max(cell.peak_gpu_mib or 0.0, torch_mod.cuda.max_memory_allocated() / 2**20)
+    for cell in cells:
+        cell.scorer.close()
+    return [summarise(cell, len(records)) for cell in cells]
+
+
+def _torch() -> Any:
+    try:
+        import torch
+
+        return torch if torch.cuda.is_available() else None
+    except ImportError:  # pragma: no cover
+        return None
+
+
+def summarise(cell: Cell, rows: int) -> CellResult:
+    """The cell's median pass (by end-to-end time), with the spread over all passes."""
+    passes = sorted(cell.passes, key=lambda p: p[0])
+    e2e, timings = passes[(len(passes) - 1) // 2]
+    lat = np.array([ms for _, t in cell.passes for ms in t.batch_ms] or [0.0])
+    spec = cell.spec
     return CellResult(
-        name=spec.name, backend=spec.backend, precision=spec.precision, policy=policy,
-        description=loaded.description, rows=len(records), e2e_s=e2e, model_s=model_s,
-        rows_per_s=len(records) / e2e, model_rows_per_s=len(records) / model_s,
-        tokens_per_s=stats.real_tokens / e2e, padding_efficiency=stats.efficiency, batches=len(batches),
-        batch_ms_p50=float(np.percentile(lat, 50)), batch_ms_p90=float(np.percentile(lat, 90)),
-        batch_ms_p99=float(np.percentile(lat, 99)), peak_rss_mib=_peak_rss_mib(), peak_gpu_mib=peak_gpu,
-        load_s=load_s, warmup_s=warmup_s, e2e_runs_s=e2e_runs,
+        name=spec.name, backend=spec.backend, precision=spec.precision, policy=spec.policy,
+        description=cell.loaded.description, rows=rows, e2e_s=e2e, model_s=timings.model_s,
+        rows_per_s=rows / e2e, model_rows_per_s=rows / timings.model_s,
+        tokens_per_s=timings.real_tokens / e2e, padding_efficiency=timings.padding_efficiency,
+        batches=timings.batches, batch_ms_p50=float(np.percentile(lat, 50)),
+        batch_ms_p90=float(np.percentile(lat, 90)), batch_ms_p99=float(np.percentile(lat, 99)),
+        peak_rss_mib=cell.peak_rss_mib, peak_gpu_mib=cell.peak_gpu_mib, load_s=cell.load_s,
+        warmup_s=cell.warmup_s, e2e_runs_s=[p[0] for p in cell.passes],
+        model_runs_s=[p[1].model_s for p in cell.passes], rows_per_s_min=rows / passes[-1][0],
+        rows_per_s_max=rows / passes[0][0], max_tokens=cell.scorer.executor.budget,
     )
 
 
@@ -202,8 +214,6 @@ def repeat_to(records: list[Record], n: int) -> list[Record]:
 
 
 def replace_id(record: Record, new_id: str) -> Record:
-    from dataclasses import replace
-
     return replace(record, id=new_id)
 
 

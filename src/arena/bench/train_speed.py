@@ -21,6 +21,7 @@ from arena.batching import length_grouped_batches
 from arena.cli_common import setup_logging
 from arena.encode import ArenaEncoder, EncoderConfig, pad_batch
 from arena.errors import cli_errors
+from arena.train.trainer import forward_backward, optimizer_step
 
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
@@ -28,7 +29,8 @@ app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=F
 def measure(model, rows: list[np.ndarray], pad_id: int, *, batch_size: int, mode: str, max_length: int,
             device: torch.device, dtype: torch.dtype | None, warmup_steps: int = 3,
             max_steps: int | None = None) -> dict:
-    """Train for one pass over ``rows`` (or ``max_steps``); return sequences/s over the timed steps."""
+    """Train for one pass over ``rows`` (or ``max_steps``) with the trainer's own step (:func:`forward_backward`,
+    :func:`optimizer_step`: clipping and the fp16 scaler included); return sequences/s over the timed steps."""
     lengths = np.array([len(r) for r in rows])
     if mode == "grouped":
         batches = length_grouped_batches(lengths, batch_size, seed=0)
@@ -40,8 +42,9 @@ def measure(model, rows: list[np.ndarray], pad_id: int, *, batch_size: int, mode
     if max_steps is not None:
         batches = batches[: warmup_steps + max_steps]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     model.train()
-    labels = torch.randint(0, 3, (len(rows),), generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 3, (len(rows),), generator=torch.Generator().manual_seed(0)).numpy()
     seqs, real, computed = 0, 0, 0
     t0 = None
     for step, batch in enumerate(batches):
@@ -50,15 +53,8 @@ def measure(model, rows: list[np.ndarray], pad_id: int, *, batch_size: int, mode
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
         ids, mask = pad_batch([rows[i] for i in batch], pad_id, length=max_length if mode == "padded" else None)
-        ids_t, mask_t = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
-        ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type,
-                                                                                                  enabled=False)
-        with ctx:
-            logits = model(input_ids=ids_t, attention_mask=mask_t).logits
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels[batch].to(device))
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        forward_backward(model, ids, mask, None, labels[batch], device=device, dtype=dtype, scaler=scaler)
+        optimizer_step(model, opt, scaler, None, max_grad_norm=1.0)
         if step >= warmup_steps:
             seqs += len(batch)
             real += int(mask.sum())

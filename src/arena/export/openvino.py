@@ -16,8 +16,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from arena.errors import ParityError
-from arena.export.parity import ParityReport, Tolerance, compare
+from arena.errors import ConfigError
+from arena.export.parity import ParityGate, Tolerance
 
 log = logging.getLogger("arena.export")
 
@@ -26,19 +26,16 @@ INT8_BIN = "model.int8.bin"
 FLOAT_PRECISIONS = ("fp32", "bf16")
 
 
-def _check(name: str, path: Path, precision: str, reference, batches, ref_cache, tol: Tolerance) -> ParityReport:
+def _backend(path: Path, precision: str):
     from arena.backends.openvino import OpenVinoBackend
 
-    backend = OpenVinoBackend(path, precision=precision, cache_dir=None)  # the export folder is still temporary
-    report = compare(name, reference, backend, batches, tol, ref_cache)
-    for line in report.lines():
-        log.info("parity %s", line)
-    return report
+    return OpenVinoBackend(path, precision=precision, cache_dir=None)  # the export folder is still temporary
 
 
-def check_onnx(onnx_path: Path, reference, batches, ref_cache: dict, *, fp32_tol: float) -> dict[str, Any]:
+def check_onnx(onnx_path: Path, gate: ParityGate, *, fp32_tol: float) -> dict[str, Any]:
     """Parity of ``onnx_path`` under OpenVINO at fp32 (ONNX Runtime's fp32 limit) and, where this CPU runs bf16
-    natively, bf16 (:meth:`Tolerance.bf16`). Returns the manifest's ``openvino`` section."""
+    natively, bf16 (:meth:`Tolerance.bf16`), against the gate's reference. Returns the manifest's ``openvino``
+    section; a failure is recorded there (and in the gate's reports), not raised."""
     from dataclasses import replace
 
     from arena.backends.openvino import openvino_available, supports_bf16
@@ -60,28 +57,43 @@ def check_onnx(onnx_path: Path, reference, batches, ref_cache: dict, *, fp32_tol
         if precision == "bf16" and not native_bf16:
             entry["status"] = "not checked: the export machine's CPU has no native bf16"
         else:
-            report = _check(f"openvino_{precision}", onnx_path, precision, reference, batches, ref_cache,
-                            tolerances[precision])
-            entry["parity"] = report.to_dict()
-            if not report.passed:
+            entry["parity"] = gate.record(f"openvino_{precision}", _backend(onnx_path, precision),
+                                          tolerances[precision])
+            if not entry["parity"]["passed"]:
                 log.warning("OpenVINO %s failed its parity check; it will not be used: %s", precision,
-                            "; ".join(report.failures))
+                            "; ".join(entry["parity"]["failures"]))
         section["precisions"][precision] = entry
     return section
 
 
-def add_static_int8(folder: Path, reference, batches, ref_cache: dict, calibration: list, tol: Tolerance
-                    ) -> dict[str, Any]:
-    """Write ``model.int8.xml``/``.bin`` (NNCF, calibrated on ``calibration``) and check it; raise
-    :class:`ParityError` when it fails. Returns its entry for the ``openvino`` section's precisions."""
+def add_static_int8(folder: Path, gate: ParityGate, calibration: list, tol: Tolerance) -> dict[str, Any]:
+    """Write ``model.int8.xml``/``.bin`` (NNCF, calibrated on ``calibration``) and check it; the gate raises
+    :class:`~arena.errors.ParityError` when it fails. Returns its entry for the ``openvino`` section's precisions."""
     from arena.export.quantize import quantize_openvino
 
     info = quantize_openvino(folder / "model.onnx", folder / INT8_XML, calibration)
-    report = _check("openvino_int8", folder / INT8_XML, "int8", reference, batches, ref_cache, tol)
-    if not report.passed:
-        raise ParityError("openvino_int8 parity check failed, nothing was kept: " + "; ".join(report.failures)
-                          + "\n" + "\n".join(report.lines()))
-    return {"file": INT8_XML, "weights": INT8_BIN, "quantization": info, "parity": report.to_dict()}
+    report = gate.check("openvino_int8", _backend(folder / INT8_XML, "int8"), tol)
+    return {"file": INT8_XML, "weights": INT8_BIN, "quantization": info, "parity": report}
+
+
+def openvino_section(folder: Path, gate: ParityGate, *, encoder, data: Path, openvino: bool, int8_static: bool,
+                     calibration_rows: int, fp32_tol: float, int8_tol: Tolerance) -> dict[str, Any]:
+    """The manifest's ``openvino`` section for the export in ``folder``: fp32/bf16 parity of ``model.onnx`` under
+    OpenVINO and, asked for, the static INT8 model calibrated on ``calibration_rows`` real rows of ``data``
+    encoded by ``encoder`` (an :class:`~arena.encode.ArenaEncoder`)."""
+    if not (openvino or int8_static):
+        return {"status": "not requested", "precisions": {}}
+    section = check_onnx(folder / "model.onnx", gate, fp32_tol=fp32_tol)
+    if int8_static:
+        if section["status"] != "checked":
+            raise ConfigError(f"--int8-static: {section['why']}")
+        from arena.executor import BatchExecutor
+        from arena.export.quantize import calibration_batches
+
+        executor = BatchExecutor(gate.reference, pad_id=encoder.pad_id, max_length=encoder.config.max_length)
+        calibration = calibration_batches(calibration_records(data, calibration_rows), encoder, executor)
+        section["precisions"]["int8"] = add_static_int8(folder, gate, calibration, int8_tol)
+    return section
 
 
 def calibration_records(path: Path, rows: int, *, skip: int = 256) -> list:

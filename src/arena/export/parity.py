@@ -1,8 +1,10 @@
-"""Parity of an exported model against PyTorch on real encoded rows, at several shapes.
+"""Parity of an exported model against its reference (PyTorch, or a foreign ONNX model) on real encoded rows, at
+several shapes.
 
-Shapes are (batch, sequence) pairs both shorter and longer than the traced example. For each shape the report
-holds the max absolute logit difference, the max probability difference and the argmax agreement; with labelled
-rows also the log-loss change. :func:`judge` turns a report into pass/fail against a :class:`Tolerance`.
+Shapes are (batch, sequence) pairs both shorter and longer than the traced example (:func:`parse_shapes`); the rows
+are real and padded by the executor inference uses (:func:`parity_batches`). For each shape the report holds the
+max absolute logit difference, the max probability difference and the argmax agreement; with labelled rows also the
+log-loss change. :func:`judge` turns a report into pass/fail against a :class:`Tolerance`.
 
 Argmax agreement is judged only on *decided* rows: those whose reference top-2 probability margin exceeds the
 tolerance's ``max_prob_diff``. On a row whose two best classes are closer than that, a change the tolerance allows
@@ -13,12 +15,17 @@ log-loss-change limit still covers every labelled row.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
+from arena.errors import ConfigError, ParityError
 from arena.metrics import log_loss, softmax
+
+log = logging.getLogger("arena.export")
 
 Runner = Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
 """``runner(input_ids, attention_mask, features)``: the backend contract (``features`` None for plain models)."""
@@ -146,6 +153,41 @@ def compare(name: str, reference: Runner, candidate: Runner, batches: Sequence[P
     return report
 
 
+@dataclass
+class ParityGate:
+    """Check each candidate against one reference on the same batches (the reference runs once per batch); log one
+    line per shape, keep every report, and raise :class:`ParityError` at the first failure, so nothing is kept."""
+
+    reference: Runner
+    batches: Sequence[ParityBatch]
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cache: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def compare(self, name: str, candidate: Runner, tolerance: Tolerance) -> ParityReport:
+        """The report, without raising (the caller decides; the TensorRT build keeps nothing on failure)."""
+        return compare(name, self.reference, candidate, self.batches, tolerance, self.cache)
+
+    def record(self, name: str, candidate: Runner, tolerance: Tolerance) -> dict[str, Any]:
+        """Compare, log and keep the report, without raising: for an option that is recorded as failed and then
+        never used (OpenVINO on the export's own ``model.onnx``), where nothing has to be thrown away."""
+        return self._run(name, candidate, tolerance).to_dict()
+
+    def check(self, name: str, candidate: Runner, tolerance: Tolerance) -> dict[str, Any]:
+        """Like :meth:`record`, and raise :class:`ParityError` when the candidate fails."""
+        report = self._run(name, candidate, tolerance)
+        if not report.passed:
+            raise ParityError(f"{name} parity check failed, nothing was kept: " + "; ".join(report.failures)
+                              + "\n" + "\n".join(report.lines()))
+        return self.reports[name]
+
+    def _run(self, name: str, candidate: Runner, tolerance: Tolerance) -> ParityReport:
+        report = self.compare(name, candidate, tolerance)
+        for line in report.lines():
+            log.info("parity %s", line)
+        self.reports[name] = report.to_dict()
+        return report
+
+
 def judge(report: ParityReport) -> ParityReport:
     tol = report.tolerance
     fails = list(report.failures)
@@ -167,3 +209,41 @@ def judge(report: ParityReport) -> ParityReport:
     report.failures = fails
     report.passed = not fails
     return report
+
+
+def parity_batches(records, tokenizer, encoder_cfg, shapes: list[tuple[int, int]], executor):
+    """Real rows encoded and padded (by the executor that inference uses) to exactly each (batch, sequence) shape;
+    the longest rows first, cut to the sequence length."""
+    from dataclasses import replace
+
+    from arena.encode import ArenaEncoder, Encoded
+
+    out = []
+    for batch, seq in shapes:
+        enc = ArenaEncoder(tokenizer, replace(encoder_cfg, max_length=max(seq, 64)))  # then cut to seq
+        rows = records[: max(batch * 4, batch)]
+        encoded = enc.encode(rows)
+        pick = np.argsort(-encoded.lengths, kind="stable")[:batch]
+        cut = Encoded([encoded.ids[i][:seq] for i in pick], features=encoded.feature_rows(pick))
+        padded = executor.prepare(cut, [np.arange(len(pick))], length=seq).batches[0]
+        labels = None
+        if all(rows[i].label is not None for i in pick):
+            labels = np.array([rows[i].label for i in pick])
+        out.append(ParityBatch(padded.input_ids, padded.attention_mask, labels, padded.features))
+    return out
+
+
+def parse_shapes(text: str, max_length: int) -> list[tuple[int, int]]:
+    """``--parity-shapes`` (``BxL,BxL``) with lengths capped at ``max_length``, plus a batch at ``max_length``."""
+    shapes = []
+    for part in text.split(","):
+        try:
+            b, _, s = part.strip().lower().partition("x")
+            shape = (int(b), min(int(s), max_length))
+        except ValueError:
+            raise ConfigError(f"--parity-shapes takes BxL pairs such as 1x17,7x133; got {part!r}") from None
+        if shape not in shapes:
+            shapes.append(shape)
+    if (2, max_length) not in shapes and all(s != max_length for _, s in shapes):
+        shapes.append((2, max_length))  # the longest the model accepts
+    return shapes

@@ -5,8 +5,8 @@ scales at run time; on DeBERTa it gains 1.26-1.38x over fp32 (``benchmarks/RESUL
 the activation scales from calibration batches, so OpenVINO runs the MatMuls - including attention's - as INT8
 with VNNI and fuses the rescaling into neighbouring operations.
 
-The calibration batches are built as inference builds them: real rows, length-sorted, packed under the CPU token
-budget and padded to a multiple of 8, so the activation ranges seen are the ones served.
+The calibration batches are built by the executor inference uses: real rows, length-sorted, packed under the CPU
+token budget and padded to a multiple of 8, so the activation ranges seen are the ones served.
 """
 
 from __future__ import annotations
@@ -27,19 +27,15 @@ from arena.errors import ModelError
 log = logging.getLogger(__name__)
 
 
-def calibration_batches(records, encoder, *, max_tokens: int) -> list[dict[str, np.ndarray]]:
-    """``records`` encoded and cut into inference-like batches: a list of feed dicts (graph input name -> array)."""
-    from arena.batching import token_budget_batches
-    from arena.encode import pad_batch
-
-    encoded = encoder.encode(records)
+def calibration_batches(records, encoder, executor) -> list[dict[str, np.ndarray]]:
+    """``records`` encoded by ``encoder`` and planned and padded by ``executor`` (the
+    :class:`~arena.executor.BatchExecutor` inference uses, so the batches are length-sorted and packed under its
+    token budget): a list of feed dicts (graph input name -> array)."""
     out = []
-    for batch in token_budget_batches(encoded.lengths, max_tokens):
-        ids, mask = pad_batch([encoded.ids[i] for i in batch], encoder.pad_id, multiple=8)
-        feeds = {INPUT_IDS: ids, ATTENTION_MASK: mask}
-        features = encoded.feature_rows(batch)
-        if features is not None:
-            feeds[FEATURES] = features.astype(np.float32)
+    for b in executor.prepare(encoder.encode(records)).batches:
+        feeds = {INPUT_IDS: b.input_ids, ATTENTION_MASK: b.attention_mask}
+        if b.features is not None:
+            feeds[FEATURES] = b.features.astype(np.float32)
         out.append(feeds)
     return out
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from arena.cli_common import setup_logging
+from arena.cli_common import run_app, setup_logging
 from arena.errors import ConfigError, cli_errors
 
 log = logging.getLogger("arena.infer")
@@ -24,11 +23,13 @@ app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=F
 @cli_errors
 def infer(
     test_csv: Annotated[Path, typer.Argument(help="Kaggle test.csv (id, prompt, response_a, response_b)")],
-    model: Annotated[Path, typer.Option(help="arena-train checkpoint or arena-export folder")],
+    model: Annotated[list[Path], typer.Option(
+        help="arena-train checkpoint or arena-export folder; a k-fold output or its export scores every fold; "
+             "repeat --model to blend several models")],
     out: Annotated[Path, typer.Option(help="Submission CSV to write (atomically)")] = Path("submission.csv"),
     backend: Annotated[str, typer.Option(help="auto, torch, onnx, openvino or tensorrt")] = "auto",
-    precision: Annotated[str, typer.Option(
-        help="torch: auto/fp32/fp16/bf16; onnx: auto/fp32/fp32_fused/fp16/int8; openvino: auto/fp32/bf16/int8")]
+    precision: Annotated[str, typer.Option(help="torch: auto/fp32/fp16/bf16 (decoders also 4bit/8bit); onnx: "
+                                           "auto/fp32/fp32_fused/fp16/int8; openvino: auto/fp32/bf16/int8")]
     = "auto",
     tta: Annotated[str, typer.Option(help="none or swap (score A/B-swapped too and average)")] = "none",
     policy: Annotated[str, typer.Option(help="sorted (token budget), notebook or padded")] = "sorted",
@@ -45,16 +46,20 @@ def infer(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
     devices: Annotated[str | None, typer.Option(
         help="Several devices, one process each: cuda:0,cuda:1 (or a count of GPUs; cpu,cpu on a CPU)")] = None,
+    weights: Annotated[str | None, typer.Option(
+        help="Blend weights, one per --model (default: fitted on their oof.csv files, else equal)")] = None,
+    combine: Annotated[str, typer.Option(help="How members are combined: probs (mean) or geometric")] = "probs",
+    save_logits: Annotated[Path | None, typer.Option(
+        help="Also write id, probabilities and logits per row: a file arena-train --soft-labels accepts")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Score every row of TEST_CSV and write one probability row per id, in the file's order."""
     setup_logging(verbose)
-    if tta not in ("none", "swap"):
-        raise ConfigError("--tta must be none or swap")
-    summary = run_infer(test_csv, model, out, backend=backend, precision=precision, tta=tta == "swap",
+    summary = run_infer(test_csv, model, out, backend=backend, precision=precision, tta=tta,
                         policy=policy, max_tokens=max_tokens, batch_size=batch_size, chunk_rows=chunk_rows,
                         threads=threads, encode_workers=encode_workers, compile=compile, device=device,
-                        devices=devices, rules=rules)
+                        devices=devices, rules=rules, weights=parse_weights(weights), combine=combine,
+                        save_logits=save_logits)
     typer.echo(f"wrote {summary['rows']} rows to {out} with {summary['backend']} in {summary['wall_s']:.2f} s: "
                f"{summary['rows_per_s']:.1f} rows/s end to end, {summary['model_rows_per_s']:.1f} rows/s model "
                f"only (encode {summary['encode_s']:.2f} s, model {summary['model_s']:.2f} s, "
@@ -62,61 +67,150 @@ def infer(
     typer.echo(json.dumps(summary))
 
 
-def run_infer(test_csv: Path, model: Path, out: Path, *, backend: str = "auto", precision: str = "auto",
-              tta: bool = False, policy: str = "sorted", max_tokens: int | None = None, batch_size: int = 64,
+def check_infer_request(test_csv: Path, models: Path | list[Path], out: Path, *, backend: str, precision: str,
+                        tta: str | bool, policy: str, max_tokens: int | None, batch_size: int, chunk_rows: int,
+                        threads: int | None,
+                        encode_workers: int, compile: bool, device: str,
+                        devices: str | None) -> tuple[str, list[str] | None]:
+    """Every option and path checked before a model is loaded: return the device and the device list (None for
+    one device; ``--devices`` with one name is that device, not ignored)."""
+    models = [Path(models)] if isinstance(models, Path | str) else [Path(m) for m in models]
+    from arena.backends.base import BACKENDS
+    from arena.batching import POLICIES
+    from arena.data import check_layout
+    from arena.devices import check_device, parse_devices
+    from arena.ensemble import member_folders
+    from arena.foreign import is_foreign_export
+    from arena.modeling import check_model_folder
+    from arena.options import at_least, check_precision, existing_file, existing_folder, one_of
+    from arena.safety import check_submission_out
+
+    one_of("--backend", backend, BACKENDS)
+    check_precision("--precision", backend, precision)
+    if not isinstance(tta, bool):
+        one_of("--tta", tta, ("none", "swap"))
+    one_of("--policy", policy, POLICIES)
+    at_least("--max-tokens", max_tokens, 1)
+    at_least("--batch-size", batch_size, 1)
+    at_least("--chunk-rows", chunk_rows, 1)
+    at_least("--threads", threads, 1)
+    at_least("--encode-workers", encode_workers, 0)
+    if compile and backend not in ("auto", "torch"):
+        raise ConfigError(f"--compile applies to the torch backend, not --backend {backend}")
+    device = check_device(device, "--device", backend)
+    shards = parse_devices(devices, backend)
+    if shards is not None and device != "auto":
+        raise ConfigError("pass either --device (one device) or --devices (several), not both")
+    if shards is not None and len(shards) == 1:
+        device, shards = shards[0], None
+    existing_file("TEST_CSV", test_csv, "the test CSV to score (e.g. test.csv)")
+    check_layout(test_csv, labelled=False)
+    for model in models:
+        existing_folder("--model", model, "the arena-train checkpoint or arena-export folder")
+        if not (model / "manifest.json").is_file() and member_folders(model) is None \
+                and not is_foreign_export(model):
+            check_model_folder(model)
+        check_submission_out(out, test_csv=test_csv, model=model)
+    return device, shards
+
+
+def parse_weights(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--weights takes comma-separated numbers such as 0.6,0.4; got {text!r}") from None
+
+
+def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: str = "auto", precision: str = "auto",
+              tta: bool | str = False, policy: str = "sorted", max_tokens: int | None = None, batch_size: int = 64,
               chunk_rows: int = 8192, threads: int | None = None, encode_workers: int = 0, compile: bool = False,
-              device: str = "auto", devices: str | None = None, rules: str | None = None) -> dict:
+              device: str = "auto", devices: str | None = None, rules: str | None = None,
+              weights: list[float] | None = None, combine: str = "probs", save_logits: Path | None = None) -> dict:
     from tqdm.auto import tqdm
 
-    from arena.batching import default_max_tokens
     from arena.data import iter_records
-    from arena.infer.sharded import ShardedRunner, parse_devices
-    from arena.infer.submission import submission_writer
-    from arena.loading import open_model
+    from arena.infer.submission import predictions_writer, submission_writer
     from arena.rules import parse_rules
-    from arena.scoring import ScoreConfig, Scorer, Timings
+    from arena.safety import warn_if_unfinished
+    from arena.scoring import ScoreConfig, Timings
 
-    shards = parse_devices(devices)
-    loaded = open_model(model, backend=backend, precision=precision, threads=threads, compile=compile,
-                        device=device if shards is None else shards[0])
-    if shards is not None:
-        per = threads or max(1, (os.cpu_count() or 2) // len(shards)) if shards[0] == "cpu" else threads
-        loaded.runner = ShardedRunner(model, shards, backend=loaded.choice.backend, precision=precision,
-                                      threads=per)
-        loaded.description += f" x {len(shards)} processes on {', '.join(shards)}"
-    log.info("backend %s: %s", loaded.description, loaded.choice.reason)
-    if max_tokens is None:
-        max_tokens = default_max_tokens(getattr(loaded.runner, "device", "cpu"), loaded.encoder.config.max_length,
-                                        loaded.model_type)
+    models = [Path(model)] if isinstance(model, Path | str) else [Path(m) for m in model]
+    test_csv, out = Path(test_csv), Path(out)
+    device, shards = check_infer_request(
+        test_csv, models, out, backend=backend, precision=precision, tta=tta, policy=policy, max_tokens=max_tokens,
+        batch_size=batch_size, chunk_rows=chunk_rows, threads=threads, encode_workers=encode_workers,
+        compile=compile, device=device, devices=devices)
+    tta = tta == "swap" if isinstance(tta, str) else tta
+    if save_logits is not None:
+        from arena.safety import check_submission_out
+
+        if Path(save_logits).resolve() == out.resolve():
+            raise ConfigError("--save-logits must name another file than --out")
+        for m in models:
+            check_submission_out(Path(save_logits), test_csv=test_csv, model=m)
+    for m in models:
+        warn_if_unfinished(m)
     config = ScoreConfig(policy=policy, batch_size=batch_size, max_tokens=max_tokens, chunk_rows=chunk_rows,
-                         tta=tta, temperature=loaded.temperature, encode_workers=encode_workers,
-                         rules=parse_rules(rules))
-    scorer = Scorer(loaded.runner, loaded.encoder, config, tokenizer_path=model)
+                         tta=tta, encode_workers=encode_workers, rules=parse_rules(rules))
+    scorer, description, reason, close = _open_scorer(models, config, backend=backend, precision=precision,
+                                                      threads=threads, compile=compile, device=device,
+                                                      shards=shards, weights=weights, combine=combine)
+    log.info("backend %s: %s", description, reason)
     timings = Timings()
     t0 = time.perf_counter()
     try:
-        with submission_writer(out) as writer, tqdm(desc="score", unit="row", disable=None) as bar:
+        with submission_writer(out) as writer, predictions_writer(save_logits) as extra, \
+                tqdm(desc="score", unit="row", disable=None) as bar:
             for records, probs in scorer.score_chunks(
                     iter_records(test_csv, labelled=False, chunk_rows=chunk_rows), timings):
                 tw = time.perf_counter()
                 writer.write([r.id for r in records], probs)
+                extra.write([r.id for r in records], probs)
                 timings.write_s += time.perf_counter() - tw
                 bar.update(len(records))
                 bar.set_postfix(rows_s=f"{timings.rows / max(time.perf_counter() - t0, 1e-9):.1f}")
             timings.wall_s = time.perf_counter() - t0
             writer.commit(timings.rows)
+            extra.commit(timings.rows)
     finally:
-        scorer.close()
-        if shards is not None:
-            loaded.runner.close()
-    return {"backend": loaded.description, "reason": loaded.choice.reason,
-            "threads": getattr(loaded.runner, "threads", None), "tta": tta, "policy": policy,
-            "rules": list(config.rules), "max_tokens": max_tokens,
+        close()
+    return {"backend": description, "reason": reason, "threads": getattr(scorer.runner, "threads", None),
+            "models": len(scorer.members), "tta": tta,
+            "policy": policy, "rules": list(config.rules), "max_tokens": scorer.executor.budget,
             **timings.summary()}
 
 
+def _open_scorer(models: list[Path], config, *, backend: str, precision: str, threads: int | None, compile: bool,
+                 device: str, shards: list[str] | None, weights: list[float] | None, combine: str):
+    """The scorer for one model or an ensemble; (scorer, description, why this backend, close)."""
+    from arena.ensemble import member_folders
+    from arena.infer.sharded import open_sharded
+    from arena.loading import LoadedEnsemble, open_models
+    from arena.scoring import scorer_for
+
+    if shards is None:
+        ensemble = open_models(models, weights=weights, combine=combine, backend=backend, precision=precision,
+                               threads=threads, compile=compile, device=device)
+    else:  # the workers load the model, the parent does not (cuda:0 would hold it twice)
+        if len(models) > 1 or member_folders(models[0]):
+            raise ConfigError("--devices runs one model per device; score an ensemble on one device at a time")
+        ensemble = LoadedEnsemble([open_sharded(models[0], shards, backend=backend, precision=precision,
+                                                threads=threads)], [1.0], combine, "single model")
+    first = ensemble.members[0]
+    scorer = scorer_for(ensemble, config)
+
+    def close() -> None:
+        scorer.close()
+        if shards is not None:
+            first.runner.close()
+
+    return scorer, ensemble.description, first.choice.reason, close
+
+
 def main() -> None:
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@ free, and results come back in batch order.
 
 Kaggle scores on 2x T4: ``arena-infer --devices cuda:0,cuda:1``. On a CPU machine ``--devices cpu,cpu`` runs two
 processes (each with its share of the cores), which is how the tests exercise this path.
+
+Only the workers load the model: the parent reads the encoder and settings from the folder
+(:func:`open_sharded`) and learns the backend's description, limits and inputs from a worker, so ``cuda:0`` holds
+one copy of the weights, not two.
 """
 
 from __future__ import annotations
@@ -10,10 +14,13 @@ from __future__ import annotations
 import multiprocessing as mp
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from arena.errors import BackendUnavailable
 
 _RUNNER: Any = None
 
@@ -24,6 +31,11 @@ def _init(folder: str, backend: str, precision: str, devices: Any, threads: int 
 
     device = devices.get()
     _RUNNER = open_model(folder, backend=backend, precision=precision, device=device, threads=threads).runner
+
+
+def _describe() -> dict[str, Any]:
+    return {"description": _RUNNER.description, "needs_features": bool(getattr(_RUNNER, "needs_features", False)),
+            "limits": getattr(_RUNNER, "limits", None)}
 
 
 def _run(ids: np.ndarray, mask: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
@@ -43,6 +55,15 @@ class ShardedRunner:
         self.device = devices[0]
         self.pool = ProcessPoolExecutor(len(devices), mp_context=ctx, initializer=_init,
                                         initargs=(str(folder), backend, precision, queue, threads))
+        try:
+            info = self.pool.submit(_describe).result()
+        except BrokenProcessPool:
+            self.pool.shutdown(cancel_futures=True)
+            raise BackendUnavailable(f"a worker process could not open {folder} on {', '.join(devices)} (its error is "
+                                     "printed above)") from None
+        self.needs_features: bool = info["needs_features"]
+        self.limits = info["limits"]
+        self.description = f"{info['description']} x {len(devices)} processes on {', '.join(devices)}"
 
     def map(self, batches: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> list[np.ndarray]:
         """Run (input_ids, attention_mask, features or None) batches on all devices; results in batch order."""
@@ -55,12 +76,17 @@ class ShardedRunner:
         self.pool.shutdown(cancel_futures=True)
 
 
-def parse_devices(text: str | None) -> list[str] | None:
-    """``cuda:0,cuda:1`` / ``cpu,cpu`` / ``2`` (the first N GPUs) -> device names, or None for one device."""
-    if not text:
-        return None
-    if text.isdigit():
-        n = int(text)
-        return None if n <= 1 else [f"cuda:{i}" for i in range(n)]
-    devices = [d.strip() for d in text.split(",") if d.strip()]
-    return devices if len(devices) > 1 else None
+def open_sharded(folder: str | Path, devices: Sequence[str], *, backend: str = "auto", precision: str = "auto",
+                 threads: int | None = None) -> Any:
+    """A :class:`arena.loading.LoadedModel` whose runner is a :class:`ShardedRunner`: the parent process loads the
+    encoder and settings, never the model."""
+    import os
+
+    from arena.loading import attach_runner, open_model
+
+    loaded = open_model(folder, backend=backend, precision=precision, load_runner=False)
+    if devices[0] == "cpu" and not threads:
+        threads = max(1, (os.cpu_count() or 2) // len(devices))
+    runner = ShardedRunner(folder, devices, backend=loaded.choice.backend, precision=precision, threads=threads)
+    return attach_runner(loaded, runner)
+

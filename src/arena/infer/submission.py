@@ -54,3 +54,41 @@ def submission_writer(path: str | Path) -> Iterator[SubmissionWriter]:
     """A writer whose file appears under ``path`` only when the block ends without an error."""
     with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
         yield SubmissionWriter(fh)
+
+
+LOGIT_COLUMNS = ("logit_a", "logit_b", "logit_tie")
+
+
+class PredictionWriter(SubmissionWriter):
+    """The submission's columns plus log-probabilities (``logit_*``, the form of arena-train's ``oof.csv``):
+    what ``arena-train --soft-labels`` reads to train a student on these predictions."""
+
+    def __init__(self, fh: IO[str]) -> None:
+        self.writer = csv.writer(fh, lineterminator="\n")
+        self.writer.writerow((*HEADER, *LOGIT_COLUMNS))
+        self.rows = 0
+
+    def write(self, ids: Sequence[str], probs: np.ndarray) -> None:
+        check_probs(probs, ids)
+        logs = np.log(np.clip(probs, 1e-12, 1.0))
+        for row_id, p, z in zip(ids, probs, logs, strict=True):
+            self.writer.writerow((row_id, *(repr(float(x)) for x in p), *(repr(float(x)) for x in z)))
+        self.rows += len(ids)
+
+
+class _NoWriter:
+    def write(self, ids: Sequence[str], probs: np.ndarray) -> None:
+        pass
+
+    def commit(self, expected_rows: int) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def predictions_writer(path: str | Path | None) -> Iterator[PredictionWriter | _NoWriter]:
+    """Like :func:`submission_writer` for ``--save-logits``; a writer that writes nothing when ``path`` is None."""
+    if path is None:
+        yield _NoWriter()
+        return
+    with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
+        yield PredictionWriter(fh)

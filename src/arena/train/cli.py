@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+import os
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-from arena.cli_common import encoder_config, setup_logging
-from arena.errors import cli_errors
+from arena.cli_common import encoder_config, run_app, setup_logging
+from arena.errors import ConfigError, cli_errors
+from arena.train.config import HEADS
 
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
 
 @app.command(epilog="Examples:\n\n  arena-train --data ../shared/data/arena/lmsys_kaggle --output runs/small\n\n"
              "  arena-train --model DIR --folds 5 --epochs 2 --max-length 256 --output runs/cv\n\n"
+             "  arena-train --model google/gemma-2-9b-it --lora-r 64 --lora-alpha 128 --lr 1e-4 --max-length 1024 "
+             "--batch-size 4 --grad-accum 4 --gradient-checkpointing --load-in-4bit --output runs/gemma\n\n"
              "  torchrun --nproc-per-node 2 -m arena.train.cli --data train.csv --output runs/ddp")
 @cli_errors
 def train(
@@ -26,7 +31,8 @@ def train(
     tokenizer: Annotated[str | None, typer.Option(help="Tokenizer folder, if not the model's")] = None,
     random_init: Annotated[bool, typer.Option(help="Start from random weights built from --model's config.json")]
     = False,
-    max_length: Annotated[int, typer.Option(help="Tokens per row")] = 512,
+    max_length: Annotated[int | None, typer.Option(help="Tokens per row (default: 512 for encoders, 1,024 for "
+                                                   "decoders, within the model's limit)")] = None,
     strategy: Annotated[str, typer.Option(help="segments (per-segment budget) or notebook (cut at the end)")] =
     "segments",
     shares: Annotated[str, typer.Option(help="Token shares of prompt,A,B")] = "0.2,0.4,0.4",
@@ -50,30 +56,74 @@ def train(
     swap_augment: Annotated[bool, typer.Option(help="Add A/B-swapped copies of the training rows (doubles the "
                                               "training rows; part of the default recipe)")] = True,
     head: Annotated[str, typer.Option(help="hybrid (pooled encoder output + hand-crafted features, started from "
-                                      "their logistic regression; the default recipe) or hf (the model's own "
-                                      "classification head)")] = "hybrid",
+                                      "their logistic regression; encoders only) or hf (the model's own "
+                                      "classification head; decoders: last-token pooling); auto: hybrid for "
+                                      "encoders, hf for decoders")] = "auto",
     head_lr: Annotated[float, typer.Option(help="Learning rate of the hybrid head's own layers")] = 2e-4,
     calibrate: Annotated[bool, typer.Option(help="Fit a temperature on out-of-fold logits")] = True,
     compile: Annotated[bool, typer.Option(help="torch.compile the model (GPU)")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --output")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete the earlier run in --output (finished or not) and train "
+                                            "from the start")] = False,
     keep_state: Annotated[bool, typer.Option(help="Keep the resumable state after success")] = False,
     max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps")] = None,
+    soft_labels: Annotated[str | None, typer.Option(
+        help="Teacher probabilities keyed by id (an oof.csv, or arena-infer --save-logits output) to train on")]
+    = None,
+    soft_weight: Annotated[float, typer.Option(help="Teacher share of a labelled row's target (0..1)")] = 1.0,
+    extra: Annotated[str | None, typer.Option(
+        help="Unlabelled pairs (test layout) trained on their --soft-labels; never in validation")] = None,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank; 0: full fine-tuning (default: 16 for decoders, "
+                                               "0 for encoders)")] = None,
+    lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha (update scale alpha/r); default 2 x r")] = None,
+    lora_dropout: Annotated[float, typer.Option(help="Dropout on the LoRA input")] = 0.05,
+    lora_targets: Annotated[str, typer.Option(help="all-linear or a comma list of module names (q_proj,v_proj)")]
+    = "all-linear",
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in backward (less memory)")]
+    = False,
+    load_in_4bit: Annotated[bool, typer.Option(help="Frozen base in 4-bit NF4 (QLoRA; bitsandbytes, GPU)")] = False,
+    load_in_8bit: Annotated[bool, typer.Option(help="Frozen base in 8-bit (bitsandbytes, GPU)")] = False,
+    merge: Annotated[bool, typer.Option(help="Merge the LoRA adapter into the base and save a plain checkpoint")]
+    = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Fine-tune a Hugging Face encoder (DeBERTa-v3 by default) to predict model_a / model_b / tie."""
+    """Fine-tune a Hugging Face encoder (DeBERTa-v3 by default) or decoder LLM (Gemma-2, Llama, Mistral, Qwen-2;
+    LoRA) to predict model_a / model_b / tie."""
     setup_logging(verbose)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 owns the output folder
+        check_train_request(data=data, model=model, output=output, tokenizer=tokenizer, random_init=random_init,
+                            max_length=max_length,
+                            numbers=dict(batch_size=batch_size, grad_accum=grad_accum, epochs=epochs, lr=lr,
+                                         weight_decay=weight_decay, warmup_ratio=warmup_ratio, head_lr=head_lr,
+                                         max_rows=max_rows, val_fraction=val_fraction, folds=folds, fold=fold,
+                                         eval_steps=eval_steps, save_steps=save_steps,
+                                         early_stopping=early_stopping, max_steps=max_steps),
+                            scheduler=scheduler, precision=precision, head=head, resume=resume, overwrite=overwrite)
     from arena.train.loop import TrainConfig, run_training
 
+    if max_length is None:
+        from arena.train.model_options import default_length
+
+        max_length = default_length(model, random_init)
+    encoder = encoder_config(max_length, strategy, shares, head_fraction)
     cfg = TrainConfig(
         data=data, model=model, output=output, tokenizer=tokenizer, random_init=random_init,
-        encoder=encoder_config(max_length, strategy, shares, head_fraction), batch_size=batch_size,
+        encoder=encoder, batch_size=batch_size,
         grad_accum=grad_accum, epochs=epochs, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
         scheduler=scheduler, precision=precision, seed=seed, max_rows=max_rows, val_fraction=val_fraction,
         folds=folds, fold=fold, eval_steps=eval_steps, save_steps=save_steps, early_stopping=early_stopping,
         swap_augment=swap_augment, head=head, head_lr=head_lr, calibrate=calibrate, compile=compile, resume=resume,
-        keep_state=keep_state, max_steps=max_steps,
+        overwrite=overwrite,
+        keep_state=keep_state, max_steps=max_steps, soft_labels=soft_labels, soft_weight=soft_weight, extra=extra,
+        lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        lora_targets=lora_targets, gradient_checkpointing=gradient_checkpointing, load_in_4bit=load_in_4bit,
+        load_in_8bit=load_in_8bit, merge=merge,
     )
-    summary = run_training(cfg)
+    report(run_training(cfg), output)
+
+
+def report(summary: dict[str, Any], output: str) -> None:
+    """The one-line summary and, last, one line of JSON (nothing for ``--max-steps 0``)."""
     if summary:
         typer.echo(
             f"done: {summary['validation_rows']} validation rows, log loss {summary['oof_log_loss']:.4f} "
@@ -84,8 +134,72 @@ def train(
         typer.echo(json.dumps({k: summary[k] for k in ("oof_log_loss", "oof_accuracy", "temperature")}))
 
 
+SCHEDULERS = ("linear", "cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def check_train_request(*, data: str | None, model: str, output: str, tokenizer: str | None, random_init: bool,
+                        max_length: int, numbers: dict[str, Any], scheduler: str, precision: str, head: str,
+                        resume: bool, overwrite: bool) -> None:
+    """Every option and path checked before any data is read, model loaded or file written."""
+    from arena.data import check_layout, resolve_csv
+    from arena.devices import torch_gpus
+    from arena.modeling import check_max_length, check_model_folder, is_local
+    from arena.options import at_least, existing_folder, one_of, positive, within
+    from arena.safety import check_train_output
+
+    n = numbers
+    for flag in ("batch_size", "grad_accum", "max_rows", "eval_steps", "save_steps", "early_stopping"):
+        at_least("--" + flag.replace("_", "-"), n[flag], 1)
+    for flag in ("epochs", "lr", "head_lr"):
+        positive("--" + flag.replace("_", "-"), n[flag])
+    at_least("--weight-decay", n["weight_decay"], 0)
+    at_least("--max-steps", n["max_steps"], 0)
+    within("--warmup-ratio", n["warmup_ratio"], 0, 1)
+    within("--val-fraction", n["val_fraction"], 0, 1, low_open=True, high_open=True)
+    at_least("--folds", n["folds"], 2)
+    if n["fold"] is not None and n["folds"] is None:
+        raise ConfigError("--fold needs --folds (the number of folds it is one of)")
+    if n["fold"] is not None and not 0 <= n["fold"] < n["folds"]:
+        raise ConfigError(f"--fold {n['fold']} is out of range for --folds {n['folds']} (0..{n['folds'] - 1})")
+    one_of("--scheduler", scheduler, SCHEDULERS)
+    one_of("--precision", precision, PRECISIONS)
+    if precision == "fp16" and not torch_gpus():
+        raise ConfigError("--precision fp16 needs a CUDA GPU and this machine has none; use fp32, bf16 or auto")
+    one_of("--head", head, HEADS)
+    if random_init:
+        if not tokenizer:
+            raise ConfigError("--random-init builds weights from a config.json and needs --tokenizer")
+        config = Path(model)
+        if not (config.is_file() or (config / "config.json").is_file()):
+            raise ConfigError(f"--model {model}: --random-init needs a config.json file (or a folder holding one)")
+    elif is_local(model):
+        check_model_folder(model)
+    if max_length is not None:  # else the model's own default (arena.train.model_options.default_length)
+        check_max_length(_model_config(model, random_init), max_length)
+    if tokenizer is not None and is_local(tokenizer):
+        existing_folder("--tokenizer", tokenizer, "the folder that holds the tokenizer files")
+    path = resolve_csv(data, "train.csv")
+    check_layout(path, labelled=True)
+    check_train_output(output, resume=resume, overwrite=overwrite,
+                       inputs={"training data": path, "model": model, "tokenizer": tokenizer})
+
+
+def _model_config(model: str, random_init: bool) -> Any:
+    from arena.modeling import load_model_config
+
+    if not random_init:
+        return load_model_config(model)
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--model {model} is not a config.json transformers can read: {exc}") from None
+
+
 def main() -> None:
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,109 @@
+"""``arena-bench``'s up-front checks: cells, folders, thresholds and output, before the first cell is measured
+(a mistake found after an hour of cells would throw that hour away)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from arena.errors import ConfigError
+
+BENCH_FILES = ("bench.md", "bench.json", "bench.html", "bench.png")
+BENCH_BACKENDS = ("torch", "torch.compile", "onnx", "tensorrt")
+DEFAULT_BASELINE = "torch:fp32/notebook"
+
+
+def parse_cells(cells: str | None, backends: str, policies: str) -> list[Any]:
+    """The cells to measure, each ``backend:precision/policy`` checked; the same cell twice is refused."""
+    from arena.batching import POLICIES
+    from arena.bench.runner import CellSpec
+    from arena.options import check_precision, one_of
+
+    if cells:
+        pairs = []
+        for text in cells.split(","):
+            backend, slash, policy = text.strip().rpartition("/")
+            if not slash or not backend or not policy:
+                raise ConfigError(f"--cells takes backend:precision/policy entries such as torch:fp32/sorted; "
+                                  f"got {text.strip()!r}")
+            pairs.append((backend, policy))
+    else:
+        pairs = [(b.strip(), p.strip()) for b in backends.split(",") for p in policies.split(",")]
+    specs = []
+    for backend, policy in pairs:
+        spec = CellSpec.parse(backend, policy)
+        one_of("backend in --cells/--backends", spec.backend, BENCH_BACKENDS)
+        check_precision("precision in --cells/--backends", spec.backend, spec.precision)
+        one_of("policy in --cells/--policies", spec.policy, POLICIES)
+        if spec in specs:
+            raise ConfigError(f"cell {spec.name} is listed twice; list each cell once")
+        specs.append(spec)
+    return specs
+
+
+def read_thresholds(check: Path, cell_names: list[str]) -> dict[str, Any]:
+    """``--check``: a JSON object whose ``ratios`` compare cells this run measures."""
+    from arena.options import existing_file
+
+    existing_file("--check", check, "a JSON file of ratio thresholds such as benchmarks/thresholds.json")
+    try:
+        thresholds = json.loads(check.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"--check {check} is not valid JSON: {exc}") from None
+    ratios = thresholds.get("ratios") if isinstance(thresholds, dict) else None
+    if not isinstance(ratios, list) or not all(isinstance(r, dict) for r in ratios):
+        raise ConfigError(f"--check {check} needs a 'ratios' list of {{name, numerator, denominator, min}} objects")
+    for rule in ratios:
+        missing = [k for k in ("name", "numerator", "denominator", "min") if k not in rule]
+        if missing or not isinstance(rule["min"], int | float):
+            raise ConfigError(f"--check {check}: ratio {rule.get('name', rule)!r} needs name, numerator, "
+                              "denominator and a numeric min")
+        for side in ("numerator", "denominator"):
+            if rule[side] not in cell_names:
+                raise ConfigError(f"--check {check}: ratio {rule['name']!r} compares cell {rule[side]}, which this "
+                                  f"run does not measure; add it to --cells (measured: {', '.join(cell_names)})")
+    return thresholds
+
+
+def check_bench_request(*, model: Path, export: Path | None, specs: list[Any], numbers: dict[str, int | None],
+                        baseline: str, data_path: Path, out: Path, check: Path | None) -> list[str]:
+    """Folders, numbers, baseline and output; returns the report files an earlier run left in ``out``."""
+    from arena.batching import round_up
+    from arena.data import check_layout
+    from arena.modeling import check_max_length, check_model_folder, load_model_config, read_meta
+    from arena.options import at_least, existing_folder
+    from arena.safety import check_report_out
+
+    for flag, minimum in (("rows", 1), ("batch_size", 1), ("max_tokens", 1), ("repeats", 1), ("warmup", 0),
+                          ("threads", 1), ("encode_workers", 0), ("max_length", 16)):
+        at_least("--" + flag.replace("_", "-"), numbers[flag], minimum)
+    existing_folder("--model", model, "the arena-train checkpoint folder (torch cells, encoder settings)")
+    check_model_folder(model)
+    length = numbers["max_length"] or read_meta(model).encoder.max_length
+    check_max_length(load_model_config(model), length)
+    if numbers["max_tokens"] is not None and numbers["max_tokens"] < round_up(length, 8):
+        raise ConfigError(f"--max-tokens {numbers['max_tokens']} is smaller than one padded row of max length "
+                          f"{length} ({round_up(length, 8)} tokens); raise it or leave it out")
+    needs_export = [s.name for s in specs if s.backend in ("onnx", "tensorrt")]
+    if needs_export and export is None:
+        raise ConfigError(f"cells {', '.join(needs_export)} need --export (the arena-export folder)")
+    if export is not None:
+        existing_folder("--export", export, "the arena-export folder")
+        try:
+            artifacts = json.loads((export / "manifest.json").read_text()).get("artifacts", {})
+        except (OSError, ValueError, AttributeError):
+            raise ConfigError(f"--export {export} has no readable manifest.json: pass the folder arena-export "
+                              "wrote") from None
+        for spec in specs:
+            if spec.backend == "onnx" and spec.precision != "auto" and spec.precision not in artifacts:
+                raise ConfigError(f"cell {spec.name}: --export {export} has no {spec.precision} model (it has "
+                                  f"{', '.join(artifacts) or 'none'}); export it with arena-export "
+                                  f"--{spec.precision.split('_')[0]}")
+    names = [s.name for s in specs]
+    if baseline not in names and baseline != DEFAULT_BASELINE:
+        raise ConfigError(f"--baseline {baseline} is not among the measured cells ({', '.join(names)})")
+    check_layout(data_path, labelled=False)
+    return check_report_out(out, names=BENCH_FILES, owner="bench.json", kind="arena-bench",
+                            inputs={"checkpoint": model, "export folder": export, "data file": data_path,
+                                    "threshold file": check})

@@ -1,0 +1,85 @@
+"""Device options (``--device``, ``--devices``): parsed and checked against the machine before any work.
+
+A device that was asked for and cannot be had is an error, never a silent fall-back: ``--device cuda`` on a
+machine without a CUDA GPU, ``--device cuda:3`` with two GPUs, ``--devices cuda:0,cuda:1`` on a CPU. ``auto`` is
+the only value that picks for the user.
+"""
+
+from __future__ import annotations
+
+import re
+
+from arena.errors import ConfigError
+
+DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+BACKEND_GPU_LIBS = {"torch": "PyTorch", "onnx": "ONNX Runtime", "tensorrt": "PyTorch"}
+
+
+def torch_gpus() -> int:
+    """CUDA devices PyTorch can use (0 without CUDA)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:  # pragma: no cover
+        return 0
+
+
+def ort_cuda() -> bool:
+    try:
+        import onnxruntime as ort
+
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def check_device(device: str, flag: str = "--device", backend: str = "auto") -> str:
+    """``device`` normalised (``auto``, ``cpu``, ``cuda``, ``cuda:N``); raise :class:`ConfigError` for a name
+    that is not a device or a GPU this machine (for ``backend``) does not have."""
+    name = device.strip().lower()
+    if name == "auto":
+        return name
+    if not DEVICE.match(name):
+        hint = " (GPUs are named cuda or cuda:N)" if name in ("gpu", "nvidia", "cuda0", "gpu:0", "gpu0") else ""
+        raise ConfigError(f"{flag} {device!r} is not a device{hint}; use auto, cpu, cuda or cuda:N")
+    if name == "cpu":
+        return name
+    gpus = torch_gpus()
+    if backend == "auto":
+        usable = gpus > 0 or ort_cuda()
+    else:
+        usable = ort_cuda() if backend == "onnx" else gpus > 0
+    if not usable:
+        lib = BACKEND_GPU_LIBS.get(backend, "PyTorch or ONNX Runtime")
+        raise ConfigError(f"{flag} {device}: no CUDA GPU is available to {lib} on this machine; "
+                          f"use {flag} cpu (or auto)")
+    index = int(name.partition(":")[2] or 0)
+    if gpus and index >= gpus:
+        raise ConfigError(f"{flag} {device}: this machine has {gpus} CUDA GPU(s), cuda:0 to cuda:{gpus - 1}")
+    return name
+
+
+def parse_devices(text: str | None, backend: str = "auto") -> list[str] | None:
+    """``--devices``: ``cuda:0,cuda:1`` / ``cpu,cpu`` / ``2`` (the first N GPUs) -> checked device names (one
+    name is a list of one: it is used, not ignored), or None when the option was not given."""
+    if text is None:
+        return None
+    text = text.strip()
+    if text.isdigit():
+        count = int(text)
+        if count < 1:
+            raise ConfigError(f"--devices {text}: give a number of GPUs >= 1 or a list such as cuda:0,cuda:1")
+        gpus = torch_gpus()
+        if count > gpus and not gpus:
+            raise ConfigError(f"--devices {text}: this machine has no CUDA GPU; list devices such as cpu,cpu instead")
+        if count > gpus:
+            raise ConfigError(f"--devices {text}: this machine has {gpus} CUDA GPU(s); ask for at most {gpus}, "
+                              "or list devices such as cpu,cpu")
+        return [f"cuda:{i}" for i in range(count)]
+    parts = [p.strip() for p in text.split(",")]
+    if not text or any(not p for p in parts):
+        raise ConfigError(f"--devices {text!r} has an empty entry; list devices such as cuda:0,cuda:1 or cpu,cpu")
+    if any(p.lower() == "auto" for p in parts):
+        raise ConfigError("--devices lists devices by name (cpu, cuda:N); auto is for --device")
+    return [check_device(p, "--devices", backend) for p in parts]

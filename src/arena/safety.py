@@ -1,0 +1,320 @@
+"""May this command write here? The rules that keep every CLI from destroying a user's files.
+
+* An output is never one of the command's inputs: an output file is not the CSV it reads, an output folder neither
+  is nor holds the checkpoint, tokenizer or CSV the command reads, and nothing is written inside an input folder.
+* A command replaces only what it wrote itself: ``arena-export --overwrite`` only an earlier export (its manifest
+  lists every file in the folder) or an empty folder; ``arena-infer`` only an earlier submission;
+  ``arena-report`` / ``arena-bench`` only their own earlier report files; ``arena-train --overwrite`` /
+  ``--resume`` only an earlier ``arena-train`` output (every file in it is one arena-train writes).
+* A training run marks its output folder with :data:`RUNNING` from its start until it finishes, so a checkpoint
+  left by an interrupted run is known as such and loading it warns (:func:`warn_if_unfinished`).
+
+Every refusal is a :class:`~arena.errors.ConfigError` whose message names the option to change; the checks read
+the file system only, so a refused command has touched nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fnmatch
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from arena.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+RUNNING = "train_running.json"
+DONE = "train_done.json"  # arena.train.loop.DONE_FILE
+MANIFEST = "manifest.json"  # arena.artifacts.MANIFEST
+SUBMISSION_HEADER = "id,winner_model_a,winner_model_b,winner_tie"
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zip", ".zst", ".tgz", ".parquet")
+
+# What arena-train writes into --output (Hugging Face weights and tokenizer files, arena's own files, resumable
+# state, k-fold subfolders, temporary files of atomic writes). A folder holding anything else is not its output.
+TRAIN_NAMES = (
+    "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+    "model-*-of-*.safetensors", "hybrid_head.safetensors", "arena.json", "train_config.json", DONE, RUNNING,
+    "metrics.json", "oof.csv", "val_logits.npy", "state", "fold_*", ".*.tmp", ".*.partial", ".*.old",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "spm.model",
+    "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
+    "chat_template.jinja", "chat_template.json", "adapter_config.json", "adapter_model.safetensors",
+)
+ADAPTER_CARD = "README.md"
+"""The model card peft writes beside a LoRA adapter: arena-train's only where its adapter is."""
+
+
+def _real(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _listing(names: Iterable[str], limit: int = 4) -> str:
+    names = sorted(names)
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_not_input(out: str | Path, flag: str, inputs: Mapping[str, str | Path | None], *,
+                    folder: bool) -> None:
+    """Refuse an output that is an input, lies inside an input folder, or (a folder output) holds an input."""
+    target = _real(out)
+    for what, given in inputs.items():
+        if given is None or not Path(given).exists():
+            continue  # a hub name, or a path whose absence the command reports itself
+        source = _real(given)
+        if target == source:
+            raise ConfigError(f"{flag} {out} is the {what} this command reads; choose another {flag}")
+        if source.is_dir() and _within(target, source):
+            raise ConfigError(f"{flag} {out} is inside the {what} {given}; write outside it (choose another {flag})")
+        if folder and _within(source, target):
+            raise ConfigError(f"{flag} {out} holds the {what} {given}, which this command reads; "
+                              f"choose a folder that does not contain it")
+
+
+def check_writable(path: str | Path, flag: str, *, in_parent: bool) -> None:
+    """Refuse an output that cannot be created. ``in_parent``: the command creates files beside ``path`` (atomic
+    renames), so ``path``'s parent must be writable; else ``path`` itself when it is an existing folder."""
+    probe = _real(path)
+    if in_parent or not probe.is_dir():
+        probe = probe.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{flag} {path}: {probe} is a file, so nothing can be created under it; "
+                          f"choose another {flag}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: no permission to write in {probe}; choose a folder you can write to")
+
+
+def _entries(folder: Path) -> list[Path]:
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+# --------------------------------------------------------------------------------------------------- export
+
+
+def export_foreign_files(folder: str | Path) -> list[str]:
+    """Files in ``folder`` that no earlier ``arena-export`` wrote: those its manifest does not list (every file
+    when there is no readable manifest)."""
+    folder = Path(folder)
+    present = {str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir()}
+    manifest = _read_json(folder / MANIFEST)
+    files = manifest.get("files") if manifest is not None and "artifacts" in manifest else None
+    if not isinstance(files, dict):
+        return sorted(present)
+    return sorted(present - set(files) - {MANIFEST})
+
+
+def is_arena_export(folder: str | Path) -> bool:
+    """Whether ``folder`` is an earlier ``arena-export`` output: a manifest listing every file in the folder."""
+    return (Path(folder) / MANIFEST).is_file() and not export_foreign_files(folder)
+
+
+def check_export_out(out: str | Path, *, checkpoint: str | Path, data: str | Path | None, overwrite: bool) -> None:
+    """``arena-export --out``: a new or empty folder, or with ``--overwrite`` an earlier export; never the
+    checkpoint, a folder holding it, or a folder holding files arena-export did not write."""
+    out = Path(out)
+    check_not_input(out, "--out", {"checkpoint": checkpoint, "parity data file": data}, folder=True)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; --out takes the folder to write the export into")
+    if out.is_dir() and _entries(out):
+        if not overwrite:
+            raise ConfigError(f"--out {out} already exists and is not empty; choose a new folder, or pass --overwrite "
+                              "to replace an earlier arena-export folder")
+        foreign = export_foreign_files(out)
+        if foreign:
+            raise ConfigError(f"--out {out} holds files arena-export did not write ({_listing(foreign)}); "
+                              "--overwrite replaces only an earlier export: choose a new folder")
+    check_writable(out, "--out", in_parent=True)
+
+
+# --------------------------------------------------------------------------------------------------- files
+
+
+def check_submission_out(out: str | Path, *, test_csv: str | Path, model: str | Path) -> None:
+    """``arena-infer --out``: a new file or an earlier submission; never the input CSV nor inside the model."""
+    out = Path(out)
+    if out.name.lower().endswith(COMPRESSED_SUFFIXES):
+        raise ConfigError(f"--out {out}: arena-infer writes a plain CSV; name it .csv (e.g. submission.csv)")
+    check_not_input(out, "--out", {"input CSV": test_csv, "model folder": model}, folder=False)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; --out takes the submission file, e.g. {out / 'submission.csv'}")
+    if out.exists() and out.stat().st_size > 0 and not _is_submission(out):
+        raise ConfigError(f"--out {out} exists and is not a submission arena-infer wrote (its first line is not "
+                          f"{SUBMISSION_HEADER}); choose another --out or remove the file yourself")
+    check_writable(out, "--out", in_parent=True)
+
+
+def _is_submission(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.readline().strip() == SUBMISSION_HEADER
+    except OSError:
+        return False
+
+
+def check_report_out(out: str | Path, *, names: Iterable[str], owner: str, kind: str,
+                     inputs: Mapping[str, str | Path | None]) -> list[str]:
+    """``arena-report`` / ``arena-bench --out``: a folder where each of ``names`` (the files the command writes) is
+    new or was written by an earlier run of the same command (``owner``, a JSON file whose ``kind`` is ``kind``).
+    Returns the names an earlier run left, so that what this run does not write again can be removed."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; --out takes the folder to write the report files into")
+    names = list(names)
+    for name in names:
+        check_not_input(out / name, "--out", inputs, folder=False)
+    check_not_input(out, "--out", inputs, folder=False)
+    existing = [n for n in names if (out / n).exists()]
+    if existing and not _owned(out / owner, kind):
+        raise ConfigError(f"--out {out} already holds {_listing(existing)}, not written by {kind}; "
+                          "choose a new or empty folder")
+    if any((out / n).is_dir() for n in existing):
+        raise ConfigError(f"--out {out}: {_listing(n for n in existing if (out / n).is_dir())} is a folder; "
+                          "choose a new or empty folder")
+    check_writable(out, "--out", in_parent=False)
+    return existing
+
+
+def _owned(owner: Path, kind: str) -> bool:
+    try:
+        data = json.loads(owner.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    legacy = {"arena-report": ("rows", "class_counts"), "arena-bench": ("cells", "machine")}.get(kind, ())
+    return data.get("kind") == kind or bool(legacy) and all(k in data for k in legacy)
+
+
+def remove_stale(out: str | Path, earlier: Iterable[str], written: Iterable[str]) -> list[str]:
+    """Delete the files an earlier run of the command left in ``out`` that this run did not write again."""
+    stale = sorted(set(earlier) - set(written))
+    for name in stale:
+        (Path(out) / name).unlink(missing_ok=True)
+    return stale
+
+
+# --------------------------------------------------------------------------------------------------- training
+
+
+def train_foreign_files(folder: Path) -> list[str]:
+    """Entries of ``folder`` (and of its ``fold_*`` subfolders) that arena-train does not write."""
+    foreign = []
+    names = (*TRAIN_NAMES, ADAPTER_CARD) if (folder / "adapter_config.json").is_file() else TRAIN_NAMES
+    for entry in _entries(folder):
+        if not any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in names):
+            foreign.append(entry.name)
+        elif entry.name.startswith("fold_") and not entry.is_dir():
+            foreign.append(entry.name)
+        elif entry.name.startswith("fold_"):
+            foreign += [f"{entry.name}/{name}" for name in train_foreign_files(entry)]
+    return foreign
+
+
+def check_train_output(output: str | Path, *, resume: bool, overwrite: bool,
+                       inputs: Mapping[str, str | Path | None]) -> None:
+    """``arena-train --output``: new or empty; an earlier run only with ``--resume`` (unfinished) or
+    ``--overwrite`` (start again); never a folder holding files arena-train did not write."""
+    out = Path(output)
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in --output and --overwrite starts it again; pass one of them")
+    check_not_input(out, "--output", inputs, folder=True)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file; --output takes the checkpoint folder to write")
+    check_writable(out, "--output", in_parent=False)
+    if not _entries(out):
+        return
+    foreign = train_foreign_files(out)
+    if foreign:
+        raise ConfigError(f"--output {out} holds files arena-train did not write ({_listing(foreign)}); "
+                          "choose a new or empty folder")
+    running = (out / RUNNING).is_file()
+    untrained = (_read_json(out / "arena.json") or {}).get("trained") is False  # a --max-steps 0 checkpoint
+    finished = not running and ((out / DONE).is_file() or (out / "metrics.json").is_file() or untrained)
+    if resume and finished:
+        raise ConfigError(f"--output {out} holds a finished run: nothing to resume. Pass --overwrite to train it "
+                          "again from the start, or choose a new --output")
+    if not resume and not overwrite:
+        state = ("an unfinished run (interrupted or still running)" if running else
+                 "a finished run" if finished else "an earlier run")
+        raise ConfigError(f"--output {out} already holds {state}; pass --resume to continue an unfinished run or "
+                          "--overwrite to delete it and train from the start, or choose a new --output")
+
+
+def _main_rank() -> bool:
+    """Under torchrun only rank 0 checks and prepares the output folder (the other ranks would see its marker)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_train_config_output(config: Any, data: str | Path) -> None:
+    """:func:`check_train_output` for a :class:`~arena.train.loop.TrainConfig` reading ``data`` (rank 0 only)."""
+    if _main_rank():
+        check_train_output(config.output, resume=config.resume, overwrite=config.overwrite,
+                           inputs={"training data": data, "model": config.model, "tokenizer": config.tokenizer})
+
+
+def start_train_output(output: str | Path, *, overwrite: bool) -> None:
+    """Call after :func:`check_train_output`: with ``overwrite`` delete the earlier run (every entry is one
+    arena-train wrote), then mark the folder as holding an unfinished run until :func:`finish_train_output`.
+    Rank 0 only under torchrun."""
+    if not _main_rank():
+        return
+    out = Path(output)
+    if overwrite:
+        for entry in _entries(out):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    marker = {"started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "pid": os.getpid(),
+              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    from arena.io import atomic_write_text
+
+    atomic_write_text(out / RUNNING, json.dumps(marker, indent=2))
+
+
+def finish_train_output(output: str | Path) -> None:
+    if _main_rank():
+        (Path(output) / RUNNING).unlink(missing_ok=True)
+
+
+def unfinished_reason(folder: str | Path) -> str | None:
+    """Why the model in ``folder`` may be half-trained, or None when nothing says so."""
+    folder = Path(folder)
+    for where in (folder, folder.parent):  # a fold's checkpoint sits in fold_k/ below the run's folder
+        if (where / RUNNING).is_file():
+            return f"{where / RUNNING} says the training run that wrote it did not finish (interrupted or running)"
+    manifest = _read_json(folder / MANIFEST)
+    if manifest is not None:
+        if manifest.get("source_training") == "unfinished":
+            return "it was exported from a checkpoint whose training run had not finished"
+        return None
+    meta = _read_json(folder / "arena.json") or {}
+    if "train_config" in meta and meta.get("trained") is not False and not (folder / DONE).is_file():
+        return f"it has no {DONE}, so its training run may not have finished"
+    return None
+
+
+def warn_if_unfinished(folder: str | Path) -> bool:
+    """Log a warning (stderr) when the checkpoint or export in ``folder`` comes from an unfinished training run."""
+    reason = unfinished_reason(folder)
+    if reason is not None:
+        log.warning("%s may hold a half-trained model: %s. Resume it with arena-train --resume, or train again.",
+                    folder, reason)
+    return reason is not None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
