@@ -33,15 +33,16 @@ ALL = ("torch:fp32", "torch:bf16", "onnx:fp32", "onnx:int8", "onnx:int8_static",
 
 def encoded_batches(folder: Path, csv: Path, rows: int, skip: int = 0):
     """Real rows ``skip .. skip+rows`` of ``csv`` as inference batches (feed dicts) with the export's encoder."""
-    from arena.batching import default_max_tokens
     from arena.data import has_labels, read_records
+    from arena.executor import BatchExecutor
     from arena.export.quantize import calibration_batches
     from arena.loading import open_model
 
     loaded = open_model(folder, backend="onnx", precision="fp32")
     records = read_records(csv, labelled=has_labels(csv))[skip:skip + rows]
-    budget = default_max_tokens("cpu", loaded.encoder.config.max_length, loaded.model_type)
-    return calibration_batches(records, loaded.encoder, max_tokens=budget), loaded.encoder
+    executor = BatchExecutor(loaded.runner, pad_id=loaded.encoder.pad_id, max_length=loaded.encoder.config.max_length,
+                             model_type=loaded.model_type)  # the CPU token budget inference packs
+    return calibration_batches(records, loaded.encoder, executor), loaded.encoder
 
 
 def ort_static_int8(export: Path, calibration: list[dict]) -> Path:

@@ -71,19 +71,5 @@ ls -l runs/cpu/rows*.csv | tee -a $RAW/memory.txt
 # 5. the CI benchmark with its ratio checks
 make bench-ci | tail -12 | tee $RAW/bench_ci.txt
 
-# 6. the fastest CPU path (issue 15): every CPU backend and precision, model only, repeats interleaved; then the
-#    whole process (start to submission written) of arena-infer against the notebook loop on the same rows
-$B/arena-export runs/cpu/xsmall --out runs/cpu/xsmall-default --overwrite 2> $RAW/export_xsmall_default.log
-$B/arena-export runs/cpu/xsmall --out runs/cpu/xsmall-export --int8 --int8-static --parity-shapes 1x17,4x133,4x512 \
-  --overwrite 2> $RAW/export_xsmall_int8_static.log
-$B/python benchmarks/cpu_backends.py --model runs/cpu/xsmall --export runs/cpu/xsmall-export --rows 120 --repeats 5 \
-  --profile openvino:fp32,openvino:bf16,openvino:int8 --out $RAW/cpu_backends_xsmall.json | tee $RAW/cpu_backends_xsmall.txt
-HF_HUB_OFFLINE=1 $B/arena-train --data $DATA --model $MINILM --max-length 256 --epochs 1 --max-steps 60 --batch-size 16 \
-  --lr 5e-5 --output runs/cpu/minilm
-$B/arena-export runs/cpu/minilm --out runs/cpu/minilm-export --int8 --int8-static --parity-shapes 1x17,7x133,16x256 \
-  --overwrite 2> $RAW/export_minilm_int8_static.log
-$B/python benchmarks/cpu_backends.py --model runs/cpu/minilm --export runs/cpu/minilm-export --rows 240 --repeats 5 \
-  --out $RAW/cpu_backends_minilm.json | tee $RAW/cpu_backends_minilm.txt
-$B/python benchmarks/whole_process.py --model runs/cpu/xsmall --export runs/cpu/xsmall-default --rows 300 --repeats 3 \
-  --extra "static INT8 export=runs/cpu/xsmall-export" --out $RAW/whole_process_xsmall.json \
-  | tee $RAW/whole_process_xsmall.txt
+# 6. the fastest CPU path (issue 15)
+bash benchmarks/cpu_fastest.sh

@@ -86,7 +86,7 @@ def main() -> None:
     write_test_csv(args.data, args.rows, csv)
     configs = configurations(args.model, args.export, args.extra, work)
     names = list(configs)
-    small = work / "warmup.csv"
+    small = work / "warmup-rows.csv"
     write_test_csv(args.data, 4, small)
     run_once(configs[names[1]][0], configs[names[1]][1], small, work, "warmup")  # fills the warm cache, untimed
     times: dict[str, list[float]] = {n: [] for n in names}
