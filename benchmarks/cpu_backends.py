@@ -119,7 +119,8 @@ def profile_openvino(path: Path, precision: str, batches, top: int = 8) -> list[
     request = compiled.create_infer_request()
     totals: dict[str, float] = {}
     for feeds in batches:
-        request.infer({k: v for k, v in feeds.items() if k in [i.get_any_name() for i in compiled.inputs]})
+        names = set().union(*(i.get_names() for i in compiled.inputs))
+        request.infer({k: v for k, v in feeds.items() if k in names})
         for info in request.profiling_info:
             key = f"{info.node_type} ({info.exec_type})"
             totals[key] = totals.get(key, 0.0) + info.real_time.total_seconds()

@@ -124,8 +124,14 @@ class OpenVinoBackend:
         ran = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # what runs: "bf16" or "f32"
         self.inference_precision = {"f32": "fp32"}.get(ran, ran)
         self.request = self.compiled.create_infer_request()
-        self.input_names = [i.get_any_name() for i in self.compiled.inputs]
+        # every name of every input: OpenVINO may report a tensor's other name first (a hybrid graph's features
+        # input comes back as its Cast's output), and a feed under a name not matched would be silently empty
+        self.input_names = set().union(*(i.get_names() for i in self.compiled.inputs))
         self.needs_features = FEATURES in self.input_names
+        unfed = [sorted(i.get_names()) for i in self.compiled.inputs
+                 if not i.get_names() & {INPUT_IDS, ATTENTION_MASK, FEATURES}]
+        if unfed:
+            raise ModelError(f"{self.path} has inputs arena does not feed: {unfed}; export it with arena-export")
         log.info("OpenVINO %s: compiled %s in %.2f s (%s)", precision, self.path.name, self.compile_s,
                  "from the cache" if self.cache_hit else f"cache {self.cache}" if self.cache else "no cache")
 

@@ -31,10 +31,13 @@ class TorchBackend:
                  device: str = "auto", precision: str = "auto", compile: bool = False,
                  threads: int | None = None) -> None:
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        if threads or self.device == "cpu":
+        if threads or (self.device == "cpu" and model is None):
+            # serving a folder: all the cores this process may use, no more. A model handed in (training's
+            # evaluation, the export's reference) leaves the process's setting alone: changing it mid-run would
+            # change the numerics of the training steps after it (resume must be bit-identical).
             from arena.cpu import allowed_cores
 
-            torch.set_num_threads(threads or allowed_cores())  # all the cores this process may use, no more
+            torch.set_num_threads(threads or allowed_cores())
         self.threads = torch.get_num_threads()
         if precision == "auto":
             precision = "fp16" if self.device.startswith("cuda") else "fp32"

@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from arena.errors import ConfigError
+from arena.errors import ConfigError, ModelError
 from arena.export.parity import ParityGate, Tolerance
 
 log = logging.getLogger("arena.export")
@@ -57,8 +57,14 @@ def check_onnx(onnx_path: Path, gate: ParityGate, *, fp32_tol: float) -> dict[st
         if precision == "bf16" and not native_bf16:
             entry["status"] = "not checked: the export machine's CPU has no native bf16"
         else:
-            entry["parity"] = gate.record(f"openvino_{precision}", _backend(onnx_path, precision),
-                                          tolerances[precision])
+            try:
+                backend = _backend(onnx_path, precision)
+            except ModelError as exc:  # recorded, never used; model.onnx itself passed ONNX Runtime's check
+                log.warning("OpenVINO %s: %s; it will not be used", precision, exc)
+                entry["status"] = f"not usable: {exc}"
+                section["precisions"][precision] = entry
+                continue
+            entry["parity"] = gate.record(f"openvino_{precision}", backend, tolerances[precision])
             if not entry["parity"]["passed"]:
                 log.warning("OpenVINO %s failed its parity check; it will not be used: %s", precision,
                             "; ".join(entry["parity"]["failures"]))
