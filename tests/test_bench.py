@@ -102,3 +102,46 @@ def test_data_report_numbers_match_the_data(tmp_path, train_records, tokenizer):
     assert "a 534 (35.6%)" in text and "| 512 |" in text
     assert (out / "data.png").stat().st_size > 10_000
     assert json.loads((out / "data.json").read_text())["class_counts"]["tie"] == 461
+
+
+def test_default_matrix_with_only_a_checkpoint_measures_torch_and_says_what_it_skipped(tmp_path, tiny_checkpoint):
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(app, [
+        "--model", str(tiny_checkpoint), "--data", str(TRAIN_CSV), "--rows", "16", "--repeats", "1",
+        "--warmup", "0", "--max-length", "128", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    final = json.loads(result.output.strip().splitlines()[-1])
+    assert set(final["cells"]) == {"torch:fp32/notebook", "torch:fp32/sorted"}
+    skipped = json.loads((out / "bench.json").read_text())["skipped"]
+    assert {line.split(":")[0] + ":" + line.split(":")[1] for line in skipped} == {
+        f"{b}/{p}" for b in ("onnx:fp32", "onnx:int8", "openvino:bf16", "openvino:int8")
+        for p in ("notebook", "sorted")}
+    assert all("needs --export" in line for line in skipped)
+    assert "not measured" in (out / "bench.md").read_text()
+
+
+def test_listed_cells_must_all_run_and_the_skip_reason_names_the_export_flag(tmp_path, tiny_checkpoint,
+                                                                              tiny_export):
+    from arena.bench.precheck import parse_cells, runnable_cells
+    from arena.errors import ConfigError
+
+    specs = parse_cells(None, "torch:fp32,onnx:fp16,openvino:int8", "sorted")
+    keep, skipped = runnable_cells(specs, tiny_export, explicit=False)
+    assert [s.name for s in keep] == ["torch:fp32/sorted"]
+    assert "arena-export --fp16" in skipped[0] and "--int8-static" in skipped[1]
+    with pytest.raises(ConfigError, match="onnx:fp16/sorted"):
+        runnable_cells(specs, tiny_export, explicit=True)
+    with pytest.raises(ConfigError, match="openvino:int8/sorted"):  # the baseline is never skipped quietly
+        runnable_cells(specs[2:], tiny_export, explicit=False, baseline="openvino:int8/sorted")
+
+
+def test_an_openvino_cell_is_measured_beside_onnx(tmp_path, tiny_checkpoint, tiny_export_int8_static):
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(app, [
+        "--model", str(tiny_checkpoint), "--export", str(tiny_export_int8_static), "--data", str(TRAIN_CSV),
+        "--rows", "16", "--cells", "onnx:fp32/sorted,openvino:fp32/sorted,openvino:int8/sorted", "--repeats", "1",
+        "--warmup", "0", "--max-length", "128", "--baseline", "onnx:fp32/sorted", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    cells = {c["name"]: c for c in json.loads((out / "bench.json").read_text())["cells"]}
+    assert cells["openvino:int8/sorted"]["description"].startswith("openvino (model.int8.xml")
+    assert "threads" in cells["openvino:fp32/sorted"]["description"]

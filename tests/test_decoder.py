@@ -279,14 +279,14 @@ def test_export_parity_for_a_merged_decoder(merged_lora, tmp_path):
 
     out = tmp_path / "export"
     summary = run_export(merged_lora, out, data=str(TRAIN_CSV), parity_shapes="1x17,4x64,6x128")
-    assert summary["parity"] == {"fp32": True}
+    assert summary["parity"]["fp32"] is True  # OpenVINO's checks are recorded beside it (a failure is never used)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["model_type"] == "mistral"
     shapes = {(s["batch"], s["sequence"]) for s in manifest["artifacts"]["fp32"]["parity"]["shapes"]}
     assert {(1, 17), (4, 64), (6, 128)} <= shapes
     from arena.infer.cli import run_infer
 
-    run_infer(TEST_CSV, out, tmp_path / "onnx.csv")  # the export folder serves on its own (ONNX Runtime)
+    run_infer(TEST_CSV, out, tmp_path / "onnx.csv", backend="onnx")  # the export folder serves on its own
     run_infer(TEST_CSV, merged_lora, tmp_path / "torch.csv", backend="torch")
     a, b = (pd.read_csv(tmp_path / f)[COLUMNS].to_numpy() for f in ("onnx.csv", "torch.csv"))
     assert np.abs(a - b).max() < 1e-5
@@ -305,7 +305,7 @@ def test_submission_and_swap_tta_from_an_adapter_checkpoint(lora_run, tmp_path):
     sample = pd.read_csv(TEST_CSV.parent / "sample_submission.csv", dtype={"id": str})
     sub = pd.read_csv(tmp_path / "submission.csv", dtype={"id": str})
     assert sub["id"].tolist() == sample["id"].tolist() and np.allclose(sub[COLUMNS].sum(axis=1), 1.0)
-    assert summary["backend"].startswith("torch (fp32, cpu, sdpa attention")
+    assert summary["backend"].startswith("torch (fp32, cpu, ") and "sdpa attention" in summary["backend"]
 
     frame = pd.read_csv(TRAIN_CSV).iloc[:24][["id", "prompt", "response_a", "response_b"]]
     frame.to_csv(tmp_path / "t.csv", index=False)

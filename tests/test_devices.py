@@ -41,7 +41,7 @@ def test_auto_falls_back_to_cpu_with_a_warning_and_an_honest_label(tiny_export, 
 
     monkeypatch.setattr(onnx_backend, "gpu_present", lambda: True)
     backend = onnx_backend.OnnxBackend(tiny_export / "model.onnx", device="auto")
-    assert backend.device == "cpu" and backend.description.endswith(", cpu)")
+    assert backend.device == "cpu" and ", cpu, " in backend.description and "cuda" not in backend.description
     assert "ONNX Runtime CUDA is not usable" in caplog.text
     ids = np.full((2, 9), 7)
     assert backend(ids, np.ones_like(ids)).shape == (2, 3)

@@ -38,7 +38,7 @@ def test_fold_export_round_trip_scores_like_the_checkpoints(tmp_path, cv):
     export = tmp_path / "cv-export"
     summary = run_export(cv, export, int8=True, data=str(TRAIN_CSV), parity_shapes="1x17,4x64")
     assert set(summary["members"]) == {"fold_0", "fold_1", "fold_2"}
-    assert all(p == {"fp32": True, "int8": True} for p in summary["parity"].values())
+    assert all(p["fp32"] and p["int8"] for p in summary["parity"].values())  # (OpenVINO's checks beside them)
     manifest = json.loads((export / "manifest.json").read_text())
     assert manifest["kind"] == "ensemble" and [m["folder"] for m in manifest["members"]] == ["fold_0", "fold_1",
                                                                                            "fold_2"]

@@ -161,3 +161,26 @@ def test_parse_shapes_adds_the_longest_length():
     assert parse_shapes("1x17", 64)[-1] == (2, 64)
     with pytest.raises(ConfigError):
         parse_shapes("bad", 64)
+
+
+def test_argmax_agreement_counts_only_decided_rows():
+    """A near-uniform model: flips on rows whose reference top-2 margin is within the tolerance are allowed, a
+    flip on a decided row is not, and the log-loss limit still covers every row."""
+    ids = np.ones((4, 8), dtype=np.int64)
+    tied = np.array([[0.02, 0.0, -1.0], [0.0, 0.01, -1.0], [0.01, 0.0, -1.0], [3.0, 0.0, 0.0]])
+    nudged = tied[:, [1, 0, 2]].copy()
+    nudged[3] = tied[3]  # the decided row keeps its argmax; the three tied rows flip by a tiny change
+    labels = np.array([0, 1, 2, 0])
+    batch = ParityBatch(ids, ids, labels)
+    report = compare("int8", lambda i, m, f: tied, lambda i, m, f: nudged, [batch], Tolerance.int8())
+    shape = report.shapes[0]
+    assert shape.argmax_agreement == 0.25 and shape.decided_rows == 1 and shape.decided_agreement == 1.0
+    assert report.passed, report.failures
+    assert "(1.000 on 1 decided rows)" in report.lines()[0]
+    flipped = nudged.copy()
+    flipped[3] = [0.0, 3.0, 0.0]  # a confident row changes its answer
+    report = compare("int8", lambda i, m, f: tied, lambda i, m, f: flipped, [batch], Tolerance.int8())
+    assert not report.passed
+    assert any("argmax agreement 0.000 over the 1 rows whose reference top-2 margin exceeds 0.1" in f
+               for f in report.failures)
+    assert any("log loss change" in f for f in report.failures)  # and the limit on every row still applies

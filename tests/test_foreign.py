@@ -140,9 +140,9 @@ def test_arena_export_from_a_foreign_export_is_checked_against_it(tmp_path, fore
     assert all(sha256_file(out / n) == h for n, h in manifest["files"].items())
     # the new folder is an ordinary arena export: verified, int8 available, fp32 scores as the foreign folder does
     rows = real_rows(tmp_path, 12)
-    ours = run_infer(rows, out, tmp_path / "a.csv")
+    ours = run_infer(rows, out, tmp_path / "a.csv", precision="fp32")  # auto would pick the faster int8
     run_infer(rows, foreign_export, tmp_path / "f.csv")
-    assert "foreign" not in ours["backend"]
+    assert "foreign" not in ours["backend"] and "fp32" in ours["backend"]
     assert np.abs(probs(tmp_path / "a.csv") - probs(tmp_path / "f.csv")).max() < 1e-6
     assert run_infer(rows, out, tmp_path / "i.csv", precision="int8")["rows"] == 12
 

@@ -113,6 +113,14 @@ def copy_model_files(src: Path, dst: Path) -> list[str]:
     return copied
 
 
+def openvino_passed(manifest: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The OpenVINO precisions whose parity check passed at export (the manifest's ``openvino`` section):
+    precision -> entry (``file``, ``parity``, ...). Nothing else may be run or chosen."""
+    section = (manifest or {}).get("openvino") or {}
+    return {name: entry for name, entry in (section.get("precisions") or {}).items()
+            if (entry.get("parity") or {}).get("passed")}
+
+
 # ------------------------------------------------------------------------------------------------------ ONNX files
 
 

@@ -74,7 +74,9 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
         meta = read_meta(folder)
         encoder_cfg, temperature = meta.encoder, meta.temperature
     model_type = (manifest or {}).get("model", {}).get("model_type") or _config_model_type(folder)
-    choice = choose_backend(backend, folder)
+    choice = choose_backend(backend, folder, precision=precision)
+    if precision == "auto":
+        precision = choice.options.get("precision", "auto")
     tokenizer = load_tokenizer(folder)
     encoder = ArenaEncoder(tokenizer, encoder_cfg)
     loaded = LoadedModel(folder, None, encoder, temperature, choice, choice.backend, model_type)
@@ -91,6 +93,8 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
         max_length = foreign.max_positions if foreign is not None else _onnx_max_length(manifest)
         runner = OnnxBackend(path, device=device, threads=threads, precision=prec,
                              limits=Limits(max_length=max_length))
+    elif choice.backend == "openvino":
+        runner = _openvino_backend(folder, manifest, precision, threads)
     elif choice.backend == "torch":
         from arena.backends.torch import TorchBackend
 
@@ -130,6 +134,33 @@ def _foreign_artifact(foreign: ForeignExport, precision: str) -> tuple[Path, str
                                  f"derive a {precision} model with `arena-export {foreign.folder} --out DIR "
                                  f"--{flag}` and score DIR")
     return foreign.onnx, "as exported"
+
+
+def _openvino_backend(folder: Path, manifest: dict[str, Any] | None, precision: str, threads: int | None):
+    """The export's OpenVINO model at ``precision`` (auto: the fastest that passed), only if its parity check
+    passed at export; the files are checked against the manifest's sha256 first, and that hash keys the
+    compiled-model cache."""
+    from arena.artifacts import openvino_passed, verify_files
+    from arena.backends.openvino import PRECISIONS, OpenVinoBackend, cache_key
+
+    passed = openvino_passed(manifest)
+    if precision == "auto":
+        precision = next((p for p in ("int8", "bf16", "fp32") if p in passed), "fp32")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision for OpenVINO must be one of auto, {', '.join(PRECISIONS)}")
+    if precision not in passed:
+        entry = (((manifest or {}).get("openvino") or {}).get("precisions") or {}).get(precision)
+        why = ("; ".join(entry["parity"]["failures"]) if entry and entry.get("parity") else
+               entry.get("status", "not checked") if entry else "no parity record for it")
+        raise BackendUnavailable(f"{folder}: OpenVINO {precision} did not pass its parity check at export ({why}); "
+                                 "re-export with arena-export (with OpenVINO installed"
+                                 + (", --int8-static)" if precision == "int8" else ")"))
+    files = [passed[precision]["file"]] + ([passed[precision]["weights"]] if "weights" in passed[precision] else [])
+    verify_files(folder, manifest or {}, files)
+    hashes = [(manifest or {}).get("files", {}).get(f) for f in files]
+    return OpenVinoBackend(folder / files[0], precision=precision, threads=threads,
+                           limits=Limits(max_length=_onnx_max_length(manifest)),
+                           cache_key=cache_key(hashes) if all(hashes) else None)
 
 
 def _config_model_type(folder: Path) -> str | None:

@@ -61,10 +61,12 @@ def existing_file(flag: str, path: str | Path, what: str) -> Path:
 BACKEND_PRECISIONS = {
     "torch": ("auto", "fp32", "fp16", "bf16"),  # arena.backends.torch.DTYPES
     "onnx": ("auto", "fp32", "fp32_fused", "fp16", "int8"),  # arena.loading.ONNX_PRECISIONS
+    "openvino": ("auto", "fp32", "bf16", "int8"),  # arena.backends.openvino.PRECISIONS
     "tensorrt": ("auto", "fp16"),
 }
 BACKEND_PRECISIONS["torch.compile"] = BACKEND_PRECISIONS["torch"]
 BACKEND_PRECISIONS["auto"] = tuple(dict.fromkeys(BACKEND_PRECISIONS["torch"] + BACKEND_PRECISIONS["onnx"]))
+# (auto + bf16 on the CPU: the fastest bf16 option that passed parity, openvino or torch)
 
 
 def check_precision(flag: str, backend: str, precision: str) -> None:

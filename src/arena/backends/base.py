@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from arena.artifacts import read_manifest, rebuild_command
+from arena.artifacts import openvino_passed, read_manifest, rebuild_command
 from arena.backends.contract import UNLIMITED, Backend, Limits, ShapeRange
 from arena.backends.gpu import engine_usable, gpu_present, ort_cuda, torch_cuda
 from arena.errors import BackendUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnx", "tensorrt")
-__all__ = ["BACKENDS", "UNLIMITED", "Backend", "Choice", "Limits", "ShapeRange", "choose_backend"]
+BACKENDS = ("auto", "torch", "onnx", "openvino", "tensorrt")
+__all__ = ["BACKENDS", "CPU_RANKING", "UNLIMITED", "Backend", "Choice", "Limits", "ShapeRange", "choose_backend",
+           "choose_cpu", "cpu_options"]
+
+CPU_RANKING: tuple[tuple[str, str], ...] = (
+    ("openvino", "int8"), ("openvino", "bf16"), ("onnx", "int8"), ("openvino", "fp32"), ("onnx", "fp32"),
+    ("onnx", "fp32_fused"),
+)
+"""CPU (backend, precision) options, fastest first, as measured side by side on DeBERTa-v3-xsmall at 512 tokens
+and MiniLM-L6 at 256 on 2-core AMD EPYC (Zen 4) machines: ``benchmarks/RESULTS.md``, "The fastest CPU path"."""
 
 
 @dataclass
@@ -50,7 +59,8 @@ def _auto_gpu_choice(folder: Path, manifest: dict[str, Any] | None, *, has_onnx:
 def choose_backend(requested: str, folder: Path, *, precision: str = "auto") -> Choice:
     """Pick a backend from what the folder holds and what the machine has, and say why.
 
-    Order for ``auto``: TensorRT engine and a GPU > ONNX Runtime CUDA > torch CUDA > ONNX Runtime CPU > torch CPU.
+    Order for ``auto``: TensorRT engine and a GPU > ONNX Runtime CUDA > torch CUDA > the fastest CPU option of an
+    export (:func:`choose_cpu`; the choice carries its precision in ``options``) > torch CPU.
     """
     if requested not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}")
@@ -73,6 +83,12 @@ def choose_backend(requested: str, folder: Path, *, precision: str = "auto") -> 
         if not has_onnx:
             raise BackendUnavailable(f"{folder} has no ONNX model; run arena-export first")
         return Choice("onnx", "asked for")
+    if requested == "openvino":
+        if not has_onnx:
+            raise BackendUnavailable(f"{folder} has no ONNX model for OpenVINO; run arena-export first")
+        if importlib.util.find_spec("openvino") is None:
+            raise BackendUnavailable("OpenVINO is not installed; pip install 'arena-toolkit[openvino]'")
+        return Choice("openvino", "asked for")
     if requested == "torch":
         if not has_torch:
             raise BackendUnavailable(f"{folder} has no model.safetensors for the torch backend")
@@ -80,8 +96,59 @@ def choose_backend(requested: str, folder: Path, *, precision: str = "auto") -> 
     on_gpu = _auto_gpu_choice(folder, manifest, has_onnx=has_onnx, has_torch=has_torch)
     if on_gpu is not None:
         return on_gpu
+    if has_onnx and manifest is None:  # a foreign or hand-made folder: its one ONNX model, on ONNX Runtime
+        return Choice("onnx", "no GPU; the folder has no arena manifest, so its ONNX model runs on ONNX Runtime")
     if has_onnx:
-        return Choice("onnx", "no GPU; ONNX Runtime on the CPU is the fastest CPU backend measured here")
+        return choose_cpu(manifest, precision)
     if has_torch:
         return Choice("torch", "no ONNX export in the folder; PyTorch on the CPU")
     raise BackendUnavailable(f"{folder} holds neither model.safetensors nor an ONNX export")
+
+
+def cpu_options(manifest: dict[str, Any] | None, precision: str = "auto") -> list[tuple[str, str, str | None]]:
+    """Every :data:`CPU_RANKING` option as ``(backend, precision, why not)``; ``why not`` is None for the options
+    this export holds, that passed their parity check and that this machine can run."""
+    from arena.cpu import has_native_bf16
+
+    ort_files = (manifest or {}).get("artifacts") or {"fp32": {"file": "model.onnx"}}  # no manifest: plain export
+    ov_passed = openvino_passed(manifest)
+    ov_section = ((manifest or {}).get("openvino") or {}).get("precisions") or {}
+    has_ov = importlib.util.find_spec("openvino") is not None
+    out: list[tuple[str, str, str | None]] = []
+    for backend, prec in CPU_RANKING:
+        why = None
+        if precision not in ("auto", prec):
+            why = f"--precision {precision}"
+        elif backend == "onnx":
+            why = None if prec in ort_files else "not exported"  # ONNX Runtime artefacts exist only if they passed
+        elif prec not in ov_section:
+            why = "not exported" if prec == "int8" else "no OpenVINO parity record (export with OpenVINO installed)"
+        elif prec not in ov_passed:
+            why = "failed or skipped its parity check at export"
+        elif not has_ov:
+            why = "OpenVINO not installed"
+        elif prec == "bf16" and not has_native_bf16():
+            why = "this CPU has no native bf16"
+        out.append((backend, prec, why))
+    return out
+
+
+def choose_cpu(manifest: dict[str, Any] | None, precision: str = "auto") -> Choice:
+    """The fastest CPU option that the export holds and that passed parity (:data:`CPU_RANKING`), and why."""
+    options = cpu_options(manifest, precision)
+    usable = [(b, p) for b, p, why in options if why is None]
+    if not usable:
+        relevant = [(b, p, why) for b, p, why in options if precision in ("auto", p)]
+        flag = {"int8": "--int8 (ONNX Runtime) or --int8-static (OpenVINO)", "fp32_fused": "--optimize"}.get(
+            precision, "OpenVINO installed")
+        raise BackendUnavailable(
+            f"--precision {precision}: no CPU backend can run it from this export ("
+            + "; ".join(f"{b} {p}: {why}" for b, p, why in relevant)
+            + f"); re-export with {flag}, or choose another --precision")
+    backend, prec = usable[0]
+    passed_over = [f"{b} {p} ({why})" for b, p, why in options[:options.index((backend, prec, None))]]
+    reason = (f"no GPU; {backend} {prec} is the fastest CPU option this export holds that passed its parity check "
+              f"(order measured in benchmarks/RESULTS.md)")
+    if passed_over:
+        reason += "; passed over: " + ", ".join(passed_over)
+    return Choice(backend, reason, {"precision": prec})

@@ -11,7 +11,6 @@ plus an honest ``cpu`` label under ``--device auto``.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +51,12 @@ def make_session(path: str | Path, *, device: str = "cpu", threads: int | None =
     import onnxruntime as ort
 
     from arena.artifacts import check_onnx_file
+    from arena.cpu import allowed_cores
 
     check_onnx_file(path)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.intra_op_num_threads = threads or allowed_cores()
     opts.log_severity_level = 3
     cuda = device.startswith("cuda")
     if cuda:
@@ -110,6 +110,7 @@ class OnnxBackend:
             device, self._stream = "cpu", None
             self.session = make_session(path, device="cpu", threads=threads)
         self.device = device
+        self.threads = self.session.get_session_options().intra_op_num_threads
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.needs_features = FEATURES in self.input_names
         self.precision = precision
@@ -119,7 +120,8 @@ class OnnxBackend:
 
     @property
     def description(self) -> str:
-        return f"onnx ({self.path.name}, {self.precision}, {self.device})"
+        threads = f", {self.threads} threads" if self.device == "cpu" else ""
+        return f"onnx ({self.path.name}, {self.precision}, {self.device}{threads})"
 
     def __call__(self, input_ids: Any, attention_mask: Any, features: Any = None) -> np.ndarray:
         """Logits (batch, 3) as float32 in host memory. Inputs are numpy arrays, or CUDA tensors on this backend's

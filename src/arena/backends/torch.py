@@ -30,9 +30,15 @@ class TorchBackend:
     def __init__(self, folder: str | Path | None = None, *, model: torch.nn.Module | None = None,
                  device: str = "auto", precision: str = "auto", compile: bool = False,
                  threads: int | None = None) -> None:
-        if threads:
-            torch.set_num_threads(threads)
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        if threads or (self.device == "cpu" and model is None):
+            # serving a folder: all the cores this process may use, no more. A model handed in (training's
+            # evaluation, the export's reference) leaves the process's setting alone: changing it mid-run would
+            # change the numerics of the training steps after it (resume must be bit-identical).
+            from arena.cpu import allowed_cores
+
+            torch.set_num_threads(threads or allowed_cores())
+        self.threads = torch.get_num_threads()
         if precision == "auto":
             precision = "fp16" if self.device.startswith("cuda") else "fp32"
         if precision not in DTYPES and precision not in QUANTIZED:
@@ -55,7 +61,8 @@ class TorchBackend:
     def description(self) -> str:
         attention = getattr(self.model.config, "_attn_implementation", None) if is_decoder(self.model.config) \
             else None
-        return (f"torch ({self.precision}, {self.device}{f', {attention} attention' if attention else ''}"
+        threads = f", {self.threads} threads" if self.device == "cpu" else ""
+        return (f"torch ({self.precision}, {self.device}{threads}{f', {attention} attention' if attention else ''}"
                 f"{', compiled' if self.compiled else ''})")
 
     @torch.inference_mode()

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from arena.bench.precheck import DEFAULT_BACKENDS
 from arena.cli_common import run_app, setup_logging
 from arena.errors import BenchmarkCheckFailed, cli_errors
 
@@ -55,8 +56,9 @@ def bench(
     model: Annotated[Path, typer.Option(help="Checkpoint folder (torch cells)")],
     export: Annotated[Path | None, typer.Option(help="arena-export folder (onnx/tensorrt cells)")] = None,
     data: Annotated[str | None, typer.Option(help="CSV of real rows (train or test layout)")] = None,
-    backends: Annotated[str, typer.Option(help="backend:precision list (backends: torch, torch.compile, onnx, "
-                                          "tensorrt)")] = "torch:fp32,onnx:fp32,onnx:int8",
+    backends: Annotated[str | None, typer.Option(help="backend:precision list (backends: torch, torch.compile, "
+                                                 "onnx, openvino, tensorrt); default: " + DEFAULT_BACKENDS
+                                                 + ", skipping what the folders do not hold")] = None,
     policies: Annotated[str, typer.Option(help="notebook, padded, sorted")] = "notebook,sorted",
     cells: Annotated[str | None, typer.Option(help="Exact cells backend:precision/policy (overrides the matrix)")]
     = None,
@@ -82,7 +84,7 @@ def bench(
     from dataclasses import replace
 
     from arena.batching import token_budget_batches
-    from arena.bench.precheck import check_bench_request, parse_cells, read_thresholds
+    from arena.bench.precheck import check_bench_request, parse_cells, read_thresholds, runnable_cells
     from arena.bench.report import plot, write_reports
     from arena.bench.runner import check_thresholds, compute_speedups, open_cell, repeat_to, run_cells
     from arena.data import has_labels, read_records, resolve_csv
@@ -90,12 +92,15 @@ def bench(
     from arena.modeling import load_tokenizer, read_meta
     from arena.safety import warn_if_unfinished
 
-    specs = parse_cells(cells, backends, policies)
+    specs = parse_cells(cells, backends or DEFAULT_BACKENDS, policies)
     path = resolve_csv(data, "train.csv")
     check_bench_request(model=model, export=export, specs=specs, baseline=baseline, data_path=path, out=out,
                         check=check, numbers=dict(rows=rows, batch_size=batch_size, max_tokens=max_tokens,
                                                   repeats=repeats, warmup=warmup, threads=threads,
                                                   encode_workers=encode_workers, max_length=max_length))
+    specs, skipped = runnable_cells(specs, export, explicit=bool(cells or backends), baseline=baseline)
+    for line in skipped:
+        log.warning("skipping cell %s", line)
     thresholds = read_thresholds(check, [s.name for s in specs]) if check is not None else {}
     for folder in (model, export):
         if folder is not None:
@@ -127,7 +132,8 @@ def bench(
                          for b in token_budget_batches(lengths, budget, batch_size)})
     command = "arena-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     payload = {"kind": "arena-bench", "title": title, "command": command, "machine": machine_description(),
-               "rows": len(records), "data": str(path), "max_length": encoder.config.max_length, "baseline": baseline}
+               "rows": len(records), "data": str(path), "max_length": encoder.config.max_length, "baseline": baseline,
+               "skipped": skipped}
     out.mkdir(parents=True, exist_ok=True)
     plot(results, lengths, boundaries, out / "bench.png",
          f"{title}: {len(records)} real rows, max length {encoder.config.max_length}; {payload['machine']}")

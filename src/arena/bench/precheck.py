@@ -10,7 +10,8 @@ from typing import Any
 from arena.errors import ConfigError
 
 BENCH_FILES = ("bench.md", "bench.json", "bench.html", "bench.png")
-BENCH_BACKENDS = ("torch", "torch.compile", "onnx", "tensorrt")
+BENCH_BACKENDS = ("torch", "torch.compile", "onnx", "openvino", "tensorrt")
+DEFAULT_BACKENDS = "torch:fp32,onnx:fp32,onnx:int8,openvino:bf16,openvino:int8"
 DEFAULT_BASELINE = "torch:fp32/notebook"
 
 
@@ -85,21 +86,11 @@ def check_bench_request(*, model: Path, export: Path | None, specs: list[Any], n
     if numbers["max_tokens"] is not None and numbers["max_tokens"] < round_up(length, 8):
         raise ConfigError(f"--max-tokens {numbers['max_tokens']} is smaller than one padded row of max length "
                           f"{length} ({round_up(length, 8)} tokens); raise it or leave it out")
-    needs_export = [s.name for s in specs if s.backend in ("onnx", "tensorrt")]
-    if needs_export and export is None:
-        raise ConfigError(f"cells {', '.join(needs_export)} need --export (the arena-export folder)")
     if export is not None:
         existing_folder("--export", export, "the arena-export folder")
-        try:
-            artifacts = json.loads((export / "manifest.json").read_text()).get("artifacts", {})
-        except (OSError, ValueError, AttributeError):
+        if _read_manifest(export) is None:
             raise ConfigError(f"--export {export} has no readable manifest.json: pass the folder arena-export "
-                              "wrote") from None
-        for spec in specs:
-            if spec.backend == "onnx" and spec.precision != "auto" and spec.precision not in artifacts:
-                raise ConfigError(f"cell {spec.name}: --export {export} has no {spec.precision} model (it has "
-                                  f"{', '.join(artifacts) or 'none'}); export it with arena-export "
-                                  f"--{spec.precision.split('_')[0]}")
+                              "wrote")
     names = [s.name for s in specs]
     if baseline not in names and baseline != DEFAULT_BASELINE:
         raise ConfigError(f"--baseline {baseline} is not among the measured cells ({', '.join(names)})")
@@ -107,3 +98,63 @@ def check_bench_request(*, model: Path, export: Path | None, specs: list[Any], n
     return check_report_out(out, names=BENCH_FILES, owner="bench.json", kind="arena-bench",
                             inputs={"checkpoint": model, "export folder": export, "data file": data_path,
                                     "threshold file": check})
+
+
+def _read_manifest(export: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((export / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def why_not(spec: Any, export: Path | None) -> str | None:
+    """Why ``spec`` cannot be measured with these folders (None: it can): a cell that needs an export and has
+    none, a precision the export does not hold or that failed its parity check, a backend not installed."""
+    import importlib.util
+
+    from arena.artifacts import openvino_passed
+
+    if spec.backend in ("torch", "torch.compile"):
+        return None
+    if export is None:
+        return "needs --export (the arena-export folder)"
+    manifest = _read_manifest(export) or {}
+    if spec.backend == "onnx":
+        artifacts = manifest.get("artifacts") or {}
+        if spec.precision != "auto" and spec.precision not in artifacts:
+            flag = {"fp32_fused": "optimize"}.get(spec.precision, spec.precision)
+            return (f"--export {export} has no {spec.precision} model (it has {', '.join(artifacts) or 'none'}); "
+                    f"export it with arena-export --{flag}")
+    elif spec.backend == "openvino":
+        if importlib.util.find_spec("openvino") is None:
+            return "OpenVINO is not installed (pip install 'arena-toolkit[openvino]')"
+        passed = openvino_passed(manifest)
+        if spec.precision != "auto" and spec.precision not in passed:
+            flag = "--int8-static" if spec.precision == "int8" else "OpenVINO installed"
+            return (f"--export {export} has no OpenVINO {spec.precision} model that passed parity (it has "
+                    f"{', '.join(passed) or 'none'}); export with {flag}")
+        if not passed:
+            return f"--export {export} has no OpenVINO precision that passed parity"
+    elif spec.backend == "tensorrt" and not (manifest.get("tensorrt") or {}).get("engines"):
+        return f"--export {export} has no TensorRT engine (arena-export --trt on a GPU machine)"
+    return None
+
+
+def runnable_cells(specs: list[Any], export: Path | None, *, explicit: bool,
+                   baseline: str = DEFAULT_BASELINE) -> tuple[list[Any], list[str]]:
+    """Split ``specs`` into the cells these folders can run and ``name: why`` for the rest. Cells the user listed
+    (``explicit``: --cells or --backends given) must all run: the first that cannot is an error. The default matrix
+    measures what the folders support and says what it skipped."""
+    keep, skipped = [], []
+    for spec in specs:
+        why = why_not(spec, export)
+        if why is None:
+            keep.append(spec)
+        elif explicit or spec.name == baseline:
+            raise ConfigError(f"cell {spec.name}: {why}")
+        else:
+            skipped.append(f"{spec.name}: {why}")
+    if not keep:
+        raise ConfigError("no cell can run with these folders: " + "; ".join(skipped))
+    return keep, skipped

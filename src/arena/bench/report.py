@@ -81,6 +81,9 @@ def write_reports(out_dir: Path, payload: dict[str, Any], results: Sequence[Cell
           f"{len(results[0].e2e_runs_s) if results else 0} timed passes per cell, interleaved across cells; end to "
           "end is the median pass with the slowest and fastest beside it; model only is the time inside the "
           "backend on that same pass.", "", table, ""]
+    if payload.get("skipped"):
+        md += ["Cells of the default matrix not measured (the folders do not support them):", ""]
+        md += [f"- {line}" for line in payload["skipped"]] + [""]
     ct = checks_table(checks)
     if ct:
         md += ["## Ratio checks", "", ct, ""]

@@ -37,6 +37,11 @@ def export(
     trt: Annotated[bool, typer.Option(
         help="Build a strongly typed TensorRT engine from the FP16 ONNX (implies --fp16; needs TensorRT >= 10.12 "
              "and a GPU)")] = False,
+    openvino: Annotated[bool, typer.Option(help="Check model.onnx under OpenVINO at fp32 and bf16 (CPU) and record "
+                                           "it for --backend auto (skipped when OpenVINO is not installed)")] = True,
+    int8_static: Annotated[bool, typer.Option(help="Also write an NNCF static INT8 OpenVINO model, calibrated on "
+                                              "real rows (CPU; needs arena-toolkit[openvino])")] = False,
+    calibration_rows: Annotated[int, typer.Option(help="Real rows that calibrate --int8-static")] = 64,
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17)")] = 17,
     exporter: Annotated[str, typer.Option(help="torchscript (tested) or dynamo")] = "torchscript",
     data: Annotated[str | None, typer.Option(help="CSV whose real rows drive the parity check")] = None,
@@ -69,7 +74,8 @@ def export(
                          exporter=exporter, data=data, parity_shapes=parity_shapes, fp32_tol=fp32_tol,
                          fp16_prob_tol=fp16_prob_tol, int8_prob_tol=int8_prob_tol, min_agreement=min_agreement,
                          trt_buckets=trt_buckets, max_tokens=max_tokens, workspace_gib=workspace_gib,
-                         overwrite=overwrite)
+                         overwrite=overwrite, openvino=openvino, int8_static=int8_static,
+                         calibration_rows=calibration_rows)
     typer.echo(json.dumps(summary))
 
 
@@ -77,17 +83,20 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                trt: bool = False, opset: int = 17, exporter: str = "torchscript", data: str | None = None,
                parity_shapes: str = "1x17,7x133,16x512", fp32_tol: float = 1e-4, fp16_prob_tol: float = 2e-2,
                int8_prob_tol: float = 0.1, min_agreement: float = 0.97, trt_buckets: int = 4,
-               max_tokens: int | None = None, workspace_gib: float = 4.0, overwrite: bool = False) -> dict[str, Any]:
+               max_tokens: int | None = None, workspace_gib: float = 4.0, overwrite: bool = False,
+               openvino: bool = True, int8_static: bool = False, calibration_rows: int = 64) -> dict[str, Any]:
     from dataclasses import replace
 
     from arena.artifacts import copy_model_files, write_manifest
     from arena.backends.onnx import OnnxBackend
     from arena.backends.torch import TorchBackend
     from arena.data import has_labels, read_records
+    from arena.encode import ArenaEncoder
     from arena.ensemble import member_folders
     from arena.executor import BatchExecutor
     from arena.export.derive import derived_artifacts
     from arena.export.onnx import export_onnx
+    from arena.export.openvino import openvino_section
     from arena.export.parity import ParityGate, Tolerance
     from arena.export.precheck import check_export_request
     from arena.io import atomic_dir, sha256_file
@@ -101,7 +110,8 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                                    optimize=optimize, trt=trt, opset=opset, exporter=exporter, data=data,
                                    parity_shapes=parity_shapes, fp32_tol=fp32_tol, fp16_prob_tol=fp16_prob_tol,
                                    int8_prob_tol=int8_prob_tol, min_agreement=min_agreement,
-                                   trt_buckets=trt_buckets, max_tokens=max_tokens, workspace_gib=workspace_gib)
+                                   trt_buckets=trt_buckets, max_tokens=max_tokens, workspace_gib=workspace_gib,
+                                   openvino=openvino, int8_static=int8_static, calibration_rows=calibration_rows)
     path = check_export_request(checkpoint, out, opset=opset, exporter=exporter, data=data,
                                 parity_shapes=parity_shapes, tolerances={"--fp32-tol": fp32_tol,
                                 "--fp16-prob-tol": fp16_prob_tol, "--int8-prob-tol": int8_prob_tol},
@@ -118,7 +128,6 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
     if hybrid != meta.encoder.features:  # the parity rows must carry features exactly when the model takes them
         meta = replace(meta, encoder=replace(meta.encoder, features=hybrid))
     tokenizer = load_tokenizer(checkpoint)
-    check_pad_token(model.config, tokenizer.pad_token_id, checkpoint)  # a decoder's graph pools by the pad id
     check_pad_token(model.config, tokenizer.pad_token_id, checkpoint)  # a decoder's graph pools by the pad id
     max_length = meta.encoder.max_length
     shapes = parse_shapes(parity_shapes, max_length)
@@ -137,10 +146,13 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
             fp32 = replace(Tolerance.fp32(), max_logit_diff=fp32_tol)
             artifacts = {"fp32": {"file": "model.onnx", "precision": "fp32",
                                   "parity": gate.check("fp32", OnnxBackend(tmp / "model.onnx", device="cpu"), fp32)}}
+            int8_tol = replace(Tolerance.int8(), max_prob_diff=int8_prob_tol, min_argmax_agreement=min_agreement)
             artifacts.update(derived_artifacts(
-                tmp, model.config, gate, fp16=fp16, int8=int8, optimize=optimize, fp32=fp32,
-                fp16_tol=replace(Tolerance.fp16(), max_prob_diff=fp16_prob_tol, min_argmax_agreement=min_agreement),
-                int8_tol=replace(Tolerance.int8(), max_prob_diff=int8_prob_tol, min_argmax_agreement=min_agreement)))
+                tmp, model.config, gate, fp16=fp16, int8=int8, optimize=optimize, fp32=fp32, int8_tol=int8_tol,
+                fp16_tol=replace(Tolerance.fp16(), max_prob_diff=fp16_prob_tol, min_argmax_agreement=min_agreement)))
+            ov_section = openvino_section(tmp, gate, encoder=ArenaEncoder(tokenizer, meta.encoder), data=path,
+                                          openvino=openvino, int8_static=int8_static, int8_tol=int8_tol,
+                                          calibration_rows=calibration_rows, fp32_tol=fp32_tol)
             copy_model_files(checkpoint, tmp)  # the export folder is self-contained: infer encodes from it
             trt_section: dict[str, Any] = {"status": "not requested"}
             if trt:  # pragma: no cover - needs TensorRT and a GPU
@@ -150,10 +162,7 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
             write_manifest(tmp, {
                 "source_checkpoint": str(checkpoint.resolve()),
                 "source_training": "unfinished" if unfinished_reason(checkpoint) else "finished",
-                "model": {"model_type": model.config.model_type, "num_labels": model.config.num_labels,
-                          "hidden_size": model.config.hidden_size,
-                          "num_hidden_layers": model.config.num_hidden_layers,
-                          "max_positions": reference.limits.max_length},
+                "model": _model_section(model.config, reference.limits.max_length),
                 "head": {"kind": "hf", "merged_from": meta.head} if (meta.head or {}).get("kind") == "lora"
                 else meta.head or {"kind": "hf"},  # a LoRA checkpoint is exported merged
                 "onnx": {**info, "inputs": _input_specs(info),
@@ -161,7 +170,7 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                 "max_length": max_length, "tokenizer": type(tokenizer).__name__, "encoder": meta.encoder.to_dict(),
                 "temperature": meta.temperature, "parity_data": str(path),
                 "parity_shapes": [list(s) for s in shapes], "artifacts": artifacts, "tensorrt": trt_section,
-                "onnx_sha256": sha256_file(tmp / "model.onnx"),
+                "openvino": ov_section, "onnx_sha256": sha256_file(tmp / "model.onnx"),
             })
     except OSError as exc:
         raise ConfigError(f"cannot write --out {out}: {exc}") from None
@@ -214,6 +223,12 @@ def _check_trt_possible(checkpoint: Path) -> None:
     ok, why = tensorrt_available()
     if not ok:
         raise ArenaError(f"--trt: {why}")
+
+
+def _model_section(config: Any, max_positions: int | None) -> dict[str, Any]:
+    """The manifest's ``model`` section: what the graph computes, for loading checks and readers."""
+    return {"model_type": config.model_type, "num_labels": config.num_labels, "hidden_size": config.hidden_size,
+            "num_hidden_layers": config.num_hidden_layers, "max_positions": max_positions}
 
 
 def _input_specs(info: dict[str, Any]) -> list[dict[str, Any]]:

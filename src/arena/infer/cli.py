@@ -27,9 +27,9 @@ def infer(
         help="arena-train checkpoint or arena-export folder; a k-fold output or its export scores every fold; "
              "repeat --model to blend several models")],
     out: Annotated[Path, typer.Option(help="Submission CSV to write (atomically)")] = Path("submission.csv"),
-    backend: Annotated[str, typer.Option(help="auto, torch, onnx or tensorrt")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto, torch, onnx, openvino or tensorrt")] = "auto",
     precision: Annotated[str, typer.Option(help="torch: auto/fp32/fp16/bf16 (decoders also 4bit/8bit); onnx: "
-                                           "auto/fp32/fp32_fused/fp16/int8")]
+                                           "auto/fp32/fp32_fused/fp16/int8; openvino: auto/fp32/bf16/int8")]
     = "auto",
     tta: Annotated[str, typer.Option(help="none or swap (score A/B-swapped too and average)")] = "none",
     policy: Annotated[str, typer.Option(help="sorted (token budget), notebook or padded")] = "sorted",
@@ -176,7 +176,8 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
             extra.commit(timings.rows)
     finally:
         close()
-    return {"backend": description, "reason": reason, "models": len(scorer.members), "tta": tta,
+    return {"backend": description, "reason": reason, "threads": getattr(scorer.runner, "threads", None),
+            "models": len(scorer.members), "tta": tta,
             "policy": policy, "rules": list(config.rules), "max_tokens": scorer.executor.budget,
             **timings.summary()}
 

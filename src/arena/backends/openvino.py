@@ -1,0 +1,168 @@
+"""OpenVINO backend (CPU): the export's ``model.onnx`` compiled at fp32 or bf16, or its NNCF static INT8 model.
+
+OpenVINO reads the same ONNX file ONNX Runtime runs, so no second export is needed for fp32/bf16; the precision is
+a compile-time hint (``INFERENCE_PRECISION_HINT``). On CPUs with AVX-512 BF16 or AMX, bf16 runs the matrix products
+natively; elsewhere OpenVINO would emulate it, so this backend refuses bf16 there instead of silently running f32.
+
+Compiling takes seconds; the compiled model is cached on disk (OpenVINO's ``CACHE_DIR``) *outside* the export
+folder, under a key derived from the model file's sha256, so the second run loads it in a fraction of the time and
+the export's manifest hashes never see a stray file. ``ARENA_OPENVINO_CACHE`` moves the cache; ``off`` disables it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from arena.artifacts import ATTENTION_MASK, FEATURES, INPUT_IDS, LOGITS
+from arena.backends.contract import Limits
+from arena.errors import BackendUnavailable, ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "int8")
+CACHE_ENV = "ARENA_OPENVINO_CACHE"
+CACHE_KEEP = 4
+"""Compiled models kept in the cache (one folder per model file); older ones are removed."""
+
+
+def openvino_available() -> tuple[bool, str]:
+    """Whether OpenVINO can run here, and if not, what to install."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False, "OpenVINO is not installed; pip install 'arena-toolkit[openvino]'"
+    return True, ""
+
+
+def supports_bf16() -> bool:
+    """True where OpenVINO's CPU plugin runs bf16 natively (it reports the BF16 capability)."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def default_cache_dir() -> Path | None:
+    """``$ARENA_OPENVINO_CACHE`` (``off``/``none``/empty: no cache), else ``$XDG_CACHE_HOME/arena/openvino``."""
+    env = os.environ.get(CACHE_ENV)
+    if env is not None:
+        return None if env.strip().lower() in ("", "off", "none", "0") else Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "arena" / "openvino"
+
+
+def _cache_folder(root: Path | None, key: str) -> Path | None:
+    """The cache folder for one model file and precision (``root/<key>``), made and marked as used; None if it
+    cannot be. One folder per precision: OpenVINO's own cache key does not include the precision hint."""
+    if root is None:
+        return None
+    folder = root / key
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.utime(folder)
+        _prune(root)
+    except OSError as exc:
+        log.warning("OpenVINO cache %s is not writable (%s); compiling without a cache", root, exc)
+        return None
+    return folder
+
+
+def _prune(root: Path, keep: int = CACHE_KEEP) -> None:
+    """Keep the ``keep`` most recently used model folders (each holds a compiled copy of the weights)."""
+    folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in folders[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class OpenVinoBackend:
+    """``precision``: ``fp32`` or ``bf16`` for an ONNX file, ``int8`` for an NNCF-quantised IR (``.xml``), whose
+    unquantised operations run in bf16 where the CPU has it. ``cache_key`` names the compiled-model cache entry
+    (the model file's sha256 from the manifest; computed when not given)."""
+
+    name = "openvino"
+    device = "cpu"
+
+    def __init__(self, path: str | Path, *, precision: str = "bf16", threads: int | None = None,
+                 limits: Limits = Limits(), cache_dir: Path | None | str = "default",
+                 cache_key: str | None = None) -> None:
+        ok, why = openvino_available()
+        if not ok:
+            raise BackendUnavailable(why)
+        import openvino as ov
+
+        from arena.cpu import allowed_cores
+
+        if precision not in PRECISIONS:
+            raise ConfigError(f"--precision for OpenVINO must be one of {', '.join(PRECISIONS)}")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(f"{self.path} does not exist")
+        bf16 = supports_bf16()
+        if precision == "bf16" and not bf16:
+            raise BackendUnavailable("this CPU has no native bf16 (AVX-512 BF16 or AMX); use --precision fp32")
+        hint = "bf16" if precision == "bf16" or (precision == "int8" and bf16) else "f32"
+        self.precision, self.threads, self.limits = precision, threads or allowed_cores(), limits
+        root = default_cache_dir() if cache_dir == "default" else (Path(cache_dir) if cache_dir else None)
+        self.cache = _cache_folder(root, f"{(cache_key or _file_key(self.path))[:24]}-{precision}")
+        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                  "INFERENCE_NUM_THREADS": self.threads}
+        if self.cache is not None:
+            config["CACHE_DIR"] = str(self.cache)
+        before = set(os.listdir(self.cache)) if self.cache is not None else set()
+        t0 = time.perf_counter()
+        try:
+            self.compiled = ov.Core().compile_model(str(self.path), "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses for unreadable or unsupported graphs
+            raise ModelError(f"OpenVINO cannot compile {self.path}: {exc}") from None
+        self.compile_s = time.perf_counter() - t0
+        self.cache_hit = self.cache is not None and bool(before) and set(os.listdir(self.cache)) == before
+        ran = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # what runs: "bf16" or "f32"
+        self.inference_precision = {"f32": "fp32"}.get(ran, ran)
+        self.request = self.compiled.create_infer_request()
+        # every name of every input: OpenVINO may report a tensor's other name first (a hybrid graph's features
+        # input comes back as its Cast's output), and a feed under a name not matched would be silently empty
+        self.input_names = set().union(*(i.get_names() for i in self.compiled.inputs))
+        self.needs_features = FEATURES in self.input_names
+        unfed = [sorted(i.get_names()) for i in self.compiled.inputs
+                 if not i.get_names() & {INPUT_IDS, ATTENTION_MASK, FEATURES}]
+        if unfed:
+            raise ModelError(f"{self.path} has inputs arena does not feed: {unfed}; export it with arena-export")
+        log.info("OpenVINO %s: compiled %s in %.2f s (%s)", precision, self.path.name, self.compile_s,
+                 "from the cache" if self.cache_hit else f"cache {self.cache}" if self.cache else "no cache")
+
+    @property
+    def description(self) -> str:
+        prec = f"int8 + {self.inference_precision}" if self.precision == "int8" else self.precision
+        return f"openvino ({self.path.name}, {prec}, cpu, {self.threads} threads)"
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                 features: np.ndarray | None = None) -> np.ndarray:
+        feeds = {INPUT_IDS: np.ascontiguousarray(input_ids, dtype=np.int64),
+                 ATTENTION_MASK: np.ascontiguousarray(attention_mask, dtype=np.int64)}
+        if self.needs_features:
+            if features is None:
+                raise ConfigError(f"{self.path.name} is a hybrid model: it needs the rows' features as a third input")
+            feeds[FEATURES] = np.ascontiguousarray(features, dtype=np.float32)
+        result = self.request.infer({k: v for k, v in feeds.items() if k in self.input_names}, share_inputs=True)
+        return np.array(result[LOGITS], dtype=np.float32, copy=True)
+
+
+def cache_key(file_hashes: list[str]) -> str:
+    """The compiled-model cache key of a model from the sha256 of its files (an IR: .xml and .bin)."""
+    import hashlib
+
+    return hashlib.sha256("".join(file_hashes).encode()).hexdigest()
+
+
+def _file_key(path: Path) -> str:
+    """:func:`cache_key` of the model file and, for an IR, its weights, hashed here (no manifest to read it from)."""
+    from arena.io import sha256_file
+
+    files = [path] + ([path.with_suffix(".bin")] if path.suffix == ".xml" and path.with_suffix(".bin").is_file()
+                      else [])
+    return cache_key([sha256_file(f) for f in files])

@@ -1,0 +1,95 @@
+"""The automatic CPU choice (what the export holds, what passed parity, what this machine runs) and the cores a
+process may use. No OpenVINO needed: its presence and the CPU's flags are simulated."""
+
+import pytest
+
+from arena.backends.base import CPU_RANKING, choose_cpu, cpu_options
+from arena.errors import BackendUnavailable
+
+
+def _manifest(ort=("fp32",), ov_passed=(), ov_failed=()):
+    precisions = {p: {"file": "model.onnx", "parity": {"passed": True}} for p in ov_passed}
+    precisions.update({p: {"file": "model.onnx", "parity": {"passed": False, "failures": ["x"]}} for p in ov_failed})
+    return {"artifacts": {p: {"file": f"model.{p}.onnx"} for p in ort},
+            "openvino": {"status": "checked", "precisions": precisions}}
+
+
+@pytest.fixture
+def zen4(monkeypatch):
+    """A CPU with AVX-512 BF16 and VNNI, OpenVINO installed."""
+    import importlib.util
+
+    import arena.cpu
+
+    monkeypatch.setattr(arena.cpu, "cpu_flags", lambda *a: frozenset({"avx512f", "avx512_bf16", "avx512_vnni"}))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "openvino" else real(name))
+    return monkeypatch
+
+
+def test_cpu_choice_follows_the_measured_ranking(zen4):
+    import arena.cpu
+
+    full = _manifest(ort=("fp32", "int8"), ov_passed=("fp32", "bf16", "int8"))
+    assert [(b, p) for b, p, why in cpu_options(full) if why is None] == list(CPU_RANKING[:5])
+    assert choose_cpu(full).options == {"precision": "int8"} and choose_cpu(full).backend == "openvino"
+    no_int8 = _manifest(ort=("fp32", "int8"), ov_passed=("fp32", "bf16"))
+    c = choose_cpu(no_int8)
+    assert (c.backend, c.options["precision"]) == ("openvino", "bf16")
+    assert "passed over: openvino int8 (not exported)" in c.reason
+    bf16_failed = _manifest(ort=("fp32", "int8"), ov_passed=("fp32",), ov_failed=("bf16",))
+    c = choose_cpu(bf16_failed)
+    assert (c.backend, c.options["precision"]) == ("onnx", "int8") and "failed or skipped its parity" in c.reason
+    assert choose_cpu(bf16_failed, "fp32").backend == "openvino"  # --precision filters the ranking
+    zen4.setattr(arena.cpu, "cpu_flags", lambda *a: frozenset({"avx2"}))
+    c = choose_cpu(_manifest(ov_passed=("fp32", "bf16")))
+    assert (c.backend, c.options["precision"]) == ("openvino", "fp32") and "no native bf16" in c.reason
+
+
+def test_cpu_choice_without_openvino_or_records(zen4):
+    import importlib.util
+
+    legacy = {"artifacts": {"fp32": {"file": "model.onnx"}, "int8": {"file": "model.int8.onnx"}}}
+    c = choose_cpu(legacy)  # an export made before OpenVINO was checked: ONNX Runtime, as before
+    assert (c.backend, c.options["precision"]) == ("onnx", "int8") and "no OpenVINO parity record" in c.reason
+    zen4.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    c = choose_cpu(_manifest(ov_passed=("fp32", "bf16", "int8")))
+    assert (c.backend, c.options["precision"]) == ("onnx", "fp32") and "OpenVINO not installed" in c.reason
+    with pytest.raises(BackendUnavailable, match="no CPU backend"):
+        choose_cpu(_manifest(), "fp16")
+
+
+def test_cgroup_quota_caps_the_cores(tmp_path, monkeypatch):
+    import arena.cpu
+    from arena.cpu import allowed_cores, cgroup_cpu_limit
+
+    v2 = tmp_path / "cpu.max"
+    v1 = (tmp_path / "quota", tmp_path / "period")
+    v2.write_text("150000 100000\n")
+    assert cgroup_cpu_limit(v2, v1) == 1.5
+    v2.write_text("max 100000\n")
+    assert cgroup_cpu_limit(v2, v1) is None
+    v2.unlink()
+    v1[0].write_text("200000\n")
+    v1[1].write_text("100000\n")
+    assert cgroup_cpu_limit(v2, v1) == 2.0
+    v1[0].write_text("-1\n")
+    assert cgroup_cpu_limit(v2, v1) is None
+    monkeypatch.setattr(arena.cpu.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(arena.cpu, "cgroup_cpu_limit", lambda: 2.5)
+    assert allowed_cores() == 3  # a quota of 2.5 CPUs: 3 threads, not 8
+    monkeypatch.setattr(arena.cpu, "cgroup_cpu_limit", lambda: None)
+    assert allowed_cores() == 8
+    monkeypatch.setattr(arena.cpu.os, "sched_getaffinity", lambda pid: {3})
+    assert allowed_cores() == 1
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    from arena.cpu import cpu_flags, cpu_model_name, has_int8_dot, has_native_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")
+    flags = cpu_flags(info)
+    assert has_native_bf16(flags) and has_int8_dot(flags) and cpu_model_name(info) == "AMD EPYC 9R14"
+    assert not has_native_bf16(frozenset({"avx2", "avx512f"})) and not has_int8_dot(frozenset({"avx2"}))
+    assert cpu_flags(tmp_path / "missing") == frozenset()
