@@ -26,16 +26,15 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # train (pretrained MiniLM, real sample) -> export (ONNX fp32 + INT8, parity-checked) -> infer (real test.csv)
-# -> report -> bench (torch vs ONNX Runtime, notebook loop vs sorted token-budget batches)
+# -> report -> bench (torch vs ONNX Runtime vs OpenVINO, notebook loop vs sorted token-budget batches)
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/arena-train --data $(DATA) --model $(MINILM) --max-length 256 --epochs 1 \
 	    --batch-size 16 --lr 5e-5 --output $(RUN)/model --overwrite
-	$(BIN)/arena-export $(RUN)/model --out $(RUN)/export --int8 --int8-static --parity-shapes 1x17,7x133,16x256 \
-	    --overwrite
+	$(BIN)/arena-export $(RUN)/model --out $(RUN)/export --int8 --parity-shapes 1x17,7x133,16x256 --overwrite
 	$(BIN)/arena-infer $(DATA)/test.csv --model $(RUN)/export --out $(RUN)/submission.csv --tta swap
 	$(BIN)/arena-report $(DATA)/train_sample.csv --tokenizer $(TOKENIZER) --out $(RUN)/report
 	$(BIN)/arena-bench --model $(RUN)/model --export $(RUN)/export --data $(DATA)/train_sample.csv --rows 240 \
-	    --cells torch:fp32/notebook,torch:fp32/sorted,onnx:fp32/sorted,onnx:int8/sorted,openvino:int8/sorted \
+	    --cells torch:fp32/notebook,torch:fp32/sorted,onnx:fp32/sorted,onnx:int8/sorted,openvino:fp32/sorted \
 	    --repeats 2 --out $(RUN)/bench
 	@echo "submission: $(RUN)/submission.csv  reports: $(RUN)/report/data.md $(RUN)/bench/bench.md"
 
