@@ -144,8 +144,11 @@ def _openvino_backend(folder: Path, manifest: dict[str, Any] | None, precision: 
     from arena.backends.openvino import PRECISIONS, OpenVinoBackend, cache_key
 
     passed = openvino_passed(manifest)
-    if precision == "auto":
-        precision = next((p for p in ("int8", "bf16", "fp32") if p in passed), "fp32")
+    if precision == "auto":  # the CPU ranking's OpenVINO options, with its checks (native bf16, installed)
+        from arena.backends.base import cpu_options
+
+        usable = [p for b, p, why in cpu_options(manifest) if b == "openvino" and why is None]
+        precision = usable[0] if usable else "fp32"
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision for OpenVINO must be one of auto, {', '.join(PRECISIONS)}")
     if precision not in passed:
