@@ -34,9 +34,9 @@ ALL = ("torch:fp32", "torch:bf16", "onnx:fp32", "onnx:int8", "onnx:int8_static",
 def encoded_batches(folder: Path, csv: Path, rows: int, skip: int = 0):
     """Real rows ``skip .. skip+rows`` of ``csv`` as inference batches (feed dicts) with the export's encoder."""
     from arena.data import has_labels, read_records
-    from arena.executor import BatchExecutor
+    from arena.serving.executor import BatchExecutor
     from arena.export.quantize import calibration_batches
-    from arena.loading import open_model
+    from arena.serving.loading import open_model
 
     loaded = open_model(folder, backend="onnx", precision="fp32")
     records = read_records(csv, labelled=has_labels(csv))[skip:skip + rows]
@@ -67,9 +67,9 @@ def ort_static_int8(export: Path, calibration: list[dict]) -> Path:
 
 
 def make_backends(names: list[str], model: Path, export: Path, calibration: list[dict]) -> dict:
-    from arena.backends.onnx import OnnxBackend
-    from arena.backends.torch import TorchBackend
-    from arena.loading import open_model
+    from arena.serving.backends.onnx import OnnxBackend
+    from arena.serving.backends.torch import TorchBackend
+    from arena.serving.loading import open_model
 
     out = {}
     for name in names:
@@ -111,7 +111,7 @@ def profile_openvino(path: Path, precision: str, batches, top: int = 8) -> list[
     """Share of OpenVINO's compute time by operation type, over ``batches``."""
     import openvino as ov
 
-    from arena.cpu import allowed_cores
+    from arena.machine.cpu import allowed_cores
 
     hint = "f32" if precision == "fp32" else "bf16"
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERF_COUNT": True,

@@ -6,7 +6,7 @@ padding at 1,024 tokens, and the scoring path's throughput with a tiny decoder a
 1. Lengths: all real rows of train_sample.csv encoded by ArenaEncoder at 1,024 and 2,048 tokens with Mistral-7B's
    tokenizer (tests/fixtures/mistral-tokenizer) and with DeBERTa-v3's.
 2. Padding efficiency (real tokens / computed tokens) of every row at 1,024 Mistral tokens under the batch policies
-   of arena.batching: length-sorted token-budget batches (the GPU default budget, 64 rows x 1,024, and the CPU
+   of arena.serving.batching: length-sorted token-budget batches (the GPU default budget, 64 rows x 1,024, and the CPU
    default, 2 x 1,024) against file-order batches of 16 padded to their longest row (the starter notebook) or to
    1,024.
 3. Throughput of the same scoring path (Scorer -> BatchExecutor -> TorchBackend, sorted batches, fp32) for a tiny
@@ -53,7 +53,7 @@ def lengths_table(records, tokenizers) -> list[dict]:
 
 
 def padding_table(lengths: np.ndarray) -> list[dict]:
-    from arena.batching import padding_stats, plan_batches
+    from arena.serving.batching import padding_stats, plan_batches
 
     cases = [("sorted, budget 64 x 1,024 (GPU default)", "sorted", 64 * 1024, 64),
              ("sorted, budget 2 x 1,024 (CPU default)", "sorted", 2 * 1024, 64),
@@ -72,9 +72,9 @@ def padding_table(lengths: np.ndarray) -> list[dict]:
 def throughput(records, tokenizers, threads: int, max_length: int) -> list[dict]:
     from transformers import AutoConfig, AutoModelForSequenceClassification, MistralConfig
 
-    from arena.backends.torch import TorchBackend
+    from arena.serving.backends.torch import TorchBackend
     from arena.encode import ArenaEncoder, EncoderConfig
-    from arena.scoring import ScoreConfig, Scorer, Timings
+    from arena.serving.scoring import ScoreConfig, Scorer, Timings
 
     torch.manual_seed(0)
     configs = {
@@ -121,7 +121,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     from arena.data import read_train
     from arena.encode import ArenaEncoder, EncoderConfig
-    from arena.modeling import load_tokenizer
+    from arena.models.modeling import load_tokenizer
 
     torch.set_num_threads(args.threads)
     records = read_train(DATA)

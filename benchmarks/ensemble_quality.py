@@ -39,8 +39,8 @@ def train(args: list[str], log: Path) -> float:
 
 def score(folders: list[Path], holdout: Path, combine: str = "probs") -> np.ndarray:
     from arena.data import read_records
-    from arena.loading import open_models
-    from arena.scoring import ScoreConfig, scorer_for
+    from arena.serving.loading import open_models
+    from arena.serving.scoring import ScoreConfig, scorer_for
 
     records = read_records(holdout, labelled=True)
     scorer = scorer_for(open_models(folders, combine=combine), ScoreConfig(), combine=combine)

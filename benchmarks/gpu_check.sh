@@ -56,7 +56,7 @@ for pkg in ("transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt"
         print(pkg, "not installed")
 import onnxruntime
 print("onnxruntime providers:", onnxruntime.get_available_providers())
-from arena.backends.gpu import tensorrt_available
+from arena.machine.gpu import tensorrt_available
 print("tensorrt usable:", tensorrt_available())
 EOF
 }

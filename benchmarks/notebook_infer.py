@@ -25,8 +25,8 @@ def main() -> None:
 
     from arena.data import read_test
     from arena.encode import ArenaEncoder
-    from arena.modeling import load_classifier, load_tokenizer, read_meta
-    from arena.scoring import ScoreConfig, Scorer
+    from arena.models.modeling import load_classifier, load_tokenizer, read_meta
+    from arena.serving.scoring import ScoreConfig, Scorer
 
     model = load_classifier(args.model, require_three_labels=True).eval()
     encoder = ArenaEncoder(load_tokenizer(args.model), read_meta(args.model).encoder)

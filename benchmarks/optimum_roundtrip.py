@@ -42,7 +42,7 @@ LOGIT_TOL = 1e-4  # arena's fp32 parity limit
 def arena_half(export: Path, work: Path, rows: int = 64) -> dict:
     """Score ``rows`` real rows with arena; write what the optimum half needs."""
     from arena.data import read_train
-    from arena.loading import open_model
+    from arena.serving.loading import open_model
 
     loaded = open_model(export, backend="onnx", precision="fp32")
     records = read_train(TRAIN_CSV)[:rows]

@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config, items):
     import torch
 
     has_gpu = torch.cuda.is_available()
-    from arena.backends.gpu import tensorrt_available
+    from arena.machine.gpu import tensorrt_available
 
     has_trt = tensorrt_available()[0]  # a real TensorRT >= 10.12 (the stubs wheel also imports as `tensorrt`)
     for item in items:
@@ -49,7 +49,7 @@ def shared_available() -> None:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from arena.modeling import load_tokenizer
+    from arena.models.modeling import load_tokenizer
 
     return load_tokenizer(TOKENIZER)
 
@@ -134,7 +134,7 @@ def tiny_decoder_config(family: str, **overrides):
 
 @pytest.fixture(scope="session")
 def mistral_tokenizer():
-    from arena.modeling import load_tokenizer
+    from arena.models.modeling import load_tokenizer
 
     return load_tokenizer(MISTRAL_TOKENIZER)
 

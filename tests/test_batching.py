@@ -3,7 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arena.batching import (
+from arena.errors import ConfigError
+from arena.serving.batching import (
     fixed_batches,
     length_grouped_batches,
     padding_stats,
@@ -11,7 +12,6 @@ from arena.batching import (
     round_up,
     token_budget_batches,
 )
-from arena.errors import ConfigError
 
 LENGTHS = st.lists(st.integers(1, 512), min_size=0, max_size=400)
 
@@ -82,7 +82,7 @@ def test_policies():
 
 
 def test_default_budget_depends_on_device_and_architecture():
-    from arena.batching import default_max_tokens
+    from arena.serving.batching import default_max_tokens
 
     assert default_max_tokens("cpu", 512, "deberta-v2") == 1024
     assert default_max_tokens("cpu", 256, "bert") == 2 * 256

@@ -3,8 +3,8 @@ process may use. No OpenVINO needed: its presence and the CPU's flags are simula
 
 import pytest
 
-from arena.backends.base import CPU_RANKING, choose_cpu, cpu_options
 from arena.errors import BackendUnavailable
+from arena.serving.choice import CPU_RANKING, choose_cpu, cpu_options
 
 
 def _manifest(ort=("fp32",), ov_passed=(), ov_failed=()):
@@ -19,16 +19,16 @@ def zen4(monkeypatch):
     """A CPU with AVX-512 BF16 and VNNI, OpenVINO installed."""
     import importlib.util
 
-    import arena.cpu
+    import arena.machine.cpu
 
-    monkeypatch.setattr(arena.cpu, "cpu_flags", lambda *a: frozenset({"avx512f", "avx512_bf16", "avx512_vnni"}))
+    monkeypatch.setattr(arena.machine.cpu, "cpu_flags", lambda *a: frozenset({"avx512f", "avx512_bf16", "avx512_vnni"}))
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "openvino" else real(name))
     return monkeypatch
 
 
 def test_cpu_choice_follows_the_measured_ranking(zen4):
-    import arena.cpu
+    import arena.machine.cpu
 
     full = _manifest(ort=("fp32", "int8"), ov_passed=("fp32", "bf16", "int8"))
     assert [(b, p) for b, p, why in cpu_options(full) if why is None] == list(CPU_RANKING[:5])
@@ -41,7 +41,7 @@ def test_cpu_choice_follows_the_measured_ranking(zen4):
     c = choose_cpu(bf16_failed)
     assert (c.backend, c.options["precision"]) == ("onnx", "int8") and "failed or skipped its parity" in c.reason
     assert choose_cpu(bf16_failed, "fp32").backend == "openvino"  # --precision filters the ranking
-    zen4.setattr(arena.cpu, "cpu_flags", lambda *a: frozenset({"avx2"}))
+    zen4.setattr(arena.machine.cpu, "cpu_flags", lambda *a: frozenset({"avx2"}))
     c = choose_cpu(_manifest(ov_passed=("fp32", "bf16")))
     assert (c.backend, c.options["precision"]) == ("openvino", "fp32") and "no native bf16" in c.reason
 
@@ -60,8 +60,8 @@ def test_cpu_choice_without_openvino_or_records(zen4):
 
 
 def test_cgroup_quota_caps_the_cores(tmp_path, monkeypatch):
-    import arena.cpu
-    from arena.cpu import allowed_cores, cgroup_cpu_limit
+    import arena.machine.cpu
+    from arena.machine.cpu import allowed_cores, cgroup_cpu_limit
 
     v2 = tmp_path / "cpu.max"
     v1 = (tmp_path / "quota", tmp_path / "period")
@@ -75,17 +75,17 @@ def test_cgroup_quota_caps_the_cores(tmp_path, monkeypatch):
     assert cgroup_cpu_limit(v2, v1) == 2.0
     v1[0].write_text("-1\n")
     assert cgroup_cpu_limit(v2, v1) is None
-    monkeypatch.setattr(arena.cpu.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
-    monkeypatch.setattr(arena.cpu, "cgroup_cpu_limit", lambda: 2.5)
+    monkeypatch.setattr(arena.machine.cpu.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(arena.machine.cpu, "cgroup_cpu_limit", lambda: 2.5)
     assert allowed_cores() == 3  # a quota of 2.5 CPUs: 3 threads, not 8
-    monkeypatch.setattr(arena.cpu, "cgroup_cpu_limit", lambda: None)
+    monkeypatch.setattr(arena.machine.cpu, "cgroup_cpu_limit", lambda: None)
     assert allowed_cores() == 8
-    monkeypatch.setattr(arena.cpu.os, "sched_getaffinity", lambda pid: {3})
+    monkeypatch.setattr(arena.machine.cpu.os, "sched_getaffinity", lambda pid: {3})
     assert allowed_cores() == 1
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
-    from arena.cpu import cpu_flags, cpu_model_name, has_int8_dot, has_native_bf16
+    from arena.machine.cpu import cpu_flags, cpu_model_name, has_int8_dot, has_native_bf16
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from arena.data import Record
 from arena.encode import ArenaEncoder, EncoderConfig, pad_batch
 from arena.errors import ArenaError, ConfigError, ModelError
-from arena.modeling import load_classifier, load_tokenizer, read_meta
+from arena.models.modeling import load_classifier, load_tokenizer, read_meta
 from tests.conftest import (
     DECODER_FAMILIES,
     MISTRAL_TOKENIZER,
@@ -111,7 +111,7 @@ def test_head_reads_the_last_real_token_of_every_row(family, mistral_tokenizer, 
 
 
 def test_defaults_for_decoders_and_encoders(decoder_base, tiny_config):
-    from arena.modeling import default_max_length, is_decoder, load_model_config
+    from arena.models.modeling import default_max_length, is_decoder, load_model_config
     from arena.train.loop import TrainConfig
     from arena.train.model_options import model_config_of, resolve_model_options
 
@@ -151,8 +151,8 @@ def test_lora_save_load_merge_round_trip(lora_run, tmp_path):
     """The adapter reloaded onto its base gives the logits training recorded for the best checkpoint; merged into
     the weights (in memory, or as a plain checkpoint on disk) it gives the same logits."""
     from arena.data import labels_of, read_train
-    from arena.lora import is_lora, load_lora
-    from arena.modeling import _from_pretrained, merge_lora_checkpoint
+    from arena.models.lora import is_lora, load_lora
+    from arena.models.modeling import _from_pretrained, merge_lora_checkpoint
     from arena.train.folds import holdout_split
     from arena.train.trainer import predict_logits
 
@@ -211,7 +211,7 @@ def test_resume_with_lora_ends_with_the_same_adapter(tmp_path, decoder_base):
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(decoder_base):
-    from arena.lora import is_lora
+    from arena.models.lora import is_lora
     from arena.train.trainer import build_model
 
     ids, mask = pad_batch([np.arange(3, 40), np.arange(5, 20)], 0)
@@ -266,7 +266,7 @@ def test_ddp_two_cpu_ranks_with_lora(tmp_path, decoder_base):
 # ------------------------------------------------------------------------------------------------ serve
 @pytest.fixture(scope="module")
 def merged_lora(lora_run, tmp_path_factory):
-    from arena.modeling import merge_lora_checkpoint
+    from arena.models.modeling import merge_lora_checkpoint
 
     plain = tmp_path_factory.mktemp("merged") / "model"
     shutil.copytree(lora_run[0], plain)
@@ -333,7 +333,7 @@ def test_adapter_whose_base_moved_says_how_to_point_at_it(lora_run, decoder_base
 def test_gpu_only_options_fail_with_one_clear_line(tmp_path, decoder_base, lora_run, tiny_checkpoint):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: 4-bit loading is possible here")
-    from arena.backends.torch import TorchBackend
+    from arena.serving.backends.torch import TorchBackend
     from arena.train.cli import app
 
     result = CliRunner().invoke(app, ["--data", str(TRAIN_CSV), "--model", str(decoder_base), "--output",

@@ -29,7 +29,7 @@ def cuda_provider_listed(monkeypatch):
 
 
 def test_cuda_session_that_falls_back_to_cpu_is_an_error(tiny_export, cuda_provider_listed):
-    from arena.backends.onnx import make_session
+    from arena.serving.backends.onnx import make_session
 
     with pytest.raises(BackendUnavailable, match="would run it on the CPU"):
         make_session(tiny_export / "model.onnx", device="cuda")
@@ -37,7 +37,7 @@ def test_cuda_session_that_falls_back_to_cpu_is_an_error(tiny_export, cuda_provi
 
 def test_auto_falls_back_to_cpu_with_a_warning_and_an_honest_label(tiny_export, cuda_provider_listed, monkeypatch,
                                                                    caplog):
-    import arena.backends.onnx as onnx_backend
+    import arena.serving.backends.onnx as onnx_backend
 
     monkeypatch.setattr(onnx_backend, "gpu_present", lambda: True)
     backend = onnx_backend.OnnxBackend(tiny_export / "model.onnx", device="auto")
@@ -50,13 +50,13 @@ def test_auto_falls_back_to_cpu_with_a_warning_and_an_honest_label(tiny_export, 
 
 
 def test_auto_means_a_gpu_is_present_not_a_provider_installed(cuda_provider_listed, monkeypatch):
-    import arena.backends.base as base
-    import arena.backends.onnx as onnx_backend
+    import arena.serving.backends.onnx as onnx_backend
+    import arena.serving.choice as base
 
     monkeypatch.setattr(onnx_backend, "gpu_present", lambda: False)
     assert onnx_backend.onnx_device("auto") == "cpu" and onnx_backend.onnx_device("cuda:1") == "cuda:1"
-    monkeypatch.setattr("arena.backends.gpu.gpu_present", lambda: False)
-    from arena.backends.gpu import ort_cuda
+    monkeypatch.setattr("arena.machine.gpu.gpu_present", lambda: False)
+    from arena.machine.gpu import ort_cuda
 
     assert not ort_cuda()
     monkeypatch.setattr(base, "gpu_present", lambda: False)
@@ -70,8 +70,8 @@ def test_auto_means_a_gpu_is_present_not_a_provider_installed(cuda_provider_list
 def folder_with_h100_engine(tmp_path, tiny_export, monkeypatch):
     """A copy of the tiny export whose manifest lists an engine built on an H100 with TensorRT 11.0.0, on a
     machine that reports a Tesla T4, TensorRT 11.0.0, a GPU and ONNX Runtime CUDA."""
-    import arena.backends.base as base
-    import arena.backends.gpu as gpu
+    import arena.machine.gpu as gpu
+    import arena.serving.choice as base
 
     folder = tmp_path / "export"
     shutil.copytree(tiny_export, folder)
@@ -89,7 +89,7 @@ def folder_with_h100_engine(tmp_path, tiny_export, monkeypatch):
 
 
 def test_auto_skips_an_engine_built_on_another_gpu_and_says_why(folder_with_h100_engine, caplog):
-    from arena.backends.base import choose_backend
+    from arena.serving.choice import choose_backend
 
     choice = choose_backend("auto", folder_with_h100_engine)
     assert choice.backend == "onnx"
@@ -100,16 +100,16 @@ def test_auto_skips_an_engine_built_on_another_gpu_and_says_why(folder_with_h100
 
 
 def test_backend_tensorrt_stops_with_the_rebuild_command(folder_with_h100_engine):
-    from arena.backends.base import choose_backend
+    from arena.serving.choice import choose_backend
 
     with pytest.raises(BackendUnavailable, match=r"H100.*Tesla T4.*arena-export .* --fp16 --trt --overwrite"):
         choose_backend("tensorrt", folder_with_h100_engine)
 
 
 def test_auto_takes_the_engine_built_for_this_gpu(folder_with_h100_engine, monkeypatch):
-    from arena.backends.base import choose_backend
+    from arena.serving.choice import choose_backend
 
-    monkeypatch.setattr("arena.backends.gpu.gpu_identity", lambda device="cuda": ("NVIDIA H100 80GB HBM3", "9.0"))
+    monkeypatch.setattr("arena.machine.gpu.gpu_identity", lambda device="cuda": ("NVIDIA H100 80GB HBM3", "9.0"))
     assert choose_backend("auto", folder_with_h100_engine).backend == "tensorrt"
     assert choose_backend("tensorrt", folder_with_h100_engine).backend == "tensorrt"
 
@@ -133,8 +133,8 @@ def test_devices_parent_never_loads_a_model(tmp_path, tiny_export, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the parent process built a backend")
 
-    monkeypatch.setattr("arena.backends.onnx.OnnxBackend.__init__", refuse)
-    monkeypatch.setattr("arena.backends.torch.TorchBackend.__init__", refuse)
+    monkeypatch.setattr("arena.serving.backends.onnx.OnnxBackend.__init__", refuse)
+    monkeypatch.setattr("arena.serving.backends.torch.TorchBackend.__init__", refuse)
     two = run_infer(csv, tiny_export, tmp_path / "two.csv", devices="cpu,cpu")
     assert "x 2 processes on cpu, cpu" in two["backend"] and two["rows"] == one["rows"]
     a, b = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "two.csv")

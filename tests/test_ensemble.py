@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from arena.encode import EncoderConfig
-from arena.ensemble import combine, fit_weights, member_folders
 from arena.errors import ConfigError
 from arena.metrics import log_loss
+from arena.serving.ensemble import combine, fit_weights, member_folders
 from tests.conftest import TEST_CSV, TOKENIZER, TRAIN_CSV
 
 
@@ -54,8 +54,8 @@ def test_fold_export_round_trip_scores_like_the_checkpoints(tmp_path, cv):
 
 
 def test_ensemble_is_the_mean_of_its_members_in_row_order(cv, train_records):
-    from arena.loading import open_models
-    from arena.scoring import ScoreConfig, scorer_for
+    from arena.serving.loading import open_models
+    from arena.serving.scoring import ScoreConfig, scorer_for
 
     rows = train_records[100:140]
     folds = member_folders(cv)
@@ -91,7 +91,7 @@ def test_combine_and_weights():
 
 
 def test_blend_weights_are_fitted_on_the_members_oof(tmp_path, cv, tiny_config):
-    from arena.loading import open_models
+    from arena.serving.loading import open_models
 
     other = tmp_path / "other"
     _train(other, tiny_config, folds=3, seed=5)
@@ -131,7 +131,7 @@ def test_soft_label_loss_equals_hard_label_loss_on_one_hot_targets():
 def test_soft_targets_mix_and_swap(train_records):
     from arena.data import labels_of
     from arena.encode import ArenaEncoder
-    from arena.modeling import load_tokenizer
+    from arena.models.modeling import load_tokenizer
     from arena.train.targets import training_targets
     from arena.train.trainer import prepare_rows
 

@@ -43,8 +43,8 @@ def test_onnx_graph_has_dynamic_axes_and_only_real_inputs(tiny_export):
 
 
 def test_onnx_matches_torch_at_unseen_lengths(tiny_export, tiny_checkpoint):
-    from arena.backends.onnx import OnnxBackend
-    from arena.backends.torch import TorchBackend
+    from arena.serving.backends.onnx import OnnxBackend
+    from arena.serving.backends.torch import TorchBackend
 
     torch_b, onnx_b = TorchBackend(tiny_checkpoint, device="cpu"), OnnxBackend(tiny_export / "model.onnx")
     rng = np.random.default_rng(0)
@@ -121,7 +121,7 @@ def test_unwritable_output(tmp_path, tiny_checkpoint):
 
 
 def test_corrupt_onnx_file_gives_a_clear_error(tmp_path, tiny_export):
-    from arena.backends.onnx import OnnxBackend
+    from arena.serving.backends.onnx import OnnxBackend
 
     broken = tmp_path / "model.onnx"
     broken.write_bytes((tiny_export / "model.onnx").read_bytes()[:5000])

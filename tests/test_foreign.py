@@ -32,7 +32,7 @@ class _Graph(torch.nn.Module):
 
 def write_optimum_layout(model, folder, names=("input_ids", "attention_mask")):
     """model.onnx (TorchScript exporter, optimum's axis names), config.json and the tokenizer; no manifest."""
-    from arena.modeling import load_tokenizer
+    from arena.models.modeling import load_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     model = model.float().eval()
@@ -50,7 +50,7 @@ def write_optimum_layout(model, folder, names=("input_ids", "attention_mask")):
 def tiny_model(tmp_path, **config):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from arena.hub import label_maps
+    from arena.models.hub import label_maps
 
     id2label, label2id = label_maps()
     config = {"id2label": id2label, "label2id": label2id, **config}
@@ -61,7 +61,7 @@ def tiny_model(tmp_path, **config):
 
 @pytest.fixture(scope="module")
 def foreign_export(tmp_path_factory, tiny_checkpoint):
-    from arena.modeling import load_classifier
+    from arena.models.modeling import load_classifier
 
     folder = tmp_path_factory.mktemp("optimum") / "onnx"
     return write_optimum_layout(load_classifier(tiny_checkpoint, require_three_labels=True), folder)
@@ -105,8 +105,8 @@ def test_optimum_layout_is_scored_end_to_end_and_says_it_is_foreign(tmp_path, fo
 def test_token_type_ids_are_fed_as_zeros_exactly_as_the_torch_backend_does(tmp_path):
     """A BERT-like graph keeps token_type_ids; arena feeds zeros, which is what the same weights see in arena's
     torch backend (arena-train never passes segment ids)."""
-    from arena.backends.torch import TorchBackend
-    from arena.loading import open_model
+    from arena.serving.backends.torch import TorchBackend
+    from arena.serving.loading import open_model
 
     model = tiny_model(tmp_path, type_vocab_size=2)
     folder = write_optimum_layout(model, tmp_path / "tt", ("input_ids", "attention_mask", "token_type_ids"))

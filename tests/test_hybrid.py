@@ -12,9 +12,16 @@ from arena.data import labels_of, swap_ab
 from arena.encode import ArenaEncoder, EncoderConfig
 from arena.errors import ConfigError, ModelError
 from arena.features import BASELINE_FEATURES, FEATURE_NAMES, PER_RESPONSE, LogisticRegression, feature_matrix
-from arena.hybrid import HEAD_FILE, Z_CLIP, HybridClassifier, build_hybrid, init_from_logistic_regression, is_hybrid
 from arena.infer.cli import run_infer
-from arena.modeling import load_classifier, read_meta
+from arena.models.hybrid import (
+    HEAD_FILE,
+    Z_CLIP,
+    HybridClassifier,
+    build_hybrid,
+    init_from_logistic_regression,
+    is_hybrid,
+)
+from arena.models.modeling import load_classifier, read_meta
 from tests.conftest import TEST_CSV, TOKENIZER, TRAIN_CSV
 
 N = len(PER_RESPONSE)
@@ -162,7 +169,7 @@ def test_hybrid_infer_onnx_matches_torch_with_tta(tmp_path, hybrid_checkpoint, h
 
 
 def test_hybrid_runner_without_features_is_a_clear_error(hybrid_export):
-    from arena.loading import open_model
+    from arena.serving.loading import open_model
 
     loaded = open_model(hybrid_export[0], backend="onnx")
     assert loaded.encoder.config.features and loaded.runner.needs_features

@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from arena.backends.base import choose_backend
 from arena.data import Record
 from arena.errors import ArenaError, BackendUnavailable, DataError
 from arena.infer.cli import app, run_infer
 from arena.infer.submission import submission_writer
+from arena.serving.choice import choose_backend
 from tests.conftest import DATA, TEST_CSV, TRAIN_CSV
 
 COLUMNS = ["id", "winner_model_a", "winner_model_b", "winner_tie"]
@@ -146,8 +146,8 @@ def test_cli_prints_summary_and_json(tmp_path, tiny_export):
 
 
 def test_scorer_encode_workers_give_identical_results(tiny_export):
-    from arena.loading import open_model
-    from arena.scoring import ScoreConfig, Scorer
+    from arena.serving.loading import open_model
+    from arena.serving.scoring import ScoreConfig, Scorer
 
     records = [Record(str(i), ("p" * i,), ("a " * (i * 7),), ("b",)) for i in range(30)]
     loaded = open_model(tiny_export)
@@ -199,7 +199,7 @@ def test_two_processes_give_the_same_submission(tmp_path, tiny_export):
 
 
 def test_rules_move_probability_where_documented():
-    from arena.rules import apply_rules, parse_rules
+    from arena.serving.rules import apply_rules, parse_rules
 
     recs = [Record("1", ("p",), ("same",), ("same",)), Record("2", ("p",), ("",), ("answer",)),
             Record("3", ("p",), ("a",), ("b",))]

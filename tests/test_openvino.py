@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from arena.artifacts import read_manifest, verify_files
-from arena.backends.base import choose_backend
 from arena.errors import BackendUnavailable
 from arena.metrics import softmax
+from arena.serving.choice import choose_backend
 from tests.conftest import TEST_CSV
 
 ov = pytest.importorskip("openvino")
@@ -19,7 +19,7 @@ def _real_batches(folder, shapes=((1, 17), (5, 64), (3, 128))):
     """Real rows of the sample, encoded with the export's own encoder, padded to each shape."""
     from arena.data import read_test
     from arena.encode import pad_batch
-    from arena.loading import open_model
+    from arena.serving.loading import open_model
 
     encoder = open_model(folder, backend="onnx").encoder
     records = read_test(TEST_CSV)
@@ -31,8 +31,8 @@ def _real_batches(folder, shapes=((1, 17), (5, 64), (3, 128))):
 
 
 def test_openvino_matches_onnx_runtime_on_real_rows(tiny_export):
-    from arena.backends.onnx import OnnxBackend
-    from arena.backends.openvino import OpenVinoBackend, supports_bf16
+    from arena.serving.backends.onnx import OnnxBackend
+    from arena.serving.backends.openvino import OpenVinoBackend, supports_bf16
 
     ort = OnnxBackend(tiny_export / "model.onnx", device="cpu")
     fp32 = OpenVinoBackend(tiny_export / "model.onnx", precision="fp32", cache_dir=None)
@@ -84,7 +84,7 @@ def test_auto_picks_static_int8_and_infer_says_why_and_how_many_threads(tmp_path
 
 
 def test_compiled_model_cache_is_reused_and_stays_outside_the_export(tmp_path, tiny_export):
-    from arena.backends.openvino import OpenVinoBackend
+    from arena.serving.backends.openvino import OpenVinoBackend
 
     cache = tmp_path / "cache"
     first = OpenVinoBackend(tiny_export / "model.onnx", precision="fp32", cache_dir=cache, cache_key="k" * 64)
@@ -102,7 +102,7 @@ def test_compiled_model_cache_is_reused_and_stays_outside_the_export(tmp_path, t
 
 
 def test_open_model_keys_the_cache_on_the_manifest_hash(tmp_path, tiny_export, monkeypatch):
-    from arena.loading import open_model
+    from arena.serving.loading import open_model
 
     monkeypatch.setenv("ARENA_OPENVINO_CACHE", str(tmp_path / "c"))
     first = open_model(tiny_export, backend="openvino", precision="fp32").runner
@@ -112,7 +112,7 @@ def test_open_model_keys_the_cache_on_the_manifest_hash(tmp_path, tiny_export, m
 
 
 def test_a_precision_that_failed_parity_is_refused(tmp_path, tiny_export):
-    from arena.loading import open_model
+    from arena.serving.loading import open_model
 
     copy = tmp_path / "export"
     shutil.copytree(tiny_export, copy)
@@ -138,6 +138,6 @@ def test_export_without_openvino_records_why(tmp_path, tiny_checkpoint):
     assert manifest["openvino"] == {"status": "not requested", "precisions": {}}
     assert choose_backend("auto", out).backend == "onnx"
     with pytest.raises(BackendUnavailable, match="no parity record"):
-        from arena.loading import open_model
+        from arena.serving.loading import open_model
 
         open_model(out, backend="openvino")

@@ -85,7 +85,7 @@ def test_position_arithmetic_is_found_by_walking_back_from_integer_casts():
 
 def test_bf16_autocast_matches_fp32_on_the_cpu(tiny_checkpoint, train_records, tokenizer):
     """bf16 has 8 mantissa bits: the logits move, the decisions and probabilities barely."""
-    from arena.backends.torch import TorchBackend
+    from arena.serving.backends.torch import TorchBackend
 
     ids, mask = _real_batch(train_records, tokenizer)
     ref = TorchBackend(tiny_checkpoint, device="cpu", precision="fp32")(ids, mask)
@@ -116,7 +116,7 @@ def _assert_close(ref: np.ndarray, got: np.ndarray, *, prob_tol: float) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision,compile", [("fp16", False), ("bf16", False), ("fp16", True)])
 def test_torch_on_cuda_matches_fp32(tiny_checkpoint, train_records, tokenizer, precision, compile):
-    from arena.backends.torch import TorchBackend
+    from arena.serving.backends.torch import TorchBackend
 
     ids, mask = _real_batch(train_records, tokenizer, rows=32)
     ref = TorchBackend(tiny_checkpoint, device="cpu", precision="fp32")(ids, mask)
@@ -134,8 +134,8 @@ def test_onnx_runtime_cuda_fp16_matches_torch_fp32(fp16_export, tiny_checkpoint,
         pytest.skip("onnxruntime-gpu is not installed here (carry its wheel: benchmarks/gpu_check.sh)")
     import torch
 
-    from arena.backends.onnx import OnnxBackend
-    from arena.backends.torch import TorchBackend
+    from arena.serving.backends.onnx import OnnxBackend
+    from arena.serving.backends.torch import TorchBackend
 
     ids, mask = _real_batch(train_records, tokenizer, rows=32)
     ref = TorchBackend(tiny_checkpoint, device="cpu", precision="fp32")(ids, mask)

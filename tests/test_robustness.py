@@ -209,7 +209,7 @@ def test_sigkill_during_export_leaves_no_output_folder(tmp_path, tiny_checkpoint
 def test_truncated_checkpoint_gives_a_clear_error(tmp_path, tiny_checkpoint):
     import shutil
 
-    from arena.modeling import load_classifier
+    from arena.models.modeling import load_classifier
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_checkpoint, broken)
@@ -228,7 +228,7 @@ def test_corrupt_csv_header_bytes(tmp_path):
 
 @pytest.mark.tensorrt
 def test_corrupt_engine_gives_a_clear_error():  # pragma: no cover - needs TensorRT + GPU
-    from arena.backends.tensorrt import TensorRTRunner
+    from arena.serving.backends.tensorrt import TensorRTRunner
 
     with pytest.raises(ModelError, match="could not deserialise"):
         TensorRTRunner(b"garbage" * 100)

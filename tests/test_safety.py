@@ -8,8 +8,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from arena.errors import ConfigError, ModelError
-from arena.safety import (
+from arena.cli.safety import (
     RUNNING,
     check_export_out,
     check_train_output,
@@ -17,6 +16,7 @@ from arena.safety import (
     unfinished_reason,
     warn_if_unfinished,
 )
+from arena.errors import ConfigError, ModelError
 from tests.conftest import TEST_CSV, TOKENIZER, TRAIN_CSV
 
 
@@ -107,7 +107,7 @@ def test_checkpoint_without_tokenizer_files_is_refused_everywhere(tmp_path, tiny
 
 
 def test_tokenizer_larger_than_the_embedding_is_refused(tmp_path, tiny_checkpoint):
-    from arena.modeling import load_tokenizer
+    from arena.models.modeling import load_tokenizer
 
     small = copy_model(tiny_checkpoint, tmp_path / "small")
     config = json.loads((small / "config.json").read_text())
@@ -136,10 +136,10 @@ def test_export_manifest_hashes_and_guards_the_tokenizer(tmp_path, tiny_export):
 
 @pytest.fixture
 def no_gpu(monkeypatch):
-    import arena.devices
+    import arena.machine.devices
 
-    monkeypatch.setattr(arena.devices, "torch_gpus", lambda: 0)
-    monkeypatch.setattr(arena.devices, "ort_cuda", lambda: False)
+    monkeypatch.setattr(arena.machine.devices, "torch_gpus", lambda: 0)
+    monkeypatch.setattr(arena.machine.devices, "ort_cuda", lambda: False)
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:1"])
@@ -153,10 +153,10 @@ def test_a_gpu_asked_for_on_a_cpu_machine_is_an_error(tmp_path, tiny_export, no_
 
 
 def test_devices_with_one_value_is_used_not_ignored(tmp_path, tiny_export, monkeypatch):
-    import arena.devices
+    import arena.machine.devices
     from arena.infer.cli import check_infer_request
 
-    monkeypatch.setattr(arena.devices, "torch_gpus", lambda: 2)
+    monkeypatch.setattr(arena.machine.devices, "torch_gpus", lambda: 2)
     kwargs = dict(backend="torch", precision="auto", tta="none", policy="sorted", max_tokens=None, batch_size=64,
                   chunk_rows=100, threads=None, encode_workers=0, compile=False, device="auto")
     out = tmp_path / "s.csv"
@@ -258,7 +258,7 @@ def test_interrupted_fresh_run_is_marked_and_loading_it_warns(tmp_path, tiny_con
     with pytest.raises(ConfigError, match="unfinished run.*--resume"):
         check_train_output(out, resume=False, overwrite=False, inputs={})
     check_train_output(out, resume=True, overwrite=False, inputs={})  # resuming it is allowed
-    with caplog.at_level(logging.WARNING, logger="arena.safety"):
+    with caplog.at_level(logging.WARNING, logger="arena.cli.safety"):
         run_infer(TEST_CSV, out, tmp_path / "sub.csv", backend="torch")
     assert "half-trained" in caplog.text
     run_training(_train_cfg(tiny_config, out, resume=True, eval_steps=1, epochs=2))
@@ -268,7 +268,7 @@ def test_interrupted_fresh_run_is_marked_and_loading_it_warns(tmp_path, tiny_con
 def test_export_of_an_unfinished_checkpoint_says_so(tmp_path, tiny_checkpoint, caplog):
     ckpt = copy_model(tiny_checkpoint, tmp_path / "ckpt")
     (ckpt / RUNNING).write_text("{}")
-    with caplog.at_level(logging.WARNING, logger="arena.safety"):
+    with caplog.at_level(logging.WARNING, logger="arena.cli.safety"):
         assert warn_if_unfinished(ckpt)
     assert "half-trained" in caplog.text
     export = tmp_path / "export"

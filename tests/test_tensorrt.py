@@ -23,12 +23,12 @@ from arena.artifacts import (
     read_engine,
     select_engine,
 )
-from arena.backends.gpu import check_tensorrt_version, parse_version, tensorrt_available
-from arena.backends.tensorrt import engine_profiles, limits_for_profiles
-from arena.batching import default_max_tokens, plan_batches, resolve_budget, round_up, token_budget_batches
 from arena.encode import pad_batch
 from arena.errors import BackendUnavailable, ConfigError, ModelError
 from arena.export.tensorrt import DEFAULT_MAX_BATCH, plan_profiles, planned_budget
+from arena.machine.gpu import check_tensorrt_version, parse_version, tensorrt_available
+from arena.serving.backends.tensorrt import engine_profiles, limits_for_profiles
+from arena.serving.batching import default_max_tokens, plan_batches, resolve_budget, round_up, token_budget_batches
 from tests.conftest import TRAIN_CSV
 
 # ------------------------------------------------------------------------------------------------ the planner
@@ -273,10 +273,10 @@ def test_manifest_of_a_real_export_says_no_engine(tiny_export):
 
 @pytest.mark.tensorrt
 def test_build_and_run_engine_matches_onnx(tmp_path, tiny_checkpoint):  # pragma: no cover - needs TensorRT + GPU
-    from arena.backends.onnx import OnnxBackend
-    from arena.backends.tensorrt import TensorRTRunner
     from arena.export.cli import run_export
     from arena.export.tensorrt import build_engine
+    from arena.serving.backends.onnx import OnnxBackend
+    from arena.serving.backends.tensorrt import TensorRTRunner
 
     export = tmp_path / "export"
     run_export(tiny_checkpoint, export, fp16=True, data=str(TRAIN_CSV), parity_shapes="1x17,7x64,16x128")
@@ -297,7 +297,7 @@ def test_build_and_run_engine_matches_onnx(tmp_path, tiny_checkpoint):  # pragma
 @pytest.mark.tensorrt
 def test_export_with_trt_records_the_engine_and_passes_parity(tmp_path, tiny_checkpoint):  # pragma: no cover
     from arena.export.cli import run_export
-    from arena.loading import open_model
+    from arena.serving.loading import open_model
 
     export = tmp_path / "export"
     summary = run_export(tiny_checkpoint, export, trt=True, data=str(TRAIN_CSV), parity_shapes="1x17,7x64,16x128")

@@ -18,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "arena"
-TENSORRT_MODULES = ["src/arena/export/tensorrt.py", "src/arena/backends/tensorrt.py", "src/arena/backends/gpu.py"]
+TENSORRT_MODULES = ["src/arena/export/tensorrt.py", "src/arena/serving/backends/tensorrt.py",
+    "src/arena/machine/gpu.py"]
 
 # NVIDIA, "Migrating from TensorRT 10.x to 11.x", removed Python APIs (attribute names as code spells them).
 REMOVED_BUILDER_FLAGS = {"FP16", "BF16", "INT8", "FP8", "INT4", "FP4", "OBEY_PRECISION_CONSTRAINTS",
@@ -164,7 +165,7 @@ cache_dir = {tmp / '.mypy_cache'}
 [mypy-tensorrt.*,tensorrt_bindings.*,tensorrt_libs.*]
 ignore_errors = True
 
-[mypy-arena.export.tensorrt,arena.backends.tensorrt,arena.backends.gpu]
+[mypy-arena.export.tensorrt,arena.serving.backends.tensorrt,arena.machine.gpu]
 disallow_untyped_defs = True
 
 [mypy-torch.*,transformers.*,onnx.*,onnxruntime.*,pandas.*,tokenizers.*,sentencepiece.*,safetensors.*]

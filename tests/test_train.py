@@ -177,7 +177,7 @@ def test_model_name_without_network_gets_one_clear_message(tmp_path, monkeypatch
 
 
 def test_pickle_only_checkpoint_is_refused(tmp_path):
-    from arena.modeling import load_classifier
+    from arena.models.modeling import load_classifier
 
     folder = tmp_path / "pickled"
     folder.mkdir()
@@ -228,7 +228,7 @@ def test_single_fold_writes_a_checkpoint_at_the_output(tmp_path, tiny_config):
 
 
 def test_kfold_output_folder_points_to_a_fold(tmp_path):
-    from arena.modeling import check_model_folder
+    from arena.models.modeling import check_model_folder
 
     (tmp_path / "cv" / "fold_0").mkdir(parents=True)
     (tmp_path / "cv" / "fold_0" / "config.json").write_text("{}")

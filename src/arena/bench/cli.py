@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from arena.bench.precheck import DEFAULT_BACKENDS
-from arena.cli_common import run_app, setup_logging
+from arena.cli.app import run_app, setup_logging
 from arena.errors import BenchmarkCheckFailed, cli_errors
 
 log = logging.getLogger("arena.bench")
@@ -83,14 +83,14 @@ def bench(
     setup_logging(verbose)
     from dataclasses import replace
 
-    from arena.batching import token_budget_batches
     from arena.bench.precheck import check_bench_request, parse_cells, read_thresholds, runnable_cells
     from arena.bench.report import plot, write_reports
     from arena.bench.runner import check_thresholds, compute_speedups, open_cell, repeat_to, run_cells
+    from arena.cli.safety import warn_if_unfinished
     from arena.data import has_labels, read_records, resolve_csv
     from arena.encode import ArenaEncoder
-    from arena.modeling import load_tokenizer, read_meta
-    from arena.safety import warn_if_unfinished
+    from arena.models.modeling import load_tokenizer, read_meta
+    from arena.serving.batching import token_budget_batches
 
     specs = parse_cells(cells, backends or DEFAULT_BACKENDS, policies)
     path = resolve_csv(data, "train.csv")

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from arena.cli_common import run_app, setup_logging
+from arena.cli.app import run_app, setup_logging
 from arena.errors import cli_errors
 from arena.io import atomic_write_text
 
@@ -125,10 +125,10 @@ def report(
 ) -> None:
     """Summarise an arena CSV: classes, lengths by winner, truncation by max length, turns."""
     setup_logging()
+    from arena.cli.options import existing_file, existing_folder
+    from arena.cli.safety import check_report_out, remove_stale
     from arena.data import check_layout, has_labels, read_records
-    from arena.modeling import is_local, load_tokenizer
-    from arena.options import existing_file, existing_folder
-    from arena.safety import check_report_out, remove_stale
+    from arena.models.modeling import is_local, load_tokenizer
 
     existing_file("CSV_PATH", csv_path, "the train or test file to describe (e.g. train.csv)")
     check_layout(csv_path, labelled=False)

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from arena.cli_common import setup_logging
+from arena.cli.app import setup_logging
 from arena.encode import ArenaEncoder, EncoderConfig
 from arena.errors import cli_errors
 
@@ -31,7 +31,7 @@ def main_command(
 ) -> None:
     setup_logging()
     from arena.data import has_labels, read_records
-    from arena.modeling import load_tokenizer
+    from arena.models.modeling import load_tokenizer
 
     labelled = has_labels(data)
     records = read_records(data, labelled=labelled)

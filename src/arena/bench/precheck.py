@@ -17,9 +17,9 @@ DEFAULT_BASELINE = "torch:fp32/notebook"
 
 def parse_cells(cells: str | None, backends: str, policies: str) -> list[Any]:
     """The cells to measure, each ``backend:precision/policy`` checked; the same cell twice is refused."""
-    from arena.batching import POLICIES
     from arena.bench.runner import CellSpec
-    from arena.options import check_precision, one_of
+    from arena.cli.options import check_precision, one_of
+    from arena.serving.batching import POLICIES
 
     if cells:
         pairs = []
@@ -45,7 +45,7 @@ def parse_cells(cells: str | None, backends: str, policies: str) -> list[Any]:
 
 def read_thresholds(check: Path, cell_names: list[str]) -> dict[str, Any]:
     """``--check``: a JSON object whose ``ratios`` compare cells this run measures."""
-    from arena.options import existing_file
+    from arena.cli.options import existing_file
 
     existing_file("--check", check, "a JSON file of ratio thresholds such as benchmarks/thresholds.json")
     try:
@@ -70,11 +70,11 @@ def read_thresholds(check: Path, cell_names: list[str]) -> dict[str, Any]:
 def check_bench_request(*, model: Path, export: Path | None, specs: list[Any], numbers: dict[str, int | None],
                         baseline: str, data_path: Path, out: Path, check: Path | None) -> list[str]:
     """Folders, numbers, baseline and output; returns the report files an earlier run left in ``out``."""
-    from arena.batching import round_up
+    from arena.cli.options import at_least, existing_folder
+    from arena.cli.safety import check_report_out
     from arena.data import check_layout
-    from arena.modeling import check_max_length, check_model_folder, load_model_config, read_meta
-    from arena.options import at_least, existing_folder
-    from arena.safety import check_report_out
+    from arena.models.modeling import check_max_length, check_model_folder, load_model_config, read_meta
+    from arena.serving.batching import round_up
 
     for flag, minimum in (("rows", 1), ("batch_size", 1), ("max_tokens", 1), ("repeats", 1), ("warmup", 0),
                           ("threads", 1), ("encode_workers", 0), ("max_length", 16)):

@@ -1,6 +1,7 @@
 """Measure scoring throughput for backend x precision x batch policy cells, side by side in one run.
 
-Every cell runs the real scoring path, :class:`~arena.scoring.Scorer` on :class:`~arena.executor.BatchExecutor`:
+Every cell runs the real scoring path, :class:`~arena.serving.scoring.Scorer` on
+:class:`~arena.serving.executor.BatchExecutor`:
 records -> probabilities, tokenization included (the ``notebook`` policy tokenizes batch by batch in file order
 on the model's thread, as the starter notebook did; ``padded`` and ``sorted`` encode and pad in a background
 thread, overlapped with compute). One pass gives both numbers of a cell: end to end (its wall time) and model only
@@ -26,8 +27,8 @@ import numpy as np
 from arena.data import Record
 from arena.encode import ArenaEncoder
 from arena.errors import ConfigError
-from arena.executor import Timings
-from arena.scoring import ScoreConfig, Scorer
+from arena.serving.executor import Timings
+from arena.serving.scoring import ScoreConfig, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,8 @@ class Cell:
 def open_cell(spec: CellSpec, model_dir: Path, *, batch_size: int, max_tokens: int | None, threads: int | None,
               max_length: int | None, encode_workers: int = 0) -> Cell:
     """Load the cell's model and build its scorer (raises before any timing if the cell cannot run)."""
-    from arena.loading import open_models
-    from arena.scoring import scorer_for
+    from arena.serving.loading import open_models
+    from arena.serving.scoring import scorer_for
 
     t0 = time.perf_counter()
     compiled = spec.backend == "torch.compile"  # torch with torch.compile(dynamic=True), timed after warm-up

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 import typer
 
-from arena.batching import length_grouped_batches
-from arena.cli_common import setup_logging
+from arena.cli.app import setup_logging
 from arena.encode import ArenaEncoder, EncoderConfig, pad_batch
 from arena.errors import cli_errors
+from arena.serving.batching import length_grouped_batches
 from arena.train.trainer import forward_backward, optimizer_step
 
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
@@ -83,7 +83,7 @@ def main_command(
     setup_logging()
     from arena.bench.runner import repeat_to
     from arena.data import read_records
-    from arena.modeling import load_classifier, load_tokenizer
+    from arena.models.modeling import load_classifier, load_tokenizer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else None, "bf16": torch.bfloat16,

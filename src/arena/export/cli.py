@@ -12,10 +12,10 @@ from typing import Annotated, Any
 
 import typer
 
-from arena.cli_common import run_app, setup_logging
+from arena.cli.app import run_app, setup_logging
 from arena.errors import ArenaError, ConfigError, ParityError, cli_errors
 from arena.export.parity import parity_batches, parse_shapes
-from arena.foreign import is_foreign_export
+from arena.serving.foreign_folder import is_foreign_export
 
 log = logging.getLogger("arena.export")
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
@@ -88,20 +88,20 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
     from dataclasses import replace
 
     from arena.artifacts import copy_model_files, write_manifest
-    from arena.backends.onnx import OnnxBackend
-    from arena.backends.torch import TorchBackend
+    from arena.cli.safety import unfinished_reason
     from arena.data import has_labels, read_records
     from arena.encode import ArenaEncoder
-    from arena.ensemble import member_folders
-    from arena.executor import BatchExecutor
     from arena.export.derive import derived_artifacts
     from arena.export.onnx import export_onnx
     from arena.export.openvino import openvino_section
     from arena.export.parity import ParityGate, Tolerance
     from arena.export.precheck import check_export_request
     from arena.io import atomic_dir, sha256_file
-    from arena.modeling import check_pad_token, load_classifier, load_tokenizer, read_meta
-    from arena.safety import unfinished_reason
+    from arena.models.modeling import check_pad_token, load_classifier, load_tokenizer, read_meta
+    from arena.serving.backends.onnx import OnnxBackend
+    from arena.serving.backends.torch import TorchBackend
+    from arena.serving.ensemble import member_folders
+    from arena.serving.executor import BatchExecutor
 
     checkpoint, out = Path(checkpoint), Path(out)
     members = member_folders(checkpoint)
@@ -120,7 +120,7 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
     if trt:  # say what is missing before spending minutes on the ONNX part
         _check_trt_possible(checkpoint)
         fp16 = True  # the engine is built from the parity-checked FP16 ONNX: precision lives in the graph
-    from arena.hybrid import is_hybrid
+    from arena.models.hybrid import is_hybrid
 
     meta = read_meta(checkpoint)
     model = load_classifier(checkpoint, require_three_labels=True).float().eval()
@@ -183,11 +183,11 @@ def run_ensemble_export(source: Path, members: list[Path], out: Path, *, overwri
     """Export every member (each parity-checked on its own) into ``out/<member>/``, copy the training run's
     ``oof.csv`` / ``metrics.json`` (blend weights are fitted on them), and write one manifest over all of it."""
     from arena.artifacts import write_manifest
+    from arena.cli.safety import check_export_out
     from arena.data import resolve_csv
-    from arena.ensemble import DEFAULT_COMBINE, ENSEMBLE_KIND
     from arena.export.precheck import check_checkpoint
     from arena.io import atomic_dir
-    from arena.safety import check_export_out
+    from arena.serving.ensemble import DEFAULT_COMBINE, ENSEMBLE_KIND
 
     check_export_out(out, checkpoint=source, data=resolve_csv(options.get("data"), "train.csv"), overwrite=overwrite)
     for member in members:  # every fold checked before any is exported
@@ -210,8 +210,8 @@ def run_ensemble_export(source: Path, members: list[Path], out: Path, *, overwri
 
 def _check_trt_possible(checkpoint: Path) -> None:
     """Refuse ``--trt`` before any ONNX work: for decoder LLMs (out of scope) and where TensorRT is missing."""
-    from arena.backends.tensorrt import tensorrt_available
-    from arena.modeling import is_decoder, load_model_config
+    from arena.models.modeling import is_decoder, load_model_config
+    from arena.serving.backends.tensorrt import tensorrt_available
 
     config = load_model_config(checkpoint)
     if is_decoder(config):
@@ -255,11 +255,11 @@ def _build_trt(folder: Path, records, tokenizer, encoder_cfg, model, buckets: in
     import tensorrt as trt_mod
 
     from arena.artifacts import engine_filename, engine_key, slug
-    from arena.backends.tensorrt import TensorRTRunner, gpu_identity
     from arena.encode import ArenaEncoder
     from arena.export.tensorrt import build_engine, plan_profiles, planned_budget
-    from arena.hybrid import is_hybrid
     from arena.io import sha256_file
+    from arena.models.hybrid import is_hybrid
+    from arena.serving.backends.tensorrt import TensorRTRunner, gpu_identity
 
     onnx_file, version = "model.fp16.onnx", trt_mod.__version__
     n_features = model.n_features if is_hybrid(model) else 0

@@ -15,8 +15,8 @@ def derived_artifacts(tmp: Path, model_config: Any, gate: ParityGate, *, fp16: b
     """Write and check each derived model asked for from ``tmp/model.onnx``; their manifest artefact entries.
     ``model_config``: the Hugging Face config (attributes ``model_type``, ``num_attention_heads``, ``hidden_size``)
     that ONNX Runtime's fusion needs."""
-    from arena.backends.onnx import OnnxBackend
     from arena.export import optimize as ort_opt
+    from arena.serving.backends.onnx import OnnxBackend
 
     src = tmp / "model.onnx"
     out: dict[str, Any] = {}

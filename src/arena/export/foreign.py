@@ -3,7 +3,8 @@
 The foreign graph is copied as ``model.onnx`` (with any external data it names) and becomes the parity reference:
 the copy and every derived model (fused, FP16, INT8, TensorRT) are checked against it on real rows, with the same
 tolerances a checkpoint export uses, and nothing is kept when one fails. The manifest records the source as foreign
-(:meth:`arena.foreign.ForeignExport.to_dict`): arena vouches for the derived models against that graph, not for the
+(:meth:`arena.serving.foreign_folder.ForeignExport.to_dict`): arena vouches for the derived models against that graph,
+not for the
 graph against any PyTorch weights (it has none).
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 from arena.errors import ArenaError, ConfigError
 from arena.export.derive import derived_artifacts
 from arena.export.parity import ParityGate, Tolerance
-from arena.foreign import ForeignExport, inspect_foreign
+from arena.serving.foreign_folder import ForeignExport, inspect_foreign
 
 log = logging.getLogger("arena.export")
 
@@ -34,15 +35,16 @@ def run_foreign_export(folder: Path, out: Path, *, fp16: bool = False, int8: boo
                        min_agreement: float = 0.97, trt_buckets: int = 4, max_tokens: int = 16384,
                        workspace_gib: float = 4.0, overwrite: bool = False,
                        build_trt: TrtBuilder | None = None) -> dict[str, Any]:
-    """Export ``folder`` (a foreign ONNX export, see :func:`arena.foreign.inspect_foreign`) to ``out``."""
+    """Export ``folder`` (a foreign ONNX export, see :func:`arena.serving.foreign_folder.inspect_foreign`) to
+    ``out``."""
     from arena.artifacts import copy_model_files, write_manifest
-    from arena.backends.contract import Limits
-    from arena.backends.onnx import OnnxBackend
     from arena.data import has_labels, read_records, resolve_csv
-    from arena.executor import BatchExecutor
     from arena.export.parity import parity_batches, parse_shapes
     from arena.io import atomic_dir, sha256_file
-    from arena.modeling import load_tokenizer
+    from arena.models.modeling import load_tokenizer
+    from arena.serving.backends.contract import Limits
+    from arena.serving.backends.onnx import OnnxBackend
+    from arena.serving.executor import BatchExecutor
 
     foreign = inspect_foreign(folder)
     out = Path(out)
@@ -102,7 +104,7 @@ def copy_onnx(src: Path, dst: Path) -> None:
 def _check_trt(foreign: ForeignExport, build_trt: TrtBuilder | None) -> None:
     """Say what stops a TensorRT build before any minutes are spent on the ONNX part."""
     from arena.artifacts import TOKEN_INPUTS
-    from arena.backends.tensorrt import tensorrt_available
+    from arena.serving.backends.tensorrt import tensorrt_available
 
     ok, why = tensorrt_available()
     if not ok:

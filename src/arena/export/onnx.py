@@ -63,7 +63,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, opset: int = DEFAUL
         raise ModelError(f"--exporter must be one of {', '.join(EXPORTERS)}")
     if opset < 17:
         raise ModelError(f"--opset {opset} is too old; LayerNormalization needs opset 17 or newer")
-    from arena.hybrid import is_hybrid
+    from arena.models.hybrid import is_hybrid
 
     path = Path(path)
     model = model.float().eval().cpu()

@@ -1,7 +1,7 @@
 """OpenVINO at export time: the export's ``model.onnx`` compiled at fp32 and bf16, and the static INT8 model, each
 checked against the same PyTorch reference, on the same real rows and shapes, with the same gate as ONNX Runtime.
 
-The result is the manifest's ``openvino`` section. ``--backend auto`` (:func:`arena.backends.base.choose_backend`)
+The result is the manifest's ``openvino`` section. ``--backend auto`` (:func:`arena.serving.choice.choose_backend`)
 only ever picks a precision recorded there as passed, and asking for one that failed is refused at load time.
 
 * fp32 and bf16 need no new file: OpenVINO compiles the same ``model.onnx``. A failure is recorded, not fatal,
@@ -27,7 +27,7 @@ FLOAT_PRECISIONS = ("fp32", "bf16")
 
 
 def _backend(path: Path, precision: str):
-    from arena.backends.openvino import OpenVinoBackend
+    from arena.serving.backends.openvino import OpenVinoBackend
 
     return OpenVinoBackend(path, precision=precision, cache_dir=None)  # the export folder is still temporary
 
@@ -38,7 +38,7 @@ def check_onnx(onnx_path: Path, gate: ParityGate, *, fp32_tol: float) -> dict[st
     section; a failure is recorded there (and in the gate's reports), not raised."""
     from dataclasses import replace
 
-    from arena.backends.openvino import openvino_available, supports_bf16
+    from arena.serving.backends.openvino import openvino_available, supports_bf16
 
     ok, why = openvino_available()
     if not ok:
@@ -46,7 +46,7 @@ def check_onnx(onnx_path: Path, gate: ParityGate, *, fp32_tol: float) -> dict[st
         return {"status": "not installed", "why": why, "precisions": {}}
     import openvino as ov
 
-    from arena.cpu import cpu_model_name
+    from arena.machine.cpu import cpu_model_name
 
     native_bf16 = supports_bf16()
     section: dict[str, Any] = {"status": "checked", "version": ov.__version__, "cpu": cpu_model_name(),
@@ -93,8 +93,8 @@ def openvino_section(folder: Path, gate: ParityGate, *, encoder, data: Path, ope
     if int8_static:
         if section["status"] != "checked":
             raise ConfigError(f"--int8-static: {section['why']}")
-        from arena.executor import BatchExecutor
         from arena.export.quantize import calibration_batches
+        from arena.serving.executor import BatchExecutor
 
         executor = BatchExecutor(gate.reference, pad_id=encoder.pad_id, max_length=encoder.config.max_length)
         calibration = calibration_batches(calibration_records(data, calibration_rows), encoder, executor)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from arena.cli.options import at_least, one_of, positive, within
 from arena.errors import ConfigError, ModelError
-from arena.options import at_least, one_of, positive, within
 
 EXPORTERS = ("torchscript", "dynamo")
 MIN_PARITY_LENGTH = 8
@@ -42,7 +42,7 @@ def parity_shape_list(text: str) -> list[tuple[int, int]]:
 
 def check_checkpoint(checkpoint: Path) -> None:
     """The source must be an arena-train (or Hugging Face) checkpoint, not an export or a k-fold parent."""
-    from arena.modeling import check_model_folder
+    from arena.models.modeling import check_model_folder
 
     if (checkpoint / "manifest.json").is_file() and not (checkpoint / "model.safetensors").is_file():
         raise ModelError(f"{checkpoint} is an arena-export folder; arena-export reads the arena-train checkpoint "
@@ -54,8 +54,8 @@ def check_export_request(checkpoint: Path, out: Path, *, opset: int, exporter: s
                          parity_shapes: str, tolerances: dict[str, float], min_agreement: float,
                          trt_buckets: int, max_tokens: int, workspace_gib: float, overwrite: bool) -> Path:
     """Raise :class:`~arena.errors.ArenaError` for any option or path that cannot work; return the parity CSV."""
+    from arena.cli.safety import check_export_out, warn_if_unfinished
     from arena.data import check_layout, resolve_csv
-    from arena.safety import check_export_out, warn_if_unfinished
 
     one_of("--exporter", exporter, EXPORTERS)
     within("--opset", opset, 17, max_opset(exporter))

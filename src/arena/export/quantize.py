@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def calibration_batches(records, encoder, executor) -> list[dict[str, np.ndarray]]:
     """``records`` encoded by ``encoder`` and planned and padded by ``executor`` (the
-    :class:`~arena.executor.BatchExecutor` inference uses, so the batches are length-sorted and packed under its
+    :class:`~arena.serving.executor.BatchExecutor` inference uses, so the batches are length-sorted and packed under its
     token budget): a list of feed dicts (graph input name -> array)."""
     out = []
     for b in executor.prepare(encoder.encode(records)).batches:

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from arena.artifacts import Profile
-from arena.batching import resolve_budget, round_up
 from arena.errors import ConfigError, ModelError
+from arena.serving.batching import resolve_budget, round_up
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ DEFAULT_MAX_BATCH = 64
 
 def planned_budget(max_tokens: int | None, max_length: int, model_type: str | None = None) -> int:
     """The token budget engines are planned for: ``--max-tokens``, else exactly what ``arena-infer`` packs on a GPU
-    (:func:`arena.batching.resolve_budget` with ``device="cuda"``), so the default plan and the default batches are
+    (:func:`arena.serving.batching.resolve_budget` with ``device="cuda"``), so the default plan and the default
+    batches are
     one number. The manifest records it and the TensorRT backend states it as its ``limits.max_tokens``."""
     return resolve_budget(max_tokens, device="cuda", max_length=max_length, model_type=model_type)
 
@@ -91,7 +92,7 @@ def build_engine(onnx_path: Path, engine_path: Path, profiles: list[Profile], *,
     """
     import tensorrt as trt
 
-    from arena.backends.tensorrt import check_tensorrt_version
+    from arena.serving.backends.tensorrt import check_tensorrt_version
 
     check_tensorrt_version(trt.__version__)
     logger = trt.Logger(trt.Logger.WARNING)

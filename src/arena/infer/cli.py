@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from arena.cli_common import run_app, setup_logging
+from arena.cli.app import run_app, setup_logging
 from arena.errors import ConfigError, cli_errors
 
 log = logging.getLogger("arena.infer")
@@ -75,15 +75,15 @@ def check_infer_request(test_csv: Path, models: Path | list[Path], out: Path, *,
     """Every option and path checked before a model is loaded: return the device and the device list (None for
     one device; ``--devices`` with one name is that device, not ignored)."""
     models = [Path(models)] if isinstance(models, Path | str) else [Path(m) for m in models]
-    from arena.backends.base import BACKENDS
-    from arena.batching import POLICIES
+    from arena.cli.options import at_least, check_precision, existing_file, existing_folder, one_of
+    from arena.cli.safety import check_submission_out
     from arena.data import check_layout
-    from arena.devices import check_device, parse_devices
-    from arena.ensemble import member_folders
-    from arena.foreign import is_foreign_export
-    from arena.modeling import check_model_folder
-    from arena.options import at_least, check_precision, existing_file, existing_folder, one_of
-    from arena.safety import check_submission_out
+    from arena.machine.devices import check_device, parse_devices
+    from arena.models.modeling import check_model_folder
+    from arena.serving.batching import POLICIES
+    from arena.serving.choice import BACKENDS
+    from arena.serving.ensemble import member_folders
+    from arena.serving.foreign_folder import is_foreign_export
 
     one_of("--backend", backend, BACKENDS)
     check_precision("--precision", backend, precision)
@@ -130,11 +130,11 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
               weights: list[float] | None = None, combine: str = "probs", save_logits: Path | None = None) -> dict:
     from tqdm.auto import tqdm
 
+    from arena.cli.safety import warn_if_unfinished
     from arena.data import iter_records
     from arena.infer.submission import predictions_writer, submission_writer
-    from arena.rules import parse_rules
-    from arena.safety import warn_if_unfinished
-    from arena.scoring import ScoreConfig, Timings
+    from arena.serving.rules import parse_rules
+    from arena.serving.scoring import ScoreConfig, Timings
 
     models = [Path(model)] if isinstance(model, Path | str) else [Path(m) for m in model]
     test_csv, out = Path(test_csv), Path(out)
@@ -144,7 +144,7 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
         compile=compile, device=device, devices=devices)
     tta = tta == "swap" if isinstance(tta, str) else tta
     if save_logits is not None:
-        from arena.safety import check_submission_out
+        from arena.cli.safety import check_submission_out
 
         if Path(save_logits).resolve() == out.resolve():
             raise ConfigError("--save-logits must name another file than --out")
@@ -185,10 +185,10 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
 def _open_scorer(models: list[Path], config, *, backend: str, precision: str, threads: int | None, compile: bool,
                  device: str, shards: list[str] | None, weights: list[float] | None, combine: str):
     """The scorer for one model or an ensemble; (scorer, description, why this backend, close)."""
-    from arena.ensemble import member_folders
-    from arena.infer.sharded import open_sharded
-    from arena.loading import LoadedEnsemble, open_models
-    from arena.scoring import scorer_for
+    from arena.serving.ensemble import member_folders
+    from arena.serving.loading import LoadedEnsemble, open_models
+    from arena.serving.scoring import scorer_for
+    from arena.serving.sharded import open_sharded
 
     if shards is None:
         ensemble = open_models(models, weights=weights, combine=combine, backend=backend, precision=precision,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from arena.cli_common import encoder_config, run_app, setup_logging
+from arena.cli.app import encoder_config, run_app, setup_logging
 from arena.errors import ConfigError, cli_errors
 from arena.train.config import HEADS
 
@@ -142,11 +142,11 @@ def check_train_request(*, data: str | None, model: str, output: str, tokenizer:
                         max_length: int, numbers: dict[str, Any], scheduler: str, precision: str, head: str,
                         resume: bool, overwrite: bool) -> None:
     """Every option and path checked before any data is read, model loaded or file written."""
+    from arena.cli.options import at_least, existing_folder, one_of, positive, within
+    from arena.cli.safety import check_train_output
     from arena.data import check_layout, resolve_csv
-    from arena.devices import torch_gpus
-    from arena.modeling import check_max_length, check_model_folder, is_local
-    from arena.options import at_least, existing_folder, one_of, positive, within
-    from arena.safety import check_train_output
+    from arena.machine.devices import torch_gpus
+    from arena.models.modeling import check_max_length, check_model_folder, is_local
 
     n = numbers
     for flag in ("batch_size", "grad_accum", "max_rows", "eval_steps", "save_steps", "early_stopping"):
@@ -186,7 +186,7 @@ def check_train_request(*, data: str | None, model: str, output: str, tokenizer:
 
 
 def _model_config(model: str, random_init: bool) -> Any:
-    from arena.modeling import load_model_config
+    from arena.models.modeling import load_model_config
 
     if not random_init:
         return load_model_config(model)

@@ -45,7 +45,7 @@ class TrainConfig:
     on the real sample it is worth more than the encoder (benchmarks/RESULTS.md)."""
     head: str = "auto"
     """``hybrid`` (the default recipe for encoders): pooled encoder output plus the hand-crafted features
-    (:mod:`arena.hybrid`), the feature path started from their logistic regression. ``hf``: the model's own
+    (:mod:`arena.models.hybrid`), the feature path started from their logistic regression. ``hf``: the model's own
     sequence-classification head (decoders: last-token pooling). ``auto``: hybrid for encoders, hf for decoders."""
     head_lr: float = 2e-4
     """Learning rate of the hybrid head's own layers (the encoder uses ``lr``)."""
@@ -55,7 +55,7 @@ class TrainConfig:
     compile: bool = False
     resume: bool = False
     overwrite: bool = False
-    """Delete an earlier run in ``output`` and start again (:mod:`arena.safety` says which folders qualify)."""
+    """Delete an earlier run in ``output`` and start again (:mod:`arena.cli.safety` says which folders qualify)."""
     keep_state: bool = False
     soft_labels: str | None = None
     """Teacher probabilities keyed by id (:mod:`arena.train.targets`): the training targets mix them in."""
@@ -66,7 +66,8 @@ class TrainConfig:
     max_steps: int | None = None
     """Stop after this many optimizer steps in total (quick runs, tests)."""
     lora_r: int | None = None
-    """LoRA rank (:mod:`arena.lora`); 0: full fine-tuning; None: 16 for decoders, full fine-tuning for encoders."""
+    """LoRA rank (:mod:`arena.models.lora`); 0: full fine-tuning; None: 16 for decoders, full fine-tuning for
+    encoders."""
     lora_alpha: float | None = None
     """LoRA scale numerator (the update is scaled by alpha / r); None: 2 x r (the 1st place used r 64, alpha 128)."""
     lora_dropout: float = 0.05

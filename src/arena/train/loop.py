@@ -29,13 +29,14 @@ import numpy as np
 import torch
 
 from arena import LABELS
+from arena.cli.safety import check_train_config_output, finish_train_output, start_train_output
 from arena.data import SWAP_CLASSES, Record, labels_of, read_train, resolve_csv, swap_ab
 from arena.encode import ArenaEncoder
 from arena.errors import ConfigError
-from arena.hybrid import init_from_logistic_regression, is_hybrid
 from arena.io import atomic_open, atomic_write_text
 from arena.metrics import accuracy, baselines, fit_temperature, log_loss, softmax
-from arena.modeling import (
+from arena.models.hybrid import init_from_logistic_regression, is_hybrid
+from arena.models.modeling import (
     CheckpointMeta,
     check_max_length,
     check_tokenizer,
@@ -43,7 +44,6 @@ from arena.modeling import (
     merge_lora_checkpoint,
     save_checkpoint,
 )
-from arena.safety import check_train_config_output, finish_train_output, start_train_output
 from arena.train.config import HEADS, TrainConfig
 from arena.train.folds import holdout_split, stratified_folds
 from arena.train.model_options import model_config_of, resolve_model_options
@@ -118,7 +118,7 @@ def summarise_run(config: TrainConfig, records: list[Record], labels: np.ndarray
     temperature = fit_temperature(logits, y) if config.calibrate and len(y) >= 30 else 1.0
     for r in results:  # every fold's checkpoint carries the temperature fitted on all out-of-fold rows
         if (r.output / "config.json").is_file():
-            from arena.modeling import read_meta, write_meta
+            from arena.models.modeling import read_meta, write_meta
 
             m = read_meta(r.output)
             write_meta(r.output, replace(m, temperature=temperature))

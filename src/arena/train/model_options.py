@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from arena.errors import ConfigError
-from arena.modeling import (
+from arena.models.modeling import (
     default_max_length,
     is_decoder,
     load_classifier,
@@ -34,7 +34,7 @@ DECODER_LORA_R = 16
 def model_config_of(model: str, random_init: bool) -> Any:
     from transformers import AutoConfig
 
-    from arena.modeling import load_model_config
+    from arena.models.modeling import load_model_config
 
     return AutoConfig.from_pretrained(model) if random_init else load_model_config(model)
 
@@ -60,7 +60,7 @@ def resolve_model_options(config: TrainConfig, model_config: Any) -> TrainConfig
     quantized = config.load_in_4bit or config.load_in_8bit
     _check_combination(config, head, lora_r, quantized)
     if lora_r:
-        from arena.lora import LoraSettings, require_peft
+        from arena.models.lora import LoraSettings, require_peft
 
         require_peft()
         LoraSettings(lora_r, float(alpha), config.lora_dropout, config.lora_targets)  # validates the numbers
@@ -112,7 +112,7 @@ def build_classifier(config: TrainConfig, *, pad_token_id: int | None = None, de
     if config.gradient_checkpointing and quant is None:
         enable_gradient_checkpointing(model)
     if lora:
-        from arena.lora import LoraSettings, apply_lora
+        from arena.models.lora import LoraSettings, apply_lora
 
         settings = LoraSettings(int(config.lora_r), float(config.lora_alpha or 2 * config.lora_r),
                                 config.lora_dropout, config.lora_targets)

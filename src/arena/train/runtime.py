@@ -67,7 +67,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 def weights_digest(model: torch.nn.Module) -> str:
     """sha256 over every parameter and buffer (a LoRA model: its trainable tensors), in name order: two models agree
     iff their digests do."""
-    from arena.lora import trainable_state
+    from arena.models.lora import trainable_state
 
     h = hashlib.sha256()
     for name, tensor in sorted(trainable_state(model).items()):

@@ -18,7 +18,7 @@ import torch
 
 from arena.errors import TrainingError
 from arena.io import atomic_dir, atomic_open
-from arena.lora import is_lora, trainable_state
+from arena.models.lora import is_lora, trainable_state
 from arena.train.runtime import DistInfo
 
 STATE_DIR = "state"

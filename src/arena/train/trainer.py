@@ -4,7 +4,7 @@
 ``swap_augment``), :func:`build_trainer` (model, optimizer, schedule, scaler, resumed state), then
 :func:`run_epochs`, which calls :func:`forward_backward` and :func:`optimizer_step` per batch, :func:`evaluate` at
 the evaluation points and :func:`save_state` at the save points, and :func:`finish`. Evaluation scores the
-validation rows through :class:`~arena.executor.BatchExecutor`, the executor inference uses.
+validation rows through :class:`~arena.serving.executor.BatchExecutor`, the executor inference uses.
 
 The loss stays on the device between log points (``LOG_EVERY`` steps and every evaluation): reading it is a
 CPU-GPU synchronisation, so it is read only there, and a non-finite loss is caught there.
@@ -26,16 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from arena.backends.torch import TorchBackend
-from arena.batching import default_max_tokens, length_grouped_batches, padding_stats
 from arena.data import SWAP_CLASSES
 from arena.encode import Encoded, pad_batch
 from arena.errors import ConfigError, TrainingError
-from arena.executor import BatchExecutor
-from arena.hybrid import forward_logits, init_from_logistic_regression, is_hybrid
 from arena.io import atomic_open, atomic_write_text
 from arena.metrics import accuracy, baselines, log_loss, softmax
-from arena.modeling import CheckpointMeta, save_checkpoint
+from arena.models.hybrid import forward_logits, init_from_logistic_regression, is_hybrid
+from arena.models.modeling import CheckpointMeta, save_checkpoint
+from arena.serving.backends.torch import TorchBackend
+from arena.serving.batching import default_max_tokens, length_grouped_batches, padding_stats
+from arena.serving.executor import BatchExecutor
 from arena.train.config import TrainConfig
 from arena.train.model_options import build_classifier, enable_gradient_checkpointing, is_quantized
 from arena.train.runtime import DistInfo, autocast, init_distributed, pick_device, resolve_precision, weights_digest
@@ -127,7 +127,7 @@ def build_model(config: TrainConfig, *, pad_token_id: int | None = None, device:
     """The model to fine-tune: the hybrid head on the bare encoder, or the Hugging Face classifier (with LoRA,
     gradient checkpointing and 4/8-bit base weights as ``config`` says: :mod:`arena.train.model_options`)."""
     if config.head == "hybrid":
-        from arena.hybrid import build_hybrid
+        from arena.models.hybrid import build_hybrid
 
         model = build_hybrid(config.model, random_init_from=config.model if config.random_init else None)
         if config.gradient_checkpointing:

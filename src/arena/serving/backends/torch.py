@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arena.backends.contract import Limits
 from arena.errors import ConfigError
-from arena.hybrid import forward_logits, is_hybrid
-from arena.modeling import is_decoder, load_classifier, load_model_config, max_supported_length
+from arena.models.hybrid import forward_logits, is_hybrid
+from arena.models.modeling import is_decoder, load_classifier, load_model_config, max_supported_length
+from arena.serving.backends.contract import Limits
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 QUANTIZED = {"4bit": 4, "8bit": 8}
@@ -35,7 +35,7 @@ class TorchBackend:
             # serving a folder: all the cores this process may use, no more. A model handed in (training's
             # evaluation, the export's reference) leaves the process's setting alone: changing it mid-run would
             # change the numerics of the training steps after it (resume must be bit-identical).
-            from arena.cpu import allowed_cores
+            from arena.machine.cpu import allowed_cores
 
             torch.set_num_threads(threads or allowed_cores())
         self.threads = torch.get_num_threads()
@@ -97,7 +97,7 @@ def _load(folder: str | Path | None, precision: str, device: str) -> torch.nn.Mo
                               "fp16 or bf16 here, or int8 through arena-export --int8")
         return load_classifier(folder, require_three_labels=True)
     if precision in QUANTIZED:
-        from arena.modeling import quantization_config, require_bitsandbytes
+        from arena.models.modeling import quantization_config, require_bitsandbytes
 
         require_bitsandbytes(f"--precision {precision}")
         compute = _compute_dtype(precision, device)

@@ -4,7 +4,7 @@ A checkpoint folder is a Hugging Face sequence-classification folder (``config.j
 tokenizer files) plus ``arena.json``: the encoder settings, the temperature and how the model was made. A plain
 Hugging Face folder without ``arena.json`` is accepted too, with the default encoder settings.
 
-A LoRA checkpoint (:mod:`arena.lora`) holds the adapter alone (``adapter_config.json``,
+A LoRA checkpoint (:mod:`arena.models.lora`) holds the adapter alone (``adapter_config.json``,
 ``adapter_model.safetensors``) beside the base's ``config.json``, and names its base model in ``arena.json``;
 :func:`load_classifier` loads the base and applies the adapter (merged into the weights unless the base is
 quantised).
@@ -27,7 +27,7 @@ from typing import Any
 
 from arena.encode import EncoderConfig
 from arena.errors import ConfigError, ModelError
-from arena.hub import is_local, label_maps, offline_hint
+from arena.models.hub import is_local, label_maps, offline_hint
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class CheckpointMeta:
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     head: dict[str, Any] | None = None
-    """None: the Hugging Face sequence-classification head. Else how the head is built (:mod:`arena.hybrid`)."""
+    """None: the Hugging Face sequence-classification head. Else how the head is built (:mod:`arena.models.hybrid`)."""
 
     def to_dict(self) -> dict[str, Any]:
         out = {"format_version": FORMAT_VERSION, "encoder": self.encoder.to_dict(),
@@ -235,7 +235,7 @@ def check_pad_token(config: Any, pad_id: int, where: str | Path) -> None:
             f'"pad_token_id": {pad_id} in its config.json (arena-train does this)')
 
 
-HEAD_KINDS: dict[str, str] = {"hybrid": "arena.hybrid:load_hybrid", "lora": "arena.lora:load_lora"}
+HEAD_KINDS: dict[str, str] = {"hybrid": "arena.models.hybrid:load_hybrid", "lora": "arena.models.lora:load_lora"}
 """Head kinds a checkpoint's ``arena.json`` may name, each with its loader ``(folder, spec) -> nn.Module``.
 A head module registers here by name (imported lazily), so it never needs to import this module."""
 
@@ -369,7 +369,7 @@ def save_checkpoint(model: Any, tokenizer: Any, folder: str | Path, meta: Checkp
     (with the head's spec)."""
     from dataclasses import replace
 
-    from arena.lora import is_lora, save_lora
+    from arena.models.lora import is_lora, save_lora
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -389,7 +389,7 @@ def merge_lora_checkpoint(folder: str | Path) -> None:
     leaves a folder that still loads."""
     from dataclasses import replace
 
-    from arena.lora import ADAPTER_FILES
+    from arena.models.lora import ADAPTER_FILES
 
     folder = Path(folder)
     meta = read_meta(folder)

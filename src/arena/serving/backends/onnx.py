@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from arena.artifacts import ATTENTION_MASK, FEATURES, INPUT_IDS, LOGITS, TOKEN_TYPE_IDS
-from arena.backends.contract import Limits
-from arena.backends.gpu import gpu_present
 from arena.errors import BackendUnavailable, ConfigError, ModelError
+from arena.machine.gpu import gpu_present
+from arena.serving.backends.contract import Limits
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def make_session(path: str | Path, *, device: str = "cpu", threads: int | None =
     import onnxruntime as ort
 
     from arena.artifacts import check_onnx_file
-    from arena.cpu import allowed_cores
+    from arena.machine.cpu import allowed_cores
 
     check_onnx_file(path)
     opts = ort.SessionOptions()

@@ -12,9 +12,9 @@ from ``base`` (a hub name, or a folder resolved to an absolute path at training 
 ``ARENA_BASE_MODEL`` overrides it where the base lives elsewhere, e.g. as a Kaggle dataset), applies the adapter
 and merges it into the weights (the same function with one matmul fewer per layer), except on a quantised base,
 where it stays applied. ``arena-train --merge`` turns the adapter folder into a plain checkpoint
-(:func:`arena.modeling.merge_lora_checkpoint`).
+(:func:`arena.models.modeling.merge_lora_checkpoint`).
 
-This module never imports :mod:`arena.modeling` (which dispatches to it by name); the base model is loaded by the
+This module never imports :mod:`arena.models.modeling` (which dispatches to it by name); the base model is loaded by the
 ``load_base`` callable the caller passes in.
 """
 
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from arena.errors import ConfigError, ModelError
-from arena.hub import is_local
+from arena.models.hub import is_local
 
 KIND = "lora"
 ADAPTER_CONFIG = "adapter_config.json"

@@ -17,7 +17,7 @@
 
 On disk a hybrid checkpoint is the encoder as a Hugging Face base-model folder (``config.json``,
 ``model.safetensors``), the head in ``hybrid_head.safetensors``, and ``arena.json`` with ``head`` describing it
-(kind, feature names, sizes). :func:`arena.modeling.load_classifier` dispatches on that entry.
+(kind, feature names, sizes). :func:`arena.models.modeling.load_classifier` dispatches on that entry.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def build_hybrid(name_or_path: str, *, random_init_from: str | None = None, hidd
     from transformers import AutoConfig, AutoModel
 
     from arena.features import FEATURE_NAMES
-    from arena.hub import is_local, label_maps, offline_hint
+    from arena.models.hub import is_local, label_maps, offline_hint
 
     id2label, label2id = label_maps()
     if random_init_from is not None:

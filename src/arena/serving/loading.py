@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from arena.artifacts import read_manifest
-from arena.backends.base import Choice, choose_backend
-from arena.backends.contract import Limits
 from arena.encode import ArenaEncoder, EncoderConfig
-from arena.ensemble import DEFAULT_COMBINE
 from arena.errors import BackendUnavailable, ConfigError, ModelError
-from arena.foreign import ForeignExport, inspect_foreign, is_foreign_export
-from arena.modeling import check_pad_token, load_tokenizer, read_meta
+from arena.models.modeling import check_pad_token, load_tokenizer, read_meta
+from arena.serving.backends.contract import Limits
+from arena.serving.choice import Choice, choose_backend
+from arena.serving.ensemble import DEFAULT_COMBINE
+from arena.serving.foreign_folder import ForeignExport, inspect_foreign, is_foreign_export
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _onnx_artifact(folder: Path, manifest: dict[str, Any] | None, precision: str
 def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "auto", threads: int | None = None,
                compile: bool = False, device: str = "auto", load_runner: bool = True) -> LoadedModel:
     """The folder's encoder, settings and backend. ``load_runner=False``: everything but the backend (``runner``
-    None), for a parent process whose workers each load their own (:mod:`arena.infer.sharded`)."""
+    None), for a parent process whose workers each load their own (:mod:`arena.serving.sharded`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(f"model folder {folder} does not exist")
@@ -68,7 +68,7 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
     elif foreign is not None:
         encoder_cfg, temperature = foreign.encoder, foreign.temperature
     else:
-        from arena.modeling import check_model_folder
+        from arena.models.modeling import check_model_folder
 
         check_model_folder(folder)
         meta = read_meta(folder)
@@ -83,7 +83,7 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
     if not load_runner:
         return loaded
     if choice.backend == "onnx":
-        from arena.backends.onnx import OnnxBackend, onnx_device
+        from arena.serving.backends.onnx import OnnxBackend, onnx_device
 
         dev = onnx_device(device)  # auto: cuda only when a GPU is present and ONNX Runtime has the CUDA provider
         path, prec = (_onnx_artifact(folder, manifest, precision, dev) if foreign is None
@@ -96,12 +96,12 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
     elif choice.backend == "openvino":
         runner = _openvino_backend(folder, manifest, precision, threads)
     elif choice.backend == "torch":
-        from arena.backends.torch import TorchBackend
+        from arena.serving.backends.torch import TorchBackend
 
         runner = TorchBackend(folder, device=device, precision=precision, compile=compile, threads=threads)
         check_pad_token(runner.model.config, encoder.pad_id, folder)  # a decoder pools by the pad id
     else:  # pragma: no cover - needs TensorRT and a GPU
-        from arena.backends.tensorrt import TensorRTBackend
+        from arena.serving.backends.tensorrt import TensorRTBackend
 
         runner = TensorRTBackend(folder, manifest or {}, device=device)
     attach_runner(loaded, runner)
@@ -141,11 +141,11 @@ def _openvino_backend(folder: Path, manifest: dict[str, Any] | None, precision: 
     passed at export; the files are checked against the manifest's sha256 first, and that hash keys the
     compiled-model cache."""
     from arena.artifacts import openvino_passed, verify_files
-    from arena.backends.openvino import PRECISIONS, OpenVinoBackend, cache_key
+    from arena.serving.backends.openvino import PRECISIONS, OpenVinoBackend, cache_key
 
     passed = openvino_passed(manifest)
     if precision == "auto":  # the CPU ranking's OpenVINO options, with its checks (native bf16, installed)
-        from arena.backends.base import cpu_options
+        from arena.serving.choice import cpu_options
 
         usable = [p for b, p, why in cpu_options(manifest) if b == "openvino" and why is None]
         precision = usable[0] if usable else "fp32"
@@ -204,10 +204,10 @@ def open_models(folders: Sequence[str | Path], *, weights: Sequence[float] | Non
     """Open one model, a fold ensemble (a k-fold training output or its export) or a blend of several folders.
 
     ``weights``: one per folder (a fold ensemble's weight is shared equally by its folds); None: equal for one
-    folder, else fitted on the folders' out-of-fold predictions (:func:`arena.ensemble.fit_blend_weights`).
+    folder, else fitted on the folders' out-of-fold predictions (:func:`arena.serving.ensemble.fit_blend_weights`).
     ``options`` go to :func:`open_model` for every member.
     """
-    from arena.ensemble import COMBINE, fit_blend_weights, member_folders
+    from arena.serving.ensemble import COMBINE, fit_blend_weights, member_folders
 
     if combine not in COMBINE:
         raise ConfigError(f"--combine must be one of {', '.join(COMBINE)}; got {combine!r}")

@@ -1,8 +1,8 @@
 """What this machine's GPU stack is, without loading a model: is a GPU present, can PyTorch and ONNX Runtime use it,
 is a usable TensorRT installed, which GPU is this, and would one of a folder's engines run here.
 
-Kept apart from the backends so that :func:`arena.backends.base.choose_backend` can ask these questions without
-importing a backend (and the backends need not import :mod:`arena.backends.base`).
+Kept apart from the backends so that :func:`arena.serving.choice.choose_backend` can ask these questions without
+importing a backend (and the backends need not import :mod:`arena.serving.choice`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ engine built for this GPU and TensorRT version (:func:`arena.artifacts.select_en
 (:func:`arena.artifacts.read_engine`) and only then deserialises it.
 
 Runtime discipline (as in NVIDIA's demo/BERT ``inference.py``): the optimisation profiles are read back from the
-engine (:func:`engine_profiles`) and become the backend's :class:`~arena.backends.contract.Limits`, so the executor
+engine (:func:`engine_profiles`) and become the backend's :class:`~arena.serving.backends.contract.Limits`, so the
+executor
 never plans a batch no profile holds; input copies, the profile switch, the engine and the output copy are all
 enqueued on one CUDA stream; the output buffer is sized from the context after the input shapes are set
 (``infer_shapes`` / ``get_tensor_shape``), not assumed.
@@ -28,9 +29,9 @@ from arena.artifacts import (
     read_engine,
     select_engine,
 )
-from arena.backends.contract import Limits, ShapeRange
-from arena.backends.gpu import check_tensorrt_version, gpu_identity, tensorrt_available
 from arena.errors import BackendUnavailable, ConfigError, ModelError
+from arena.machine.gpu import check_tensorrt_version, gpu_identity, tensorrt_available
+from arena.serving.backends.contract import Limits, ShapeRange
 
 if TYPE_CHECKING:  # the real API, as the tensorrt-stubs wheel describes it (tests/test_tensorrt_static.py)
     import tensorrt as trt

@@ -29,7 +29,7 @@ from arena import LABELS
 from arena.artifacts import ATTENTION_MASK, FEATURES, INPUT_IDS, LOGITS, MANIFEST, TOKEN_TYPE_IDS
 from arena.encode import EncoderConfig
 from arena.errors import ModelError
-from arena.modeling import ARENA_META, SAFE_WEIGHTS, max_supported_length, read_meta
+from arena.models.modeling import ARENA_META, SAFE_WEIGHTS, max_supported_length, read_meta
 
 STANDARD_NAME = "model.onnx"
 """The file optimum writes and loads by default; preferred when a folder holds several ONNX files."""

@@ -27,7 +27,7 @@ _RUNNER: Any = None
 
 def _init(folder: str, backend: str, precision: str, devices: Any, threads: int | None) -> None:
     global _RUNNER
-    from arena.loading import open_model
+    from arena.serving.loading import open_model
 
     device = devices.get()
     _RUNNER = open_model(folder, backend=backend, precision=precision, device=device, threads=threads).runner
@@ -78,11 +78,12 @@ class ShardedRunner:
 
 def open_sharded(folder: str | Path, devices: Sequence[str], *, backend: str = "auto", precision: str = "auto",
                  threads: int | None = None) -> Any:
-    """A :class:`arena.loading.LoadedModel` whose runner is a :class:`ShardedRunner`: the parent process loads the
+    """A :class:`arena.serving.loading.LoadedModel` whose runner is a :class:`ShardedRunner`: the parent process loads
+    the
     encoder and settings, never the model."""
     import os
 
-    from arena.loading import attach_runner, open_model
+    from arena.serving.loading import attach_runner, open_model
 
     loaded = open_model(folder, backend=backend, precision=precision, load_runner=False)
     if devices[0] == "cpu" and not threads:

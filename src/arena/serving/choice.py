@@ -1,4 +1,4 @@
-"""The automatic choice between backends (the contract itself is :mod:`arena.backends.contract`)."""
+"""The automatic choice between backends (the contract itself is :mod:`arena.serving.backends.contract`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from arena.artifacts import openvino_passed, read_manifest, rebuild_command
-from arena.backends.contract import UNLIMITED, Backend, Limits, ShapeRange
-from arena.backends.gpu import engine_usable, gpu_present, ort_cuda, torch_cuda
 from arena.errors import BackendUnavailable, ConfigError
+from arena.machine.gpu import engine_usable, gpu_present, ort_cuda, torch_cuda
+from arena.serving.backends.contract import UNLIMITED, Backend, Limits, ShapeRange
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def choose_backend(requested: str, folder: Path, *, precision: str = "auto") -> 
 def cpu_options(manifest: dict[str, Any] | None, precision: str = "auto") -> list[tuple[str, str, str | None]]:
     """Every :data:`CPU_RANKING` option as ``(backend, precision, why not)``; ``why not`` is None for the options
     this export holds, that passed their parity check and that this machine can run."""
-    from arena.cpu import has_native_bf16
+    from arena.machine.cpu import has_native_bf16
 
     ort_files = (manifest or {}).get("artifacts") or {"fp32": {"file": "model.onnx"}}  # no manifest: plain export
     ov_passed = openvino_passed(manifest)

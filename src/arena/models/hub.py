@@ -1,5 +1,6 @@
 """Names and folders: is a model reference a local folder or a hub name, and what to say when a hub name cannot be
-fetched. Shared by :mod:`arena.modeling` and the head modules (:mod:`arena.hybrid`), which must not import each
+fetched. Shared by :mod:`arena.models.modeling` and the head modules (:mod:`arena.models.hybrid`), which must not
+import each
 other."""
 
 from __future__ import annotations

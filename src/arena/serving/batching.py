@@ -61,7 +61,7 @@ def token_budget_batches(lengths: np.ndarray, max_tokens: int, max_batch: int = 
     """Length-sorted batches (longest first) with ``len(batch) * padded_length <= max_tokens``.
 
     ``max_rows(padded_length)``, when given, caps the rows of a batch at that length: a backend's limits
-    (:meth:`arena.backends.contract.Limits.max_rows`, e.g. the TensorRT profile that holds that length).
+    (:meth:`arena.serving.backends.contract.Limits.max_rows`, e.g. the TensorRT profile that holds that length).
     Every index appears in exactly one batch. Raises :class:`ConfigError` if a single row does not fit.
     """
     lengths = np.asarray(lengths, dtype=np.int64)

@@ -1,7 +1,7 @@
 """Scoring: records -> encoded rows -> batches -> backend -> probabilities, in the input order.
 
 The input is processed in chunks (``chunk_rows``), so memory grows with the chunk, not with the file. Within a
-chunk, :class:`~arena.executor.BatchExecutor` plans the batches (length-sorted under a token budget by default),
+chunk, :class:`~arena.serving.executor.BatchExecutor` plans the batches (length-sorted under a token budget by default),
 and puts the results back in input order. Encoding and padding of the next chunk run in a background thread (and
 optionally in worker processes) while the backend computes the current one: the tokenizer and the backends
 release the GIL, so the two overlap, and the thread that feeds the model only runs it.
@@ -24,14 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from arena.backends.contract import Backend
 from arena.data import Record
 from arena.encode import ArenaEncoder, Encoded, EncoderConfig
-from arena.ensemble import DEFAULT_COMBINE, combine
-from arena.executor import BatchExecutor, Prepared, Timings
 from arena.metrics import softmax
-from arena.rules import apply_rules
-from arena.tta import combine_swap
+from arena.serving.backends.contract import Backend
+from arena.serving.ensemble import DEFAULT_COMBINE, combine
+from arena.serving.executor import BatchExecutor, Prepared, Timings
+from arena.serving.rules import apply_rules
+from arena.serving.tta import combine_swap
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,14 @@ class ScoreConfig:
     """Rows per batch (notebook/padded policies) or the cap on rows per batch (sorted)."""
     max_tokens: int | None = None
     """Token budget per batch for the sorted policy (rows x padded length); None: the default for the backend's
-    device within its limits (:func:`arena.batching.resolve_budget`)."""
+    device within its limits (:func:`arena.serving.batching.resolve_budget`)."""
     chunk_rows: int = 8192
     tta: bool = False
     temperature: float = 1.0
     encode_workers: int = 0
     """0: encode in a background thread; N > 1: in N worker processes."""
     rules: tuple[str, ...] = ()
-    """Post-processing rules (:mod:`arena.rules`)."""
+    """Post-processing rules (:mod:`arena.serving.rules`)."""
 
 
 # -------------------------------------------------------------------------------------- encode worker processes
@@ -59,7 +59,7 @@ _WORKER: ArenaEncoder | None = None
 
 def _worker_init(tokenizer_path: str, encoder: dict[str, Any]) -> None:
     global _WORKER
-    from arena.modeling import load_tokenizer
+    from arena.models.modeling import load_tokenizer
 
     _WORKER = ArenaEncoder(load_tokenizer(tokenizer_path), EncoderConfig.from_dict(encoder))
 
@@ -210,7 +210,7 @@ class Scorer:
 
 
 def scorer_for(ensemble: Any, config: ScoreConfig, *, combine: str | None = None) -> Scorer:
-    """A scorer over every member of a :class:`~arena.loading.LoadedEnsemble` (one model is an ensemble of one):
+    """A scorer over every member of a :class:`~arena.serving.loading.LoadedEnsemble` (one model is an ensemble of one):
     each member with its own encoder, executor (same batch policy and budget rule), temperature and weight."""
     members = [Member(m.encoder, BatchExecutor(m.runner, pad_id=m.encoder.pad_id,
                                                max_length=m.encoder.config.max_length, policy=config.policy,

@@ -1,6 +1,7 @@
 """The backend contract: what every backend is (:class:`Backend`) and what it can run (:class:`Limits`).
 
-Every backend (torch, ONNX Runtime, TensorRT, ...) reduces to this, and the batch executor (:mod:`arena.executor`)
+Every backend (torch, ONNX Runtime, TensorRT, ...) reduces to this, and the batch executor
+(:mod:`arena.serving.executor`)
 needs nothing else: it plans every batch within the backend's limits and calls it.
 """
 
@@ -24,7 +25,8 @@ class ShapeRange:
 
 @dataclass(frozen=True)
 class Limits:
-    """What a backend can run. The executor (:mod:`arena.executor`) plans every batch within these, so a batch the
+    """What a backend can run. The executor (:mod:`arena.serving.executor`) plans every batch within these, so a batch
+    the
     backend cannot take is never built; ``None`` means no limit of that kind."""
 
     max_length: int | None = None

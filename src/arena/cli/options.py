@@ -59,9 +59,9 @@ def existing_file(flag: str, path: str | Path, what: str) -> Path:
 
 
 BACKEND_PRECISIONS = {
-    "torch": ("auto", "fp32", "fp16", "bf16"),  # arena.backends.torch.DTYPES
-    "onnx": ("auto", "fp32", "fp32_fused", "fp16", "int8"),  # arena.loading.ONNX_PRECISIONS
-    "openvino": ("auto", "fp32", "bf16", "int8"),  # arena.backends.openvino.PRECISIONS
+    "torch": ("auto", "fp32", "fp16", "bf16"),  # arena.serving.backends.torch.DTYPES
+    "onnx": ("auto", "fp32", "fp32_fused", "fp16", "int8"),  # arena.serving.loading.ONNX_PRECISIONS
+    "openvino": ("auto", "fp32", "bf16", "int8"),  # arena.serving.backends.openvino.PRECISIONS
     "tensorrt": ("auto", "fp16"),
 }
 BACKEND_PRECISIONS["torch.compile"] = BACKEND_PRECISIONS["torch"]
@@ -74,7 +74,7 @@ def check_precision(flag: str, backend: str, precision: str) -> None:
     one_of("--backend", backend, BACKEND_PRECISIONS)
     one_of(f"{flag} for backend {backend}", precision, BACKEND_PRECISIONS[backend])
     if backend.startswith("torch") and precision == "fp16":
-        from arena.devices import torch_gpus
+        from arena.machine.devices import torch_gpus
 
         if not torch_gpus():
             raise ConfigError(f"{flag} fp16 with the torch backend needs a CUDA GPU and this machine has none; "

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from arena.artifacts import ATTENTION_MASK, FEATURES, INPUT_IDS, LOGITS
-from arena.backends.contract import Limits
 from arena.errors import BackendUnavailable, ConfigError, ModelError
+from arena.serving.backends.contract import Limits
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class OpenVinoBackend:
             raise BackendUnavailable(why)
         import openvino as ov
 
-        from arena.cpu import allowed_cores
+        from arena.machine.cpu import allowed_cores
 
         if precision not in PRECISIONS:
             raise ConfigError(f"--precision for OpenVINO must be one of {', '.join(PRECISIONS)}")

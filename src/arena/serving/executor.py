@@ -1,9 +1,10 @@
 """The one batch executor: plan batches -> pad -> run the backend -> scatter logits back in input order.
 
 Every command that turns encoded rows into logits goes through :class:`BatchExecutor`: inference and the
-benchmark (:mod:`arena.scoring`), evaluation during training (:mod:`arena.train.loop`) and the exporter's parity
+benchmark (:mod:`arena.serving.scoring`), evaluation during training (:mod:`arena.train.loop`) and the exporter's parity
 batches (:mod:`arena.export.cli`). The token budget is decided here, once, from the user's ``--max-tokens`` and the
-backend's :class:`~arena.backends.contract.Limits` (:func:`arena.batching.resolve_budget`), and every planned batch fits
+backend's :class:`~arena.serving.backends.contract.Limits` (:func:`arena.serving.batching.resolve_budget`), and every
+planned batch fits
 those limits by construction.
 
 The work is split so that padding can happen off the thread that feeds the model: :meth:`BatchExecutor.prepare`
@@ -21,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from arena.backends.contract import UNLIMITED, Limits
-from arena.batching import padding_stats, plan_batches, resolve_budget
 from arena.encode import Encoded, pad_batch
 from arena.errors import ConfigError
+from arena.serving.backends.contract import UNLIMITED, Limits
+from arena.serving.batching import padding_stats, plan_batches, resolve_budget
 
 
 @dataclass
@@ -91,8 +92,9 @@ class BatchExecutor:
     """Run one backend over encoded rows under one batch policy and one token budget.
 
     ``policy``: ``sorted`` (length-sorted, token-budget batches), ``padded`` or ``notebook``
-    (:mod:`arena.batching`). ``max_tokens`` None: the default budget for the backend's device, lowered to what the
-    backend takes (:func:`arena.batching.resolve_budget`); ``max_length``: the encoder's, checked against the
+    (:mod:`arena.serving.batching`). ``max_tokens`` None: the default budget for the backend's device, lowered to what
+    the
+    backend takes (:func:`arena.serving.batching.resolve_budget`); ``max_length``: the encoder's, checked against the
     backend's. Raises :class:`ConfigError` for a combination the backend cannot run, before any batch is built.
     """
 
