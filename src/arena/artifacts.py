@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from arena import LABELS
 from arena.errors import BackendUnavailable, ConfigError, ModelError
 from arena.io import atomic_write_text, sha256_file
 
@@ -38,10 +39,18 @@ TOKEN_TYPE_IDS = "token_type_ids"
 """An input some other exporters (optimum, for BERT-like models) keep; arena feeds zeros there, as arena-train
 never passes segment ids (and never exports this input itself)."""
 FORMAT_VERSION = 1
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spm.model",
-                   "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model",
-                   "tokenizer.model", "config.json", "arena.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "spm.model", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model", "chat_template.jinja", "chat_template.json")
+"""Every file a Hugging Face tokenizer may be saved as (DeBERTa-v3's ``spm.model``, T5's ``spiece.model``,
+Llama/Mistral's ``tokenizer.model``, BPE's ``vocab.json`` + ``merges.txt``, ...): the one list of them."""
+CONFIG = "config.json"
+ARENA_META = "arena.json"
+"""arena's own settings beside a model (encoder settings, temperature, head, base of a LoRA adapter)."""
+MODEL_FILES = (*TOKENIZER_FILES, CONFIG, ARENA_META)
 """What an export folder holds beside its models so that it is self-contained: inference encodes from it."""
+SUBMISSION_HEADER = ("id", *LABELS)
+"""The columns of every Kaggle submission arena writes (``id`` and :data:`arena.LABELS`)."""
 
 
 def versions() -> dict[str, str | None]:
@@ -89,7 +98,7 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
 
 
 def copy_model_files(src: Path, dst: Path) -> list[str]:
-    """Copy the :data:`TOKENIZER_FILES` that ``src`` has into ``dst``; return their names.
+    """Copy the :data:`MODEL_FILES` that ``src`` has into ``dst``; return their names.
 
     transformers 5 saves ``extra_special_tokens`` in ``tokenizer_config.json`` as a list, where transformers 4
     (which optimum-onnx pins) expects a mapping of named tokens and fails to load the tokenizer. Both versions read
@@ -98,7 +107,7 @@ def copy_model_files(src: Path, dst: Path) -> list[str]:
     import shutil
 
     copied = []
-    for name in TOKENIZER_FILES:
+    for name in MODEL_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
             copied.append(name)

@@ -87,9 +87,11 @@ def check_bench_request(*, model: Path, export: Path | None, specs: list[Any], n
         raise ConfigError(f"--max-tokens {numbers['max_tokens']} is smaller than one padded row of max length "
                           f"{length} ({round_up(length, 8)} tokens); raise it or leave it out")
     if export is not None:
+        from arena.artifacts import MANIFEST
+
         existing_folder("--export", export, "the arena-export folder")
         if _read_manifest(export) is None:
-            raise ConfigError(f"--export {export} has no readable manifest.json: pass the folder arena-export "
+            raise ConfigError(f"--export {export} has no readable {MANIFEST}: pass the folder arena-export "
                               "wrote")
     names = [s.name for s in specs]
     if baseline not in names and baseline != DEFAULT_BASELINE:
@@ -101,9 +103,11 @@ def check_bench_request(*, model: Path, export: Path | None, specs: list[Any], n
 
 
 def _read_manifest(export: Path) -> dict[str, Any] | None:
+    from arena.artifacts import read_manifest
+
     try:
-        manifest = json.loads((export / "manifest.json").read_text())
-    except (OSError, ValueError):
+        manifest = read_manifest(export)
+    except ConfigError:
         return None
     return manifest if isinstance(manifest, dict) else None
 

@@ -26,14 +26,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from arena.artifacts import MANIFEST, SUBMISSION_HEADER, TOKENIZER_FILES
 from arena.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 RUNNING = "train_running.json"
 DONE = "train_done.json"  # arena.train.loop.DONE_FILE
-MANIFEST = "manifest.json"  # arena.artifacts.MANIFEST
-SUBMISSION_HEADER = "id,winner_model_a,winner_model_b,winner_tie"
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zip", ".zst", ".tgz", ".parquet")
 
 # What arena-train writes into --output (Hugging Face weights and tokenizer files, arena's own files, resumable
@@ -42,9 +41,7 @@ TRAIN_NAMES = (
     "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
     "model-*-of-*.safetensors", "hybrid_head.safetensors", "arena.json", "train_config.json", DONE, RUNNING,
     "metrics.json", "oof.csv", "val_logits.npy", "state", "fold_*", ".*.tmp", ".*.partial", ".*.old",
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "spm.model",
-    "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
-    "chat_template.jinja", "chat_template.json", "adapter_config.json", "adapter_model.safetensors",
+    *TOKENIZER_FILES, "adapter_config.json", "adapter_model.safetensors",
 )
 ADAPTER_CARD = "README.md"
 """The model card peft writes beside a LoRA adapter: arena-train's only where its adapter is."""
@@ -150,14 +147,14 @@ def check_submission_out(out: str | Path, *, test_csv: str | Path, model: str | 
         raise ConfigError(f"--out {out} is a folder; --out takes the submission file, e.g. {out / 'submission.csv'}")
     if out.exists() and out.stat().st_size > 0 and not _is_submission(out):
         raise ConfigError(f"--out {out} exists and is not a submission arena-infer wrote (its first line is not "
-                          f"{SUBMISSION_HEADER}); choose another --out or remove the file yourself")
+                          f"{','.join(SUBMISSION_HEADER)}); choose another --out or remove the file yourself")
     check_writable(out, "--out", in_parent=True)
 
 
 def _is_submission(path: Path) -> bool:
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.readline().strip() == SUBMISSION_HEADER
+            return fh.readline().strip() == ",".join(SUBMISSION_HEADER)
     except OSError:
         return False
 

@@ -42,11 +42,12 @@ def parity_shape_list(text: str) -> list[tuple[int, int]]:
 
 def check_checkpoint(checkpoint: Path) -> None:
     """The source must be an arena-train (or Hugging Face) checkpoint, not an export or a k-fold parent."""
+    from arena.artifacts import MANIFEST
     from arena.models.modeling import check_model_folder
 
-    if (checkpoint / "manifest.json").is_file() and not (checkpoint / "model.safetensors").is_file():
+    if (checkpoint / MANIFEST).is_file() and not (checkpoint / "model.safetensors").is_file():
         raise ModelError(f"{checkpoint} is an arena-export folder; arena-export reads the arena-train checkpoint "
-                         "it came from (source_checkpoint in its manifest.json)")
+                         "it came from (source_checkpoint in its manifest)")
     check_model_folder(checkpoint)
 
 

@@ -75,6 +75,7 @@ def check_infer_request(test_csv: Path, models: Path | list[Path], out: Path, *,
     """Every option and path checked before a model is loaded: return the device and the device list (None for
     one device; ``--devices`` with one name is that device, not ignored)."""
     models = [Path(models)] if isinstance(models, Path | str) else [Path(m) for m in models]
+    from arena.artifacts import MANIFEST
     from arena.cli.options import at_least, check_precision, existing_file, existing_folder, one_of
     from arena.cli.safety import check_submission_out
     from arena.data import check_layout
@@ -107,7 +108,7 @@ def check_infer_request(test_csv: Path, models: Path | list[Path], out: Path, *,
     check_layout(test_csv, labelled=False)
     for model in models:
         existing_folder("--model", model, "the arena-train checkpoint or arena-export folder")
-        if not (model / "manifest.json").is_file() and member_folders(model) is None \
+        if not (model / MANIFEST).is_file() and member_folders(model) is None \
                 and not is_foreign_export(model):
             check_model_folder(model)
         check_submission_out(out, test_csv=test_csv, model=model)

@@ -14,11 +14,9 @@ from typing import IO
 
 import numpy as np
 
-from arena import LABELS
+from arena.artifacts import SUBMISSION_HEADER as HEADER
 from arena.errors import ArenaError
 from arena.io import atomic_open
-
-HEADER = ("id", *LABELS)
 
 
 def check_probs(probs: np.ndarray, ids: Sequence[str]) -> None:

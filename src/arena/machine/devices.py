@@ -10,28 +10,10 @@ from __future__ import annotations
 import re
 
 from arena.errors import ConfigError
+from arena.machine.gpu import ort_cuda, torch_gpus
 
 DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 BACKEND_GPU_LIBS = {"torch": "PyTorch", "onnx": "ONNX Runtime", "tensorrt": "PyTorch"}
-
-
-def torch_gpus() -> int:
-    """CUDA devices PyTorch can use (0 without CUDA)."""
-    try:
-        import torch
-
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except ImportError:  # pragma: no cover
-        return 0
-
-
-def ort_cuda() -> bool:
-    try:
-        import onnxruntime as ort
-
-        return "CUDAExecutionProvider" in ort.get_available_providers()
-    except ImportError:  # pragma: no cover
-        return False
 
 
 def check_device(device: str, flag: str = "--device", backend: str = "auto") -> str:

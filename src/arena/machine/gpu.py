@@ -1,5 +1,6 @@
-"""What this machine's GPU stack is, without loading a model: is a GPU present, can PyTorch and ONNX Runtime use it,
-is a usable TensorRT installed, which GPU is this, and would one of a folder's engines run here.
+"""The one GPU probe module: what this machine's GPU stack is, without loading a model: is a GPU present, can
+PyTorch and ONNX Runtime use it, is a usable TensorRT installed, which GPU is this, and would one of a folder's
+engines run here.
 
 Kept apart from the backends so that :func:`arena.serving.choice.choose_backend` can ask these questions without
 importing a backend (and the backends need not import :mod:`arena.serving.choice`).
@@ -23,6 +24,16 @@ def torch_cuda() -> bool:
         return torch.cuda.is_available()
     except ImportError:  # pragma: no cover
         return False
+
+
+def torch_gpus() -> int:
+    """CUDA devices PyTorch can use (0 without CUDA)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:  # pragma: no cover
+        return 0
 
 
 def gpu_present() -> bool:

@@ -25,14 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from arena.artifacts import ARENA_META, CONFIG, FORMAT_VERSION, MANIFEST, TOKENIZER_FILES, read_manifest
 from arena.encode import EncoderConfig
 from arena.errors import ConfigError, ModelError
 from arena.models.hub import is_local, label_maps, offline_hint
 
 log = logging.getLogger(__name__)
 
-ARENA_META = "arena.json"
-FORMAT_VERSION = 1
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.ckpt", "tf_model.h5",
                   "adapter_model.bin")
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
@@ -158,9 +157,6 @@ def load_tokenizer(name_or_path: str | Path) -> Any:
 
 MIN_VOCABULARY = 100
 """Fewer tokens than this is no real vocabulary: what transformers builds when the tokenizer files are missing."""
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "spm.model", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
-                   "sentencepiece.bpe.model")
 
 
 def check_tokenizer(tokenizer: Any, source: str | Path, vocab_size: int | None) -> None:
@@ -179,30 +175,27 @@ def check_tokenizer(tokenizer: Any, source: str | Path, vocab_size: int | None) 
 
 
 def verify_tokenizer_files(folder: str | Path) -> None:
-    """In an export folder (one with ``manifest.json``), the tokenizer files and ``config.json`` must be those
+    """In an export folder (one with a manifest), the tokenizer files and ``config.json`` must be those
     the manifest recorded: present, unchanged, and at least one tokenizer file among them."""
     from arena.io import sha256_file
 
     folder = Path(folder)
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-    except OSError:
+    manifest = read_manifest(folder)
+    if manifest is None:
         return
-    except ValueError as exc:
-        raise ModelError(f"{folder / 'manifest.json'} is not valid JSON ({exc}); export again") from None
     recorded = manifest.get("files", {}) if isinstance(manifest, dict) else {}
-    names = [n for n in (*TOKENIZER_FILES, "config.json") if n in recorded or (folder / n).is_file()]
+    names = [n for n in (*TOKENIZER_FILES, CONFIG) if n in recorded or (folder / n).is_file()]
     if not any(n in recorded for n in TOKENIZER_FILES):
         raise ModelError(f"{folder} is an export without tokenizer files in its manifest; export again with "
                          "this version of arena-export")
     for name in names:
         if name not in recorded:
-            raise ModelError(f"{folder / name} is not in {folder / 'manifest.json'}: it was added after the "
+            raise ModelError(f"{folder / name} is not in {folder / MANIFEST}: it was added after the "
                              "export; remove it or export again")
         if not (folder / name).is_file():
             raise ModelError(f"{folder / name} is missing (the manifest lists it); export again")
         if sha256_file(folder / name) != recorded[name]:
-            raise ModelError(f"{folder / name} does not match the sha256 in {folder / 'manifest.json'}: the file "
+            raise ModelError(f"{folder / name} does not match the sha256 in {folder / MANIFEST}: the file "
                              "changed or is corrupt; export again")
 
 

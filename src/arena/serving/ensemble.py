@@ -16,13 +16,13 @@ mean on 300 held-out real rows (no real difference; the simpler one kept: ``benc
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from arena import LABELS
+from arena.artifacts import MANIFEST, read_manifest
 from arena.errors import ConfigError, ModelError
 
 COMBINE = ("probs", "geometric")
@@ -84,11 +84,10 @@ def member_folders(folder: Path) -> list[Path] | None:
     """The member folders when ``folder`` is an ensemble (a k-fold training output or an ensemble export), in
     fold order; None for a single model."""
     folder = Path(folder)
-    manifest = folder / "manifest.json"
-    if manifest.is_file():
+    if (folder / MANIFEST).is_file():
         try:
-            body = json.loads(manifest.read_text())
-        except ValueError:
+            body = read_manifest(folder) or {}
+        except ConfigError:
             return None  # a broken manifest is reported by the single-model loader
         if body.get("kind") != ENSEMBLE_KIND:
             return None

@@ -26,15 +26,22 @@ from types import SimpleNamespace
 from typing import Any
 
 from arena import LABELS
-from arena.artifacts import ATTENTION_MASK, FEATURES, INPUT_IDS, LOGITS, MANIFEST, TOKEN_TYPE_IDS
+from arena.artifacts import (
+    ARENA_META,
+    ATTENTION_MASK,
+    FEATURES,
+    INPUT_IDS,
+    LOGITS,
+    MANIFEST,
+    TOKEN_TYPE_IDS,
+    TOKENIZER_FILES,
+)
 from arena.encode import EncoderConfig
 from arena.errors import ModelError
-from arena.models.modeling import ARENA_META, SAFE_WEIGHTS, max_supported_length, read_meta
+from arena.models.modeling import SAFE_WEIGHTS, max_supported_length, read_meta
 
 STANDARD_NAME = "model.onnx"
 """The file optimum writes and loads by default; preferred when a folder holds several ONNX files."""
-TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spm.model",
-                     "sentencepiece.bpe.model", "tokenizer.model")
 INT64 = 7  # onnx.TensorProto.INT64
 
 
@@ -106,8 +113,8 @@ def inspect_foreign(folder: str | Path) -> ForeignExport:
     path = find_model_file(folder)
     check_onnx_file(path)
     config = _read_config(folder)
-    if not any((folder / name).is_file() for name in TOKENIZER_MARKERS):
-        raise ModelError(f"{folder} has no tokenizer files ({', '.join(TOKENIZER_MARKERS[:2])}, ...): copy in the "
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...): copy in the "
                          "tokenizer the model was trained with (optimum-cli export onnx saves it beside the model)")
     graph = onnx.load(str(path), load_external_data=False)
     inputs = _check_inputs(path, graph.graph)
