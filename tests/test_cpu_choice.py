@@ -4,59 +4,83 @@ process may use. No OpenVINO needed: its presence and the CPU's flags are simula
 import pytest
 
 from arena.errors import BackendUnavailable
-from arena.serving.choice import CPU_RANKING, choose_cpu, cpu_options
+from arena.serving.choice import choose_variant
+from arena.serving.folder import EXPORT, ModelFolder
 
 
-def _manifest(ort=("fp32",), ov_passed=(), ov_failed=()):
+def _export(tmp_path, ort=("fp32",), ov_passed=(), ov_failed=()):
+    """An export folder as its manifest describes it (the choice reads nothing else)."""
     precisions = {p: {"file": "model.onnx", "parity": {"passed": True}} for p in ov_passed}
     precisions.update({p: {"file": "model.onnx", "parity": {"passed": False, "failures": ["x"]}} for p in ov_failed})
-    return {"artifacts": {p: {"file": f"model.{p}.onnx"} for p in ort},
-            "openvino": {"status": "checked", "precisions": precisions}}
+    manifest = {"artifacts": {p: {"file": f"model.{p}.onnx"} for p in ort},
+                "openvino": {"status": "checked", "precisions": precisions}}
+    return ModelFolder(tmp_path, EXPORT, manifest)
+
+
+def _usable_cpu(folder):
+    ranked = sorted((v for v in folder.variants() if v.device == "cpu" and v.usable and v.checked),
+                    key=lambda v: -v.speed)
+    return [(v.backend, v.precision) for v in ranked]
 
 
 @pytest.fixture
 def zen4(monkeypatch):
-    """A CPU with AVX-512 BF16 and VNNI, OpenVINO installed."""
+    """A CPU with AVX-512 BF16 and VNNI, OpenVINO installed, no GPU."""
     import importlib.util
 
     import arena.machine.cpu
+    import arena.serving.choice
 
     monkeypatch.setattr(arena.machine.cpu, "cpu_flags", lambda *a: frozenset({"avx512f", "avx512_bf16", "avx512_vnni"}))
+    monkeypatch.setattr(arena.serving.choice, "gpu_present", lambda: False)
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "openvino" else real(name))
     return monkeypatch
 
 
-def test_cpu_choice_follows_the_measured_ranking(zen4):
+def test_cpu_choice_follows_the_measured_ranking(zen4, tmp_path):
     import arena.machine.cpu
 
-    full = _manifest(ort=("fp32", "int8"), ov_passed=("fp32", "bf16", "int8"))
-    assert [(b, p) for b, p, why in cpu_options(full) if why is None] == list(CPU_RANKING[:5])
-    assert choose_cpu(full).options == {"precision": "int8"} and choose_cpu(full).backend == "openvino"
-    no_int8 = _manifest(ort=("fp32", "int8"), ov_passed=("fp32", "bf16"))
-    c = choose_cpu(no_int8)
+    full = _export(tmp_path, ort=("fp32", "int8"), ov_passed=("fp32", "bf16", "int8"))
+    assert _usable_cpu(full) == [("openvino", "int8"), ("openvino", "bf16"), ("onnx", "int8"),
+                                 ("openvino", "fp32"), ("onnx", "fp32")]
+    c = choose_variant(full)
+    assert (c.backend, c.options) == ("openvino", {"precision": "int8"})
+    c = choose_variant(_export(tmp_path, ort=("fp32", "int8"), ov_passed=("fp32", "bf16")))
     assert (c.backend, c.options["precision"]) == ("openvino", "bf16")
-    assert "passed over: openvino int8 (not exported)" in c.reason
-    bf16_failed = _manifest(ort=("fp32", "int8"), ov_passed=("fp32",), ov_failed=("bf16",))
-    c = choose_cpu(bf16_failed)
-    assert (c.backend, c.options["precision"]) == ("onnx", "int8") and "failed or skipped its parity" in c.reason
-    assert choose_cpu(bf16_failed, "fp32").backend == "openvino"  # --precision filters the ranking
+    assert "passed over: openvino int8 (not exported" in c.reason
+    bf16_failed = _export(tmp_path, ort=("fp32", "int8"), ov_passed=("fp32",), ov_failed=("bf16",))
+    c = choose_variant(bf16_failed)
+    assert (c.backend, c.options["precision"]) == ("onnx", "int8") and "did not pass its parity check" in c.reason
+    assert choose_variant(bf16_failed, precision="fp32").backend == "openvino"  # --precision filters the ranking
     zen4.setattr(arena.machine.cpu, "cpu_flags", lambda *a: frozenset({"avx2"}))
-    c = choose_cpu(_manifest(ov_passed=("fp32", "bf16")))
+    c = choose_variant(_export(tmp_path, ov_passed=("fp32", "bf16")))
     assert (c.backend, c.options["precision"]) == ("openvino", "fp32") and "no native bf16" in c.reason
 
 
-def test_cpu_choice_without_openvino_or_records(zen4):
+def test_a_named_backend_runs_its_default_variant(zen4, tmp_path):
+    """--backend onnx without --precision is the exact fp32 graph even where int8 is faster; --backend openvino
+    runs its fastest checked precision."""
+    full = _export(tmp_path, ort=("fp32", "int8"), ov_passed=("fp32", "bf16", "int8"))
+    assert choose_variant(full, "onnx").options["precision"] == "fp32"
+    assert choose_variant(full, "onnx", "int8").options["precision"] == "int8"
+    assert choose_variant(full, "openvino").options["precision"] == "int8"
+    with pytest.raises(BackendUnavailable, match="has no model.safetensors for the torch backend"):
+        choose_variant(full, "torch")
+
+
+def test_cpu_choice_without_openvino_or_records(zen4, tmp_path):
     import importlib.util
 
-    legacy = {"artifacts": {"fp32": {"file": "model.onnx"}, "int8": {"file": "model.int8.onnx"}}}
-    c = choose_cpu(legacy)  # an export made before OpenVINO was checked: ONNX Runtime, as before
+    legacy = ModelFolder(tmp_path, EXPORT, {"artifacts": {"fp32": {"file": "model.onnx"},
+                                                          "int8": {"file": "model.int8.onnx"}}})
+    c = choose_variant(legacy)  # an export made before OpenVINO was checked: ONNX Runtime, as before
     assert (c.backend, c.options["precision"]) == ("onnx", "int8") and "no OpenVINO parity record" in c.reason
     zen4.setattr(importlib.util, "find_spec", lambda name, *a: None)
-    c = choose_cpu(_manifest(ov_passed=("fp32", "bf16", "int8")))
-    assert (c.backend, c.options["precision"]) == ("onnx", "fp32") and "OpenVINO not installed" in c.reason
-    with pytest.raises(BackendUnavailable, match="no CPU backend"):
-        choose_cpu(_manifest(), "fp16")
+    c = choose_variant(_export(tmp_path, ov_passed=("fp32", "bf16", "int8")))
+    assert (c.backend, c.options["precision"]) == ("onnx", "fp32") and "OpenVINO is not installed" in c.reason
+    with pytest.raises(BackendUnavailable, match="no CPU backend can run fp16"):
+        choose_variant(_export(tmp_path), precision="fp16")
 
 
 def test_cgroup_quota_caps_the_cores(tmp_path, monkeypatch):

@@ -83,7 +83,7 @@ def bench(
     setup_logging(verbose)
     from dataclasses import replace
 
-    from arena.bench.precheck import check_bench_request, parse_cells, read_thresholds, runnable_cells
+    from arena.bench.precheck import cell_folder, check_bench_request, parse_cells, read_thresholds, runnable_cells
     from arena.bench.report import plot, write_reports
     from arena.bench.runner import check_thresholds, compute_speedups, open_cell, repeat_to, run_cells
     from arena.cli.safety import warn_if_unfinished
@@ -98,7 +98,7 @@ def bench(
                         check=check, numbers=dict(rows=rows, batch_size=batch_size, max_tokens=max_tokens,
                                                   repeats=repeats, warmup=warmup, threads=threads,
                                                   encode_workers=encode_workers, max_length=max_length))
-    specs, skipped = runnable_cells(specs, export, explicit=bool(cells or backends), baseline=baseline)
+    specs, skipped = runnable_cells(specs, export, explicit=bool(cells or backends), baseline=baseline, model=model)
     for line in skipped:
         log.warning("skipping cell %s", line)
     thresholds = read_thresholds(check, [s.name for s in specs]) if check is not None else {}
@@ -108,7 +108,7 @@ def bench(
     records = repeat_to(read_records(path, labelled=has_labels(path)), rows)
     opened = []
     for spec in specs:  # open every cell before timing any
-        folder = model if spec.backend in ("torch", "torch.compile") else (export or model)
+        folder = cell_folder(spec.backend, model, export) or model
         opened.append(open_cell(spec, folder, batch_size=batch_size, max_tokens=max_tokens, threads=threads,
                                max_length=max_length, encode_workers=encode_workers))
     log.info("measuring %s on %d rows, %d interleaved repeats", ", ".join(s.name for s in specs), len(records),

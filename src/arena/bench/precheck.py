@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from arena.bench.runner import COMPILED
 from arena.errors import ConfigError
 
 BENCH_FILES = ("bench.md", "bench.json", "bench.html", "bench.png")
-BENCH_BACKENDS = ("torch", "torch.compile", "onnx", "openvino", "tensorrt")
 DEFAULT_BACKENDS = "torch:fp32,onnx:fp32,onnx:int8,openvino:bf16,openvino:int8"
 DEFAULT_BASELINE = "torch:fp32/notebook"
 
@@ -34,7 +34,7 @@ def parse_cells(cells: str | None, backends: str, policies: str) -> list[Any]:
     specs = []
     for backend, policy in pairs:
         spec = CellSpec.parse(backend, policy)
-        one_of("backend in --cells/--backends", spec.backend, BENCH_BACKENDS)
+        one_of("backend in --cells/--backends", spec.backend, bench_backends())
         check_precision("precision in --cells/--backends", spec.backend, spec.precision)
         one_of("policy in --cells/--policies", spec.policy, POLICIES)
         if spec in specs:
@@ -112,47 +112,50 @@ def _read_manifest(export: Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def why_not(spec: Any, export: Path | None) -> str | None:
+def bench_backends() -> tuple[str, ...]:
+    """The backends a cell may name: every registered one, and torch.compile."""
+    from arena.serving.backends import specs
+
+    names = list(specs())
+    return tuple(names[:1] + [COMPILED] + names[1:]) if "torch" in names else tuple(names)
+
+
+def cell_folder(backend: str, model: Path, export: Path | None) -> Path | None:
+    """The folder a cell reads: the checkpoint for a backend declared to read one, else the export."""
+    from arena.serving.backends import spec
+
+    return model if spec("torch" if backend == COMPILED else backend).reads == "checkpoint" else export
+
+
+def why_not(spec: Any, export: Path | None, model: Path | None = None) -> str | None:
     """Why ``spec`` cannot be measured with these folders (None: it can): a cell that needs an export and has
-    none, a precision the export does not hold or that failed its parity check, a backend not installed."""
-    import importlib.util
+    none, a precision the folder does not offer or that failed its parity check, a backend not installed; read
+    from the backend's declared variants."""
+    from arena.serving.backends import spec as backend_spec
+    from arena.serving.folder import read_folder
 
-    from arena.artifacts import openvino_passed
-
-    if spec.backend in ("torch", "torch.compile"):
+    declared = backend_spec("torch" if spec.backend == COMPILED else spec.backend)
+    path = model if declared.reads == "checkpoint" else export
+    if path is None:
+        return None if declared.reads == "checkpoint" else "needs --export (the arena-export folder)"
+    folder = read_folder(path)
+    variants = [v for v in declared.variants(folder) if spec.precision in ("auto", v.precision)]
+    if not variants:
+        return declared.absent(folder) if spec.precision == "auto" else \
+            f"{path} offers no {declared.name} {spec.precision} variant"
+    if any(v.usable for v in variants):
         return None
-    if export is None:
-        return "needs --export (the arena-export folder)"
-    manifest = _read_manifest(export) or {}
-    if spec.backend == "onnx":
-        artifacts = manifest.get("artifacts") or {}
-        if spec.precision != "auto" and spec.precision not in artifacts:
-            flag = {"fp32_fused": "optimize"}.get(spec.precision, spec.precision)
-            return (f"--export {export} has no {spec.precision} model (it has {', '.join(artifacts) or 'none'}); "
-                    f"export it with arena-export --{flag}")
-    elif spec.backend == "openvino":
-        if importlib.util.find_spec("openvino") is None:
-            return "OpenVINO is not installed (pip install 'arena-toolkit[openvino]')"
-        passed = openvino_passed(manifest)
-        if spec.precision != "auto" and spec.precision not in passed:
-            flag = "--int8-static" if spec.precision == "int8" else "OpenVINO installed"
-            return (f"--export {export} has no OpenVINO {spec.precision} model that passed parity (it has "
-                    f"{', '.join(passed) or 'none'}); export with {flag}")
-        if not passed:
-            return f"--export {export} has no OpenVINO precision that passed parity"
-    elif spec.backend == "tensorrt" and not (manifest.get("tensorrt") or {}).get("engines"):
-        return f"--export {export} has no TensorRT engine (arena-export --trt on a GPU machine)"
-    return None
+    return "; ".join(f"{v.name}: {v.why_not}" for v in variants)
 
 
 def runnable_cells(specs: list[Any], export: Path | None, *, explicit: bool,
-                   baseline: str = DEFAULT_BASELINE) -> tuple[list[Any], list[str]]:
+                   baseline: str = DEFAULT_BASELINE, model: Path | None = None) -> tuple[list[Any], list[str]]:
     """Split ``specs`` into the cells these folders can run and ``name: why`` for the rest. Cells the user listed
     (``explicit``: --cells or --backends given) must all run: the first that cannot is an error. The default matrix
     measures what the folders support and says what it skipped."""
     keep, skipped = [], []
     for spec in specs:
-        why = why_not(spec, export)
+        why = why_not(spec, export, model)
         if why is None:
             keep.append(spec)
         elif explicit or spec.name == baseline:

@@ -30,6 +30,9 @@ from arena.errors import ConfigError
 from arena.serving.executor import Timings
 from arena.serving.scoring import ScoreConfig, Scorer
 
+COMPILED = "torch.compile"
+"""The torch backend with torch.compile(dynamic=True), timed after warm-up: a bench cell of its own."""
+
 log = logging.getLogger(__name__)
 
 NOTEBOOK_BATCH = 16
@@ -126,7 +129,7 @@ def open_cell(spec: CellSpec, model_dir: Path, *, batch_size: int, max_tokens: i
     from arena.serving.scoring import scorer_for
 
     t0 = time.perf_counter()
-    compiled = spec.backend == "torch.compile"  # torch with torch.compile(dynamic=True), timed after warm-up
+    compiled = spec.backend == COMPILED  # torch with torch.compile(dynamic=True), timed after warm-up
     loaded = open_models([model_dir], backend="torch" if compiled else spec.backend, precision=spec.precision,
                          threads=threads, compile=compiled)
     load_s = time.perf_counter() - t0

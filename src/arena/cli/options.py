@@ -58,24 +58,46 @@ def existing_file(flag: str, path: str | Path, what: str) -> Path:
     return path
 
 
-BACKEND_PRECISIONS = {
-    "torch": ("auto", "fp32", "fp16", "bf16"),  # arena.serving.backends.torch.DTYPES
-    "onnx": ("auto", "fp32", "fp32_fused", "fp16", "int8"),  # arena.serving.loading.ONNX_PRECISIONS
-    "openvino": ("auto", "fp32", "bf16", "int8"),  # arena.serving.backends.openvino.PRECISIONS
-    "tensorrt": ("auto", "fp16"),
-}
-BACKEND_PRECISIONS["torch.compile"] = BACKEND_PRECISIONS["torch"]
-BACKEND_PRECISIONS["auto"] = tuple(dict.fromkeys(BACKEND_PRECISIONS["torch"] + BACKEND_PRECISIONS["onnx"]))
-# (auto + bf16 on the CPU: the fastest bf16 option that passed parity, openvino or torch)
+def backend_precisions() -> dict[str, tuple[str, ...]]:
+    """What ``--precision`` may say for each ``--backend``, from the backends' declarations
+    (:mod:`arena.serving.backends`); ``auto`` takes any precision some backend serves."""
+    from arena.serving.backends import specs
+
+    out = {name: ("auto", *s.precisions) for name, s in specs().items()}
+    out["auto"] = tuple(dict.fromkeys(p for precisions in out.values() for p in precisions))
+    return out
 
 
-def check_precision(flag: str, backend: str, precision: str) -> None:
-    """``precision`` must be one the backend runs (fp16 on torch also needs a GPU)."""
-    one_of("--backend", backend, BACKEND_PRECISIONS)
-    one_of(f"{flag} for backend {backend}", precision, BACKEND_PRECISIONS[backend])
-    if backend.startswith("torch") and precision == "fp16":
-        from arena.machine.devices import torch_gpus
+def check_precision(flag: str, backend: str, precision: str, device: str = "auto") -> None:
+    """``precision`` must be one the backend serves, and one this machine can run where that is known before a
+    model is read (the backend's declared request check: fp16 on torch needs a GPU, 4-bit needs bitsandbytes)."""
+    from arena.serving.backends import specs
 
-        if not torch_gpus():
-            raise ConfigError(f"{flag} fp16 with the torch backend needs a CUDA GPU and this machine has none; "
-                              "use fp32 or bf16")
+    allowed = backend_precisions()
+    one_of("--backend", backend, allowed)
+    one_of(f"{flag} for backend {backend}", precision, allowed[backend])
+    declared = specs()
+    for spec in ([declared[backend]] if backend != "auto" else
+                 [s for s in declared.values() if precision in s.precisions]):
+        if spec.check_request is not None and (backend != "auto" or len(_serving(precision)) == 1):
+            spec.check_request(precision, device)
+
+
+def _serving(precision: str) -> list[str]:
+    """The backends that serve ``precision``: with ``--backend auto`` a request check applies only when one does."""
+    from arena.serving.backends import specs
+
+    return [name for name, s in specs().items() if precision in s.precisions]
+
+
+def backend_help() -> str:
+    """``--backend``'s help, from the declarations."""
+    from arena.serving.backends import backend_names
+
+    return f"{', '.join(backend_names())} (auto: the fastest variant the folder holds that passed its checks)"
+
+
+def precision_help() -> str:
+    """``--precision``'s help: each backend's declared precisions."""
+    return "auto, or per backend: " + "; ".join(f"{name}: {'/'.join(p[1:])}" for name, p in
+                                                 backend_precisions().items() if name != "auto")

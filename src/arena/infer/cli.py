@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from arena.cli.app import run_app, setup_logging
+from arena.cli.options import backend_help, precision_help
 from arena.errors import ConfigError, cli_errors
 
 log = logging.getLogger("arena.infer")
@@ -27,9 +28,8 @@ def infer(
         help="arena-train checkpoint or arena-export folder; a k-fold output or its export scores every fold; "
              "repeat --model to blend several models")],
     out: Annotated[Path, typer.Option(help="Submission CSV to write (atomically)")] = Path("submission.csv"),
-    backend: Annotated[str, typer.Option(help="auto, torch, onnx, openvino or tensorrt")] = "auto",
-    precision: Annotated[str, typer.Option(help="torch: auto/fp32/fp16/bf16 (decoders also 4bit/8bit); onnx: "
-                                           "auto/fp32/fp32_fused/fp16/int8; openvino: auto/fp32/bf16/int8")]
+    backend: Annotated[str, typer.Option(help=backend_help())] = "auto",
+    precision: Annotated[str, typer.Option(help=precision_help() + " (torch 4bit/8bit: decoders on a GPU)")]
     = "auto",
     tta: Annotated[str, typer.Option(help="none or swap (score A/B-swapped too and average)")] = "none",
     policy: Annotated[str, typer.Option(help="sorted (token budget), notebook or padded")] = "sorted",
@@ -81,13 +81,12 @@ def check_infer_request(test_csv: Path, models: Path | list[Path], out: Path, *,
     from arena.data import check_layout
     from arena.machine.devices import check_device, parse_devices
     from arena.models.modeling import check_model_folder
+    from arena.serving.backends import backend_names
     from arena.serving.batching import POLICIES
-    from arena.serving.choice import BACKENDS
     from arena.serving.ensemble import member_folders
     from arena.serving.foreign_folder import is_foreign_export
 
-    one_of("--backend", backend, BACKENDS)
-    check_precision("--precision", backend, precision)
+    one_of("--backend", backend, backend_names())
     if not isinstance(tta, bool):
         one_of("--tta", tta, ("none", "swap"))
     one_of("--policy", policy, POLICIES)
@@ -98,8 +97,10 @@ def check_infer_request(test_csv: Path, models: Path | list[Path], out: Path, *,
     at_least("--encode-workers", encode_workers, 0)
     if compile and backend not in ("auto", "torch"):
         raise ConfigError(f"--compile applies to the torch backend, not --backend {backend}")
-    device = check_device(device, "--device", backend)
-    shards = parse_devices(devices, backend)
+    device = check_device(device, "--device")
+    shards = parse_devices(devices)
+    for each in shards or [device]:  # the backend's own checks: precision it serves, a GPU it can use
+        check_precision("--precision", backend, precision, each)
     if shards is not None and device != "auto":
         raise ConfigError("pass either --device (one device) or --devices (several), not both")
     if shards is not None and len(shards) == 1:

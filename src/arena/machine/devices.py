@@ -13,12 +13,12 @@ from arena.errors import ConfigError
 from arena.machine.gpu import ort_cuda, torch_gpus
 
 DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
-BACKEND_GPU_LIBS = {"torch": "PyTorch", "onnx": "ONNX Runtime", "tensorrt": "PyTorch"}
 
 
-def check_device(device: str, flag: str = "--device", backend: str = "auto") -> str:
+def check_device(device: str, flag: str = "--device") -> str:
     """``device`` normalised (``auto``, ``cpu``, ``cuda``, ``cuda:N``); raise :class:`ConfigError` for a name
-    that is not a device or a GPU this machine (for ``backend``) does not have."""
+    that is not a device or a GPU this machine does not have. Whether a given backend can use that GPU is the
+    backend's own request check (:attr:`arena.serving.backends.contract.BackendSpec.check_request`)."""
     name = device.strip().lower()
     if name == "auto":
         return name
@@ -28,13 +28,8 @@ def check_device(device: str, flag: str = "--device", backend: str = "auto") -> 
     if name == "cpu":
         return name
     gpus = torch_gpus()
-    if backend == "auto":
-        usable = gpus > 0 or ort_cuda()
-    else:
-        usable = ort_cuda() if backend == "onnx" else gpus > 0
-    if not usable:
-        lib = BACKEND_GPU_LIBS.get(backend, "PyTorch or ONNX Runtime")
-        raise ConfigError(f"{flag} {device}: no CUDA GPU is available to {lib} on this machine; "
+    if not (gpus > 0 or ort_cuda()):
+        raise ConfigError(f"{flag} {device}: no CUDA GPU is available to PyTorch or ONNX Runtime on this machine; "
                           f"use {flag} cpu (or auto)")
     index = int(name.partition(":")[2] or 0)
     if gpus and index >= gpus:
@@ -42,7 +37,7 @@ def check_device(device: str, flag: str = "--device", backend: str = "auto") -> 
     return name
 
 
-def parse_devices(text: str | None, backend: str = "auto") -> list[str] | None:
+def parse_devices(text: str | None) -> list[str] | None:
     """``--devices``: ``cuda:0,cuda:1`` / ``cpu,cpu`` / ``2`` (the first N GPUs) -> checked device names (one
     name is a list of one: it is used, not ignored), or None when the option was not given."""
     if text is None:
@@ -64,4 +59,4 @@ def parse_devices(text: str | None, backend: str = "auto") -> list[str] | None:
         raise ConfigError(f"--devices {text!r} has an empty entry; list devices such as cuda:0,cuda:1 or cpu,cpu")
     if any(p.lower() == "auto" for p in parts):
         raise ConfigError("--devices lists devices by name (cpu, cuda:N); auto is for --device")
-    return [check_device(p, "--devices", backend) for p in parts]
+    return [check_device(p, "--devices") for p in parts]

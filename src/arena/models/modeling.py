@@ -120,11 +120,12 @@ def load_model_config(name_or_path: str | Path) -> Any:
         raise offline_hint(name, exc) from None
 
 
-def load_tokenizer(name_or_path: str | Path) -> Any:
+def load_tokenizer(name_or_path: str | Path, *, manifest: dict[str, Any] | None | str = "read") -> Any:
     """The tokenizer of a local folder or hub name, checked (:func:`check_tokenizer`): a folder without its
     tokenizer files must not turn every word into ``[UNK]`` (transformers builds an empty vocabulary from
     ``config.json`` alone), and an export's tokenizer files must match its manifest.
-    A tokenizer without a pad token (decoders) gets one (:func:`arena.encode.ensure_pad_token`), padding right."""
+    A tokenizer without a pad token (decoders) gets one (:func:`arena.encode.ensure_pad_token`), padding right.
+    ``manifest``: the folder's manifest when the caller has read it (None: it has none), so it is read once."""
     from transformers import AutoTokenizer
 
     from arena.encode import ensure_pad_token
@@ -135,7 +136,7 @@ def load_tokenizer(name_or_path: str | Path) -> Any:
     if is_local(name) and not Path(name).is_dir():
         raise ModelError(f"{name} is a file; pass the folder that holds the tokenizer files")
     if is_local(name):
-        verify_tokenizer_files(name)
+        verify_tokenizer_files(name, read_manifest(Path(name)) if manifest == "read" else manifest)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
     except (OSError, ValueError, TypeError) as exc:
@@ -174,13 +175,12 @@ def check_tokenizer(tokenizer: Any, source: str | Path, vocab_size: int | None) 
                          "the model was trained with")
 
 
-def verify_tokenizer_files(folder: str | Path) -> None:
+def verify_tokenizer_files(folder: str | Path, manifest: dict[str, Any] | None) -> None:
     """In an export folder (one with a manifest), the tokenizer files and ``config.json`` must be those
     the manifest recorded: present, unchanged, and at least one tokenizer file among them."""
     from arena.io import sha256_file
 
     folder = Path(folder)
-    manifest = read_manifest(folder)
     if manifest is None:
         return
     recorded = manifest.get("files", {}) if isinstance(manifest, dict) else {}

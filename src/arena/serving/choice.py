@@ -1,154 +1,111 @@
-"""The automatic choice between backends (the contract itself is :mod:`arena.serving.backends.contract`)."""
+"""Which variant of a model folder runs: the one asked for, or for ``--backend auto`` the fastest that may.
+
+A folder offers variants (backend x precision x device x file, :meth:`arena.serving.folder.ModelFolder.variants`),
+each declared by its backend with its measured speed and, where it cannot run here, why not. The choice filters
+them by what the command line asked (backend, precision, device), keeps the usable ones, and takes the fastest;
+``--backend auto`` with ``--precision auto`` only takes *checked* variants (exact, or admitted by a parity check at
+export), so it never changes the numbers unasked. With a GPU present the GPU variants come first (a TensorRT engine
+built for this GPU > ONNX Runtime CUDA > torch CUDA), else the CPU ones, fastest first (OpenVINO int8 > bf16 >
+ONNX Runtime int8 > OpenVINO fp32 > ONNX Runtime fp32 > torch fp32, as measured in ``benchmarks/RESULTS.md``).
+The choice says why, and what it passed over.
+"""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from arena.artifacts import openvino_passed, read_manifest, rebuild_command
 from arena.errors import BackendUnavailable, ConfigError
-from arena.machine.gpu import engine_usable, gpu_present, ort_cuda, torch_cuda
-from arena.serving.backends.contract import UNLIMITED, Backend, Limits, ShapeRange
+from arena.machine.gpu import gpu_present
+from arena.serving.backends import backend_names, spec
+from arena.serving.backends.contract import Variant
+from arena.serving.folder import ModelFolder, read_folder
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "torch", "onnx", "openvino", "tensorrt")
-__all__ = ["BACKENDS", "CPU_RANKING", "UNLIMITED", "Backend", "Choice", "Limits", "ShapeRange", "choose_backend",
-           "choose_cpu", "cpu_options"]
-
-CPU_RANKING: tuple[tuple[str, str], ...] = (
-    ("openvino", "int8"), ("openvino", "bf16"), ("onnx", "int8"), ("openvino", "fp32"), ("onnx", "fp32"),
-    ("onnx", "fp32_fused"),
-)
-"""CPU (backend, precision) options, fastest first, as measured side by side on DeBERTa-v3-xsmall at 512 tokens
-and MiniLM-L6 at 256 on 2-core AMD EPYC (Zen 4) machines: ``benchmarks/RESULTS.md``, "The fastest CPU path"."""
 
 
 @dataclass
 class Choice:
+    """The variant that runs and why. ``backend`` and ``options["precision"]`` name it for summaries."""
+
     backend: str
     reason: str
     options: dict[str, Any] = field(default_factory=dict)
+    variant: Variant | None = None
 
 
-def _auto_gpu_choice(folder: Path, manifest: dict[str, Any] | None, *, has_onnx: bool,
-                     has_torch: bool) -> Choice | None:
-    """The GPU part of ``auto``: a TensorRT engine built for this GPU and TensorRT > ONNX Runtime CUDA > torch CUDA.
-    None without a GPU. An engine built elsewhere (an H100 engine on Kaggle's T4) is skipped, and the choice says
-    why and how to rebuild it."""
-    if not gpu_present():
-        return None
-    skipped = ""
-    if ((manifest or {}).get("tensorrt") or {}).get("engines"):
-
-        ok, why = engine_usable(folder, manifest)
-        if ok:
-            return Choice("tensorrt", f"a GPU is present and {why}")
-        log.warning("not using the TensorRT engine: %s", why)
-        skipped = f"; the TensorRT engine is not used: {why}"
-    if has_onnx and ort_cuda():
-        return Choice("onnx", "a GPU is present and ONNX Runtime has the CUDA provider" + skipped)
-    if has_torch and torch_cuda():
-        return Choice("torch", "a GPU is present and the folder holds PyTorch weights" + skipped)
-    return None
+def _device_kind(device: str) -> str | None:
+    """``cpu`` / ``cuda`` for a device the user named; None for ``auto``."""
+    return None if device == "auto" else ("cuda" if device.startswith("cuda") else "cpu")
 
 
-def choose_backend(requested: str, folder: Path, *, precision: str = "auto") -> Choice:
-    """Pick a backend from what the folder holds and what the machine has, and say why.
-
-    Order for ``auto``: TensorRT engine and a GPU > ONNX Runtime CUDA > torch CUDA > the fastest CPU option of an
-    export (:func:`choose_cpu`; the choice carries its precision in ``options``) > torch CPU.
-    """
-    if requested not in BACKENDS:
-        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}")
-    manifest = read_manifest(folder)
-    onnx_files = (manifest or {}).get("artifacts", {})
-    has_onnx = bool(onnx_files) or any(folder.glob("*.onnx"))
-    has_torch = any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json",
-                                                           "adapter_model.safetensors"))  # a LoRA checkpoint too
-    engines = (manifest or {}).get("tensorrt", {}).get("engines", [])
-    if requested == "tensorrt":
-        if not engines:
-            raise BackendUnavailable(f"{folder} has no TensorRT engine; build one with "
-                                     f"`{rebuild_command(manifest, folder)}`")
-
-        ok, why = engine_usable(folder, manifest)
-        if not ok:
-            raise BackendUnavailable(f"--backend tensorrt: {why}")
-        return Choice("tensorrt", "asked for")
-    if requested == "onnx":
-        if not has_onnx:
-            raise BackendUnavailable(f"{folder} has no ONNX model; run arena-export first")
-        return Choice("onnx", "asked for")
-    if requested == "openvino":
-        if not has_onnx:
-            raise BackendUnavailable(f"{folder} has no ONNX model for OpenVINO; run arena-export first")
-        if importlib.util.find_spec("openvino") is None:
-            raise BackendUnavailable("OpenVINO is not installed; pip install 'arena-toolkit[openvino]'")
-        return Choice("openvino", "asked for")
-    if requested == "torch":
-        if not has_torch:
-            raise BackendUnavailable(f"{folder} has no model.safetensors for the torch backend")
-        return Choice("torch", "asked for")
-    on_gpu = _auto_gpu_choice(folder, manifest, has_onnx=has_onnx, has_torch=has_torch)
-    if on_gpu is not None:
-        return on_gpu
-    if has_onnx and manifest is None:  # a foreign or hand-made folder: its one ONNX model, on ONNX Runtime
-        return Choice("onnx", "no GPU; the folder has no arena manifest, so its ONNX model runs on ONNX Runtime")
-    if has_onnx:
-        return choose_cpu(manifest, precision)
-    if has_torch:
-        return Choice("torch", "no ONNX export in the folder; PyTorch on the CPU")
-    raise BackendUnavailable(f"{folder} holds neither model.safetensors nor an ONNX export")
+def _candidates(folder: ModelFolder, backend: str, precision: str) -> list[Variant]:
+    variants = folder.variants()
+    if backend != "auto":
+        variants = [v for v in variants if v.backend == backend]
+        if not variants:
+            raise BackendUnavailable(spec(backend).absent(folder))
+    if precision != "auto":
+        variants = [v for v in variants if v.precision == precision]
+    return variants
 
 
-def cpu_options(manifest: dict[str, Any] | None, precision: str = "auto") -> list[tuple[str, str, str | None]]:
-    """Every :data:`CPU_RANKING` option as ``(backend, precision, why not)``; ``why not`` is None for the options
-    this export holds, that passed their parity check and that this machine can run."""
-    from arena.machine.cpu import has_native_bf16
-
-    ort_files = (manifest or {}).get("artifacts") or {"fp32": {"file": "model.onnx"}}  # no manifest: plain export
-    ov_passed = openvino_passed(manifest)
-    ov_section = ((manifest or {}).get("openvino") or {}).get("precisions") or {}
-    has_ov = importlib.util.find_spec("openvino") is not None
-    out: list[tuple[str, str, str | None]] = []
-    for backend, prec in CPU_RANKING:
-        why = None
-        if precision not in ("auto", prec):
-            why = f"--precision {precision}"
-        elif backend == "onnx":
-            why = None if prec in ort_files else "not exported"  # ONNX Runtime artefacts exist only if they passed
-        elif prec not in ov_section:
-            why = "not exported" if prec == "int8" else "no OpenVINO parity record (export with OpenVINO installed)"
-        elif prec not in ov_passed:
-            why = "failed or skipped its parity check at export"
-        elif not has_ov:
-            why = "OpenVINO not installed"
-        elif prec == "bf16" and not has_native_bf16():
-            why = "this CPU has no native bf16"
-        out.append((backend, prec, why))
-    return out
-
-
-def choose_cpu(manifest: dict[str, Any] | None, precision: str = "auto") -> Choice:
-    """The fastest CPU option that the export holds and that passed parity (:data:`CPU_RANKING`), and why."""
-    options = cpu_options(manifest, precision)
-    usable = [(b, p) for b, p, why in options if why is None]
+def choose_variant(folder: ModelFolder, backend: str = "auto", precision: str = "auto",
+                   device: str = "auto") -> Choice:
+    """The variant that runs for this request, and why; :class:`BackendUnavailable` listing what each candidate
+    lacks when none can."""
+    if backend not in backend_names():
+        raise ConfigError(f"--backend must be one of {', '.join(backend_names())}; got {backend!r}")
+    candidates = _candidates(folder, backend, precision)
+    asked = backend != "auto" or precision != "auto"
+    kind = _device_kind(device)
+    if kind is None:
+        on_gpu = [v for v in candidates if v.device == "cuda" and v.usable and (v.checked or asked)]
+        kind = "cuda" if on_gpu and gpu_present() else "cpu"
+        if kind == "cpu" and backend != "auto" and not [v for v in candidates if v.device == "cpu"]:
+            kind = "cuda"  # a GPU-only backend asked for by name: say why it cannot run, not "no CPU option"
+    named = backend != "auto" and precision == "auto"  # the backend's default variant first (exact ONNX fp32)
+    ranked = sorted((v for v in candidates if v.device == kind),
+                    key=lambda v: (-(named and v.default and v.usable), -v.checked, -v.speed))
+    usable = [v for v in ranked if v.usable and (v.checked or asked)]
     if not usable:
-        relevant = [(b, p, why) for b, p, why in options if precision in ("auto", p)]
-        flag = {"int8": "--int8 (ONNX Runtime) or --int8-static (OpenVINO)", "fp32_fused": "--optimize"}.get(
-            precision, "OpenVINO installed")
-        raise BackendUnavailable(
-            f"--precision {precision}: no CPU backend can run it from this export ("
-            + "; ".join(f"{b} {p}: {why}" for b, p, why in relevant)
-            + f"); re-export with {flag}, or choose another --precision")
-    backend, prec = usable[0]
-    passed_over = [f"{b} {p} ({why})" for b, p, why in options[:options.index((backend, prec, None))]]
-    reason = (f"no GPU; {backend} {prec} is the fastest CPU option this export holds that passed its parity check "
-              f"(order measured in benchmarks/RESULTS.md)")
+        raise BackendUnavailable(_nothing_runs(folder, backend, precision, kind, ranked))
+    chosen = usable[0]
+    return Choice(chosen.backend, _reason(folder, chosen, ranked, asked, kind), {"precision": chosen.precision},
+                  chosen)
+
+
+def _reason(folder: ModelFolder, chosen: Variant, ranked: list[Variant], asked: bool, kind: str) -> str:
+    where = ("a GPU is present" if gpu_present() else "--device cuda") if kind == "cuda" else \
+        ("no GPU" if not gpu_present() else "--device cpu")
+    if asked:
+        text = f"asked for; {chosen.name} is the fastest matching option"
+    else:
+        held = "export" if folder.manifest is not None else "folder"
+        text = (f"{where}; {chosen.backend} {chosen.precision} is the fastest "
+                f"{'GPU' if kind == 'cuda' else 'CPU'} option this {held} holds that passed its parity check "
+                "(order measured in benchmarks/RESULTS.md)")
+    faster = ranked[:ranked.index(chosen)]
+    passed_over = [f"{v.name} ({v.why_not or 'unchecked: ask for it with --precision'})" for v in faster
+                   if v.checked or asked]
     if passed_over:
-        reason += "; passed over: " + ", ".join(passed_over)
-    return Choice(backend, reason, {"precision": prec})
+        text += "; passed over: " + ", ".join(passed_over)
+    return text
+
+
+def _nothing_runs(folder: ModelFolder, backend: str, precision: str, kind: str, ranked: list[Variant]) -> str:
+    what = " ".join(x for x in (backend if backend != "auto" else "", precision if precision != "auto" else "") if x)
+    if not ranked:
+        offered = sorted({f"{v.backend} {v.precision}" for v in folder.variants() if v.usable})
+        return (f"{folder.path}: no {'GPU' if kind == 'cuda' else 'CPU'} backend can run {what or 'it'} (this "
+                f"folder offers: {', '.join(offered) or 'nothing runnable'}); choose another --backend/--precision")
+    reasons = "; ".join(f"{v.name}: {v.why_not or 'unchecked'}" for v in ranked)
+    return f"{folder.path}: no {'GPU' if kind == 'cuda' else 'CPU'} backend can run {what or 'it'} ({reasons})"
+
+
+def choose_backend(requested: str, folder: Any, *, precision: str = "auto", device: str = "auto") -> Choice:
+    """:func:`choose_variant` for a folder path or a :class:`ModelFolder`."""
+    if not isinstance(folder, ModelFolder):
+        folder = read_folder(folder)
+    return choose_variant(folder, requested, precision, device)

@@ -24,7 +24,7 @@ import numpy as np
 
 from arena.encode import Encoded, pad_batch
 from arena.errors import ConfigError
-from arena.serving.backends.contract import UNLIMITED, Limits
+from arena.serving.backends.contract import UNLIMITED, Backend, Limits, ParallelBackend
 from arena.serving.batching import padding_stats, plan_batches, resolve_budget
 
 
@@ -73,7 +73,7 @@ class PaddedBatch:
     attention_mask: np.ndarray
     features: np.ndarray | None = None
 
-    def run(self, backend: Any) -> np.ndarray:
+    def run(self, backend: Backend) -> np.ndarray:
         return backend(self.input_ids, self.attention_mask, self.features)
 
 
@@ -98,7 +98,7 @@ class BatchExecutor:
     backend's. Raises :class:`ConfigError` for a combination the backend cannot run, before any batch is built.
     """
 
-    def __init__(self, backend: Any, *, pad_id: int, max_length: int, policy: str = "sorted", batch_size: int = 64,
+    def __init__(self, backend: Backend, *, pad_id: int, max_length: int, policy: str = "sorted", batch_size: int = 64,
                  max_tokens: int | None = None, model_type: str | None = None) -> None:
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
@@ -139,7 +139,7 @@ class BatchExecutor:
         out = np.zeros((prepared.n_rows, 3), dtype=np.float32)
         latencies: list[float] = []
         t0 = time.perf_counter()
-        if hasattr(self.backend, "map"):  # several devices: every batch in flight at once
+        if isinstance(self.backend, ParallelBackend):  # several devices: every batch in flight at once
             results = self.backend.map([(b.input_ids, b.attention_mask, b.features) for b in prepared.batches])
         else:
             results = []

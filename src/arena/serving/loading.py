@@ -1,5 +1,6 @@
-"""Open a model folder (arena-train checkpoint, arena-export folder, or a foreign ONNX export such as optimum's) as a
-backend plus the encoder it needs."""
+"""Open a model folder as a backend plus the encoder it needs, one way: read the folder once
+(:func:`arena.serving.folder.read_folder`) -> choose a variant (:func:`arena.serving.choice.choose_variant`) ->
+open it with its backend's declaration (:mod:`arena.serving.backends`)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from arena.artifacts import read_manifest
-from arena.encode import ArenaEncoder, EncoderConfig
-from arena.errors import BackendUnavailable, ConfigError, ModelError
-from arena.models.modeling import check_pad_token, load_tokenizer, read_meta
-from arena.serving.backends.contract import Limits
-from arena.serving.choice import Choice, choose_backend
+from arena.encode import ArenaEncoder
+from arena.errors import ConfigError
+from arena.models.modeling import check_pad_token, load_tokenizer
+from arena.serving.backends import spec
+from arena.serving.backends.contract import OpenOptions
+from arena.serving.choice import Choice, choose_variant
 from arena.serving.ensemble import DEFAULT_COMBINE
-from arena.serving.foreign_folder import ForeignExport, inspect_foreign, is_foreign_export
+from arena.serving.folder import ModelFolder, read_folder
 
 log = logging.getLogger(__name__)
-
-ONNX_PRECISIONS = ("auto", "fp32", "fp32_fused", "fp16", "int8")
 
 
 @dataclass
@@ -32,81 +31,28 @@ class LoadedModel:
     choice: Choice
     description: str
     model_type: str | None = None
+    source: ModelFolder | None = None
 
 
-def _onnx_artifact(folder: Path, manifest: dict[str, Any] | None, precision: str, device: str) -> tuple[Path, str]:
-    artifacts = (manifest or {}).get("artifacts", {})
-    if precision not in ONNX_PRECISIONS:
-        raise ConfigError(f"--precision for ONNX must be one of {', '.join(ONNX_PRECISIONS)}")
-    if precision == "auto":
-        # fp32 on the CPU is exact; int8 is faster but changes predictions slightly (opt in with --precision int8).
-        precision = "fp16" if device.startswith("cuda") and "fp16" in artifacts else "fp32"
-    if artifacts:
-        if precision not in artifacts:
-            raise BackendUnavailable(f"{folder} has no {precision} ONNX model (it has {', '.join(artifacts)}); "
-                                     f"export it with arena-export --{precision.split('_')[0]}")
-        return folder / artifacts[precision]["file"], precision
-    if (folder / "model.onnx").is_file():
-        return folder / "model.onnx", "fp32"
-    raise BackendUnavailable(f"{folder} has no ONNX model")
-
-
-def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "auto", threads: int | None = None,
-               compile: bool = False, device: str = "auto", load_runner: bool = True) -> LoadedModel:
+def open_model(folder: str | Path | ModelFolder, *, backend: str = "auto", precision: str = "auto",
+               threads: int | None = None, compile: bool = False, device: str = "auto",
+               load_runner: bool = True) -> LoadedModel:
     """The folder's encoder, settings and backend. ``load_runner=False``: everything but the backend (``runner``
     None), for a parent process whose workers each load their own (:mod:`arena.serving.sharded`)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ModelError(f"model folder {folder} does not exist")
-    manifest = read_manifest(folder)
-    foreign = inspect_foreign(folder) if manifest is None and is_foreign_export(folder) else None
-    if manifest is not None:
-        from arena.artifacts import verify_files
-
-        encoder_cfg = EncoderConfig.from_dict(manifest.get("encoder", {}))
-        temperature = float(manifest.get("temperature", 1.0))
-    elif foreign is not None:
-        encoder_cfg, temperature = foreign.encoder, foreign.temperature
-    else:
-        from arena.models.modeling import check_model_folder
-
-        check_model_folder(folder)
-        meta = read_meta(folder)
-        encoder_cfg, temperature = meta.encoder, meta.temperature
-    model_type = (manifest or {}).get("model", {}).get("model_type") or _config_model_type(folder)
-    choice = choose_backend(backend, folder, precision=precision)
-    if precision == "auto":
-        precision = choice.options.get("precision", "auto")
-    tokenizer = load_tokenizer(folder)
-    encoder = ArenaEncoder(tokenizer, encoder_cfg)
-    loaded = LoadedModel(folder, None, encoder, temperature, choice, choice.backend, model_type)
+    source = folder if isinstance(folder, ModelFolder) else read_folder(folder)
+    choice = choose_variant(source, backend, precision, device)
+    tokenizer = load_tokenizer(source.path, manifest=source.manifest)
+    encoder = ArenaEncoder(tokenizer, source.encoder)
+    loaded = LoadedModel(source.path, None, encoder, source.temperature, choice, choice.backend, source.model_type,
+                         source)
     if not load_runner:
         return loaded
-    if choice.backend == "onnx":
-        from arena.serving.backends.onnx import OnnxBackend, onnx_device
-
-        dev = onnx_device(device)  # auto: cuda only when a GPU is present and ONNX Runtime has the CUDA provider
-        path, prec = (_onnx_artifact(folder, manifest, precision, dev) if foreign is None
-                      else _foreign_artifact(foreign, precision))
-        if manifest is not None:
-            verify_files(folder, manifest, [path.name])
-        max_length = foreign.max_positions if foreign is not None else _onnx_max_length(manifest)
-        runner = OnnxBackend(path, device=device, threads=threads, precision=prec,
-                             limits=Limits(max_length=max_length))
-    elif choice.backend == "openvino":
-        runner = _openvino_backend(folder, manifest, precision, threads)
-    elif choice.backend == "torch":
-        from arena.serving.backends.torch import TorchBackend
-
-        runner = TorchBackend(folder, device=device, precision=precision, compile=compile, threads=threads)
-        check_pad_token(runner.model.config, encoder.pad_id, folder)  # a decoder pools by the pad id
-    else:  # pragma: no cover - needs TensorRT and a GPU
-        from arena.serving.backends.tensorrt import TensorRTBackend
-
-        runner = TensorRTBackend(folder, manifest or {}, device=device)
+    runner = spec(choice.backend).open(source, choice.variant, OpenOptions(device, threads, compile))
+    if choice.backend == "torch":
+        check_pad_token(runner.model.config, encoder.pad_id, source.path)  # a decoder pools by the pad id
     attach_runner(loaded, runner)
-    if foreign is not None:
-        loaded.description += f"; {foreign.describe()}"
+    if source.foreign is not None:
+        loaded.description += f"; {source.foreign.describe()}"
     return loaded
 
 
@@ -122,63 +68,6 @@ def attach_runner(loaded: LoadedModel, runner: Any) -> LoadedModel:
         loaded.encoder = ArenaEncoder(loaded.encoder.tokenizer, replace(loaded.encoder.config, features=needs))
     loaded.runner, loaded.description = runner, runner.description
     return loaded
-
-
-def _foreign_artifact(foreign: ForeignExport, precision: str) -> tuple[Path, str]:
-    """A foreign export has one model, scored as it was exported; derived precisions come from arena-export."""
-    if precision not in ONNX_PRECISIONS:
-        raise ConfigError(f"--precision for ONNX must be one of {', '.join(ONNX_PRECISIONS)}")
-    if precision not in ("auto", "fp32"):
-        flag = "optimize" if precision == "fp32_fused" else precision
-        raise BackendUnavailable(f"{foreign.folder} is a foreign ONNX export with one model ({foreign.onnx.name}); "
-                                 f"derive a {precision} model with `arena-export {foreign.folder} --out DIR "
-                                 f"--{flag}` and score DIR")
-    return foreign.onnx, "as exported"
-
-
-def _openvino_backend(folder: Path, manifest: dict[str, Any] | None, precision: str, threads: int | None):
-    """The export's OpenVINO model at ``precision`` (auto: the fastest that passed), only if its parity check
-    passed at export; the files are checked against the manifest's sha256 first, and that hash keys the
-    compiled-model cache."""
-    from arena.artifacts import openvino_passed, verify_files
-    from arena.serving.backends.openvino import PRECISIONS, OpenVinoBackend, cache_key
-
-    passed = openvino_passed(manifest)
-    if precision == "auto":  # the CPU ranking's OpenVINO options, with its checks (native bf16, installed)
-        from arena.serving.choice import cpu_options
-
-        usable = [p for b, p, why in cpu_options(manifest) if b == "openvino" and why is None]
-        precision = usable[0] if usable else "fp32"
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision for OpenVINO must be one of auto, {', '.join(PRECISIONS)}")
-    if precision not in passed:
-        entry = (((manifest or {}).get("openvino") or {}).get("precisions") or {}).get(precision)
-        why = ("; ".join(entry["parity"]["failures"]) if entry and entry.get("parity") else
-               entry.get("status", "not checked") if entry else "no parity record for it")
-        raise BackendUnavailable(f"{folder}: OpenVINO {precision} did not pass its parity check at export ({why}); "
-                                 "re-export with arena-export (with OpenVINO installed"
-                                 + (", --int8-static)" if precision == "int8" else ")"))
-    files = [passed[precision]["file"]] + ([passed[precision]["weights"]] if "weights" in passed[precision] else [])
-    verify_files(folder, manifest or {}, files)
-    hashes = [(manifest or {}).get("files", {}).get(f) for f in files]
-    return OpenVinoBackend(folder / files[0], precision=precision, threads=threads,
-                           limits=Limits(max_length=_onnx_max_length(manifest)),
-                           cache_key=cache_key(hashes) if all(hashes) else None)
-
-
-def _config_model_type(folder: Path) -> str | None:
-    import json
-
-    try:
-        return json.loads((folder / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError):
-        return None
-
-
-def _onnx_max_length(manifest: dict[str, Any] | None) -> int | None:
-    """The longest sequence an exported model accepts: what its architecture allows (recorded at export)."""
-    value = ((manifest or {}).get("model") or {}).get("max_positions")
-    return int(value) if value else None
 
 
 @dataclass

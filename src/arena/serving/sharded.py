@@ -34,7 +34,8 @@ def _init(folder: str, backend: str, precision: str, devices: Any, threads: int 
 
 
 def _describe() -> dict[str, Any]:
-    return {"description": _RUNNER.description, "needs_features": bool(getattr(_RUNNER, "needs_features", False)),
+    return {"name": _RUNNER.name, "description": _RUNNER.description,
+            "needs_features": bool(getattr(_RUNNER, "needs_features", False)),
             "limits": getattr(_RUNNER, "limits", None)}
 
 
@@ -43,7 +44,8 @@ def _run(ids: np.ndarray, mask: np.ndarray, features: np.ndarray | None = None) 
 
 
 class ShardedRunner:
-    """A backend made of one process per device; :meth:`map` runs many batches in parallel."""
+    """A backend made of one process per device, behind the same contract
+    (:class:`~arena.serving.backends.contract.ParallelBackend`): :meth:`map` runs many batches in parallel."""
 
     def __init__(self, folder: str | Path, devices: Sequence[str], *, backend: str = "auto",
                  precision: str = "auto", threads: int | None = None) -> None:
@@ -61,6 +63,7 @@ class ShardedRunner:
             self.pool.shutdown(cancel_futures=True)
             raise BackendUnavailable(f"a worker process could not open {folder} on {', '.join(devices)} (its error is "
                                      "printed above)") from None
+        self.name: str = info["name"]
         self.needs_features: bool = info["needs_features"]
         self.limits = info["limits"]
         self.description = f"{info['description']} x {len(devices)} processes on {', '.join(devices)}"
@@ -78,9 +81,8 @@ class ShardedRunner:
 
 def open_sharded(folder: str | Path, devices: Sequence[str], *, backend: str = "auto", precision: str = "auto",
                  threads: int | None = None) -> Any:
-    """A :class:`arena.serving.loading.LoadedModel` whose runner is a :class:`ShardedRunner`: the parent process loads
-    the
-    encoder and settings, never the model."""
+    """A :class:`arena.serving.loading.LoadedModel` whose runner is a :class:`ShardedRunner`: the parent process
+    loads the encoder and settings, never the model."""
     import os
 
     from arena.serving.loading import attach_runner, open_model
@@ -88,6 +90,8 @@ def open_sharded(folder: str | Path, devices: Sequence[str], *, backend: str = "
     loaded = open_model(folder, backend=backend, precision=precision, load_runner=False)
     if devices[0] == "cpu" and not threads:
         threads = max(1, (os.cpu_count() or 2) // len(devices))
-    runner = ShardedRunner(folder, devices, backend=loaded.choice.backend, precision=precision, threads=threads)
+    # the workers open the variant the parent chose, not their own "auto" (a named backend's default differs)
+    runner = ShardedRunner(folder, devices, backend=loaded.choice.backend,
+                           precision=loaded.choice.options.get("precision", precision), threads=threads)
     return attach_runner(loaded, runner)
 

@@ -7,8 +7,9 @@ needs nothing else: it plans every batch within the backend's limits and calls i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -79,3 +80,91 @@ class Backend(Protocol):
         ...
 
 
+
+
+@runtime_checkable
+class ParallelBackend(Backend, Protocol):
+    """A backend that also runs many batches at once and returns them in order: several devices, one process each
+    (:class:`arena.serving.sharded.ShardedRunner`). The executor hands it every batch in one call."""
+
+    def map(self, batches: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> list[np.ndarray]:
+        ...
+
+
+# ------------------------------------------------------------------------------------------- declarations
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to score a model folder: a backend at one precision from one file, and whether it may run here.
+
+    A folder offers every variant its files allow (:attr:`BackendSpec.variants`); the choice
+    (:mod:`arena.serving.choice`) takes one and the backend's :attr:`BackendSpec.open` opens it.
+    ``why_not`` None: runnable on this machine; otherwise the reason (not exported, failed its parity check, not
+    installed, needs a GPU) in words a user can act on. ``checked``: exact (fp32 as trained) or admitted by a parity
+    check at export, so ``--backend auto`` may pick it unasked; a variant that changes the numbers unchecked (torch
+    bf16 on a CPU) runs only on request.
+    """
+
+    backend: str
+    precision: str
+    device: str = "cpu"
+    """``cpu`` or ``cuda``: where it runs (a backend that runs on both offers one variant each)."""
+    file: str | None = None
+    """The file it reads, relative to the folder (None: the checkpoint's weights)."""
+    speed: float = 1.0
+    """Measured rows/s relative to ONNX Runtime fp32 on the same device kind (``benchmarks/RESULTS.md``); the
+    automatic choice takes the fastest usable variant."""
+    checked: bool = True
+    default: bool = False
+    """What ``--backend NAME`` runs without ``--precision`` on its device kind (ONNX Runtime: the exact fp32 graph on
+    a CPU, int8 only when asked); a backend with no default runs its fastest usable variant."""
+    why_not: str | None = None
+    detail: dict = field(default_factory=dict, compare=False, hash=False)
+    """What the backend needs to open it (the manifest entry, the parity record, ...)."""
+
+    @property
+    def usable(self) -> bool:
+        return self.why_not is None
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend} {self.precision}" + (" cuda" if self.device == "cuda" else "")
+
+
+@dataclass(frozen=True)
+class OpenOptions:
+    """What the command line says about how to run, beyond the variant itself."""
+
+    device: str = "auto"
+    threads: int | None = None
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A backend, declared once: its name, what it serves, which folders it reads, how it opens.
+
+    Everything else is derived from these declarations (:mod:`arena.serving.backends` registers them): the CLI's
+    ``--backend`` / ``--precision`` choices and their up-front checks, ``--backend auto``, arena-bench's cells and
+    the folder each cell reads, the README's backend table. Adding a backend is one module that defines ``SPEC``
+    plus one line in :data:`arena.serving.backends.BACKEND_MODULES`.
+    """
+
+    name: str
+    precisions: tuple[str, ...]
+    """What ``--precision`` may name for this backend (besides ``auto``)."""
+    devices: tuple[str, ...]
+    reads: str
+    """``checkpoint`` (PyTorch weights) or ``export`` (an arena-export folder): the folder arena-bench gives it."""
+    variants: Callable[[Any], list[Variant]]
+    """The variants a :class:`~arena.serving.folder.ModelFolder` offers this backend (empty: none)."""
+    open: Callable[[Any, Variant, OpenOptions], Backend]
+    """Open one variant of a folder; raises :class:`~arena.errors.ArenaError` subclasses only."""
+    absent: Callable[[Any], str] = lambda folder: f"{folder.path} has no files for this backend"
+    """Why a folder offers this backend nothing, and what to run to change that (``--backend X`` asked for)."""
+    check_request: Callable[[str, str], None] | None = None
+    """``(precision, device)`` checked at the CLI before any work (e.g. fp16 on torch needs a GPU); raises
+    :class:`~arena.errors.ConfigError`."""
+    summary: str = ""
+    """One line for the README's backend table and ``--help``."""

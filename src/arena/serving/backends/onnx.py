@@ -19,7 +19,7 @@ import numpy as np
 from arena.artifacts import ATTENTION_MASK, FEATURES, INPUT_IDS, LOGITS, TOKEN_TYPE_IDS
 from arena.errors import BackendUnavailable, ConfigError, ModelError
 from arena.machine.gpu import gpu_present
-from arena.serving.backends.contract import Limits
+from arena.serving.backends.contract import BackendSpec, Limits, OpenOptions, Variant
 
 log = logging.getLogger(__name__)
 
@@ -172,3 +172,71 @@ class OnnxBackend:
 def _host(value: Any) -> Any:
     """A CPU array for a numpy array or a torch tensor (the CPU session takes host memory)."""
     return value.cpu().numpy() if hasattr(value, "cpu") else value
+
+
+# ----------------------------------------------------------------------------------------------- declaration
+
+PRECISIONS = ("fp32", "fp32_fused", "fp16", "int8")
+"""What arena-export writes for ONNX Runtime (``--optimize``, ``--fp16``, ``--int8``), each parity-checked."""
+EXPORT_FLAG = {"fp32_fused": "--optimize", "fp16": "--fp16", "int8": "--int8"}
+CPU_SPEED = {"fp32": 1.0, "int8": 1.28, "fp32_fused": 0.99}
+"""Model-only rows/s vs plain fp32, DeBERTa-v3-xsmall at 512 tokens, 2-core AMD EPYC Zen 4 (``benchmarks/RESULTS.md``):
+dynamic INT8 1.28x; the fused graph measured 1.01x (within noise), so it ranks after the plain one. FP16 on the CPU
+provider is not a speed option (several FP16 kernels run in FP32 there): it runs only when asked for."""
+GPU_SPEED = {"fp16": 2.0, "fp32": 1.5, "fp32_fused": 1.5}
+"""On a GPU: ranked above torch (1.0) and below a TensorRT engine, as the GPU design orders them; not measured yet."""
+
+
+def _variants(folder: Any) -> list[Variant]:
+    artifacts = folder.onnx_artifacts
+    if not artifacts:
+        return []
+    from arena.machine.gpu import ort_cuda
+
+    cuda_why = None if ort_cuda() else ("ONNX Runtime has no CUDA provider or no GPU is present (pip install "
+                                         "'arena-toolkit[gpu]' for onnxruntime-gpu)")
+    out = []
+    for precision in PRECISIONS:
+        entry = artifacts.get(precision)
+        why = None if entry is not None else _missing(folder, precision)
+        file = entry["file"] if entry else None
+        out.append(Variant("onnx", precision, "cpu", file, speed=CPU_SPEED.get(precision, 0.0),
+                           checked=precision in CPU_SPEED, default=precision == "fp32", why_not=why,
+                           detail=dict(entry or {})))
+        if precision in GPU_SPEED:
+            out.append(Variant("onnx", precision, "cuda", file, speed=GPU_SPEED[precision],
+                               default=precision == ("fp16" if "fp16" in artifacts else "fp32"),
+                               why_not=why or cuda_why, detail=dict(entry or {})))
+    return out
+
+
+def _missing(folder: Any, precision: str) -> str:
+    if folder.foreign is not None:
+        return (f"a foreign ONNX export has one model ({folder.foreign.onnx.name}); derive a {precision} model with "
+                f"`arena-export {folder.path} --out DIR {EXPORT_FLAG[precision]}` and score DIR")
+    return f"not exported (arena-export {EXPORT_FLAG[precision]})"
+
+
+def _open(folder: Any, variant: Variant, options: OpenOptions) -> OnnxBackend:
+    folder.verify([variant.file])
+    label = "as exported" if variant.detail.get("foreign") else variant.precision
+    device = options.device if options.device != "auto" else variant.device
+    return OnnxBackend(folder.path / variant.file, device=device, threads=options.threads, precision=label,
+                       limits=Limits(max_length=folder.max_positions))
+
+
+def _check_request(precision: str, device: str) -> None:
+    if device.startswith("cuda"):
+        from arena.machine.gpu import ort_cuda
+
+        if not ort_cuda():
+            raise ConfigError(f"--device {device}: no CUDA GPU is available to ONNX Runtime on this machine (it "
+                              "needs onnxruntime-gpu: pip install 'arena-toolkit[gpu]'); use --device cpu (or auto)")
+
+
+SPEC = BackendSpec(
+    name="onnx", precisions=PRECISIONS, devices=("cpu", "cuda"), reads="export", variants=_variants, open=_open,
+    check_request=_check_request,
+    absent=lambda folder: f"{folder.path} has no ONNX model; run arena-export first",
+    summary="ONNX Runtime: the export's fp32 / fused / INT8 models on CPU, fp32 / FP16 with IO binding on CUDA",
+)

@@ -16,12 +16,13 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from arena.artifacts import ATTENTION_MASK, FEATURES, INPUT_IDS, LOGITS
 from arena.errors import BackendUnavailable, ConfigError, ModelError
-from arena.serving.backends.contract import Limits
+from arena.serving.backends.contract import BackendSpec, Limits, OpenOptions, Variant
 
 log = logging.getLogger(__name__)
 
@@ -166,3 +167,69 @@ def _file_key(path: Path) -> str:
     files = [path] + ([path.with_suffix(".bin")] if path.suffix == ".xml" and path.with_suffix(".bin").is_file()
                       else [])
     return cache_key([sha256_file(f) for f in files])
+
+
+# ----------------------------------------------------------------------------------------------- declaration
+
+CPU_SPEED = {"int8": 2.00, "bf16": 1.56, "fp32": 1.01}
+"""Model-only rows/s vs ONNX Runtime fp32, DeBERTa-v3-xsmall at 512 tokens, 2-core AMD EPYC Zen 4 with AVX-512
+BF16/VNNI (``benchmarks/RESULTS.md``, "The fastest CPU path")."""
+
+
+def _variants(folder: Any) -> list[Variant]:
+    """Every OpenVINO precision of an arena export; only those whose parity check passed at export may run."""
+    if folder.manifest is None:
+        return []
+    import importlib.util
+
+    section = (folder.manifest.get("openvino") or {}).get("precisions") or {}
+    installed = importlib.util.find_spec("openvino") is not None
+    out = []
+    for precision in ("int8", "bf16", "fp32"):
+        entry = section.get(precision)
+        out.append(Variant("openvino", precision, "cpu", (entry or {}).get("file"), speed=CPU_SPEED[precision],
+                           why_not=_why_not(precision, entry, installed), detail=dict(entry or {})))
+    return out
+
+
+def _why_not(precision: str, entry: dict[str, Any] | None, installed: bool) -> str | None:
+    reexport = "re-export with arena-export (with OpenVINO installed" + (", --int8-static)" if precision == "int8"
+                                                                          else ")")
+    if entry is None:
+        return "not exported (arena-export --int8-static)" if precision == "int8" else \
+            f"no OpenVINO parity record; {reexport}"
+    parity = entry.get("parity") or {}
+    if not parity.get("passed"):
+        why = "; ".join(parity.get("failures") or []) or entry.get("status", "not checked")
+        return f"did not pass its parity check at export ({why}); {reexport}"
+    if not installed:
+        return "OpenVINO is not installed; pip install 'arena-toolkit[openvino]'"
+    if precision == "bf16":
+        from arena.machine.cpu import has_native_bf16
+
+        if not has_native_bf16():
+            return "this CPU has no native bf16 (AVX-512 BF16 or AMX)"
+    return None
+
+
+def _open(folder: Any, variant: Variant, options: OpenOptions) -> OpenVinoBackend:
+    """The files are checked against the manifest's sha256 first, and that hash keys the compiled-model cache."""
+    files = [variant.file] + ([variant.detail["weights"]] if "weights" in variant.detail else [])
+    folder.verify(files)
+    hashes = [folder.recorded_hash(f) for f in files]
+    return OpenVinoBackend(folder.path / files[0], precision=variant.precision, threads=options.threads,
+                           limits=Limits(max_length=folder.max_positions),
+                           cache_key=cache_key(hashes) if all(hashes) else None)
+
+
+def _check_request(precision: str, device: str) -> None:
+    if device not in ("auto", "cpu"):
+        raise ConfigError(f"--backend openvino runs on the CPU; --device {device} is for torch, onnx or tensorrt")
+
+
+SPEC = BackendSpec(
+    name="openvino", precisions=PRECISIONS, devices=("cpu",), reads="export", variants=_variants, open=_open,
+    check_request=_check_request,
+    absent=lambda folder: f"{folder.path} has no arena export for OpenVINO; run arena-export first",
+    summary="OpenVINO on the CPU: the export's model.onnx at fp32 / bf16, NNCF static INT8 (--int8-static)",
+)

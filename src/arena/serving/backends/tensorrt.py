@@ -31,7 +31,7 @@ from arena.artifacts import (
 )
 from arena.errors import BackendUnavailable, ConfigError, ModelError
 from arena.machine.gpu import check_tensorrt_version, gpu_identity, tensorrt_available
-from arena.serving.backends.contract import Limits, ShapeRange
+from arena.serving.backends.contract import BackendSpec, Limits, OpenOptions, ShapeRange, Variant
 
 if TYPE_CHECKING:  # the real API, as the tensorrt-stubs wheel describes it (tests/test_tensorrt_static.py)
     import tensorrt as trt
@@ -162,3 +162,44 @@ class TensorRTBackend:  # pragma: no cover - needs TensorRT and a GPU
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                  features: np.ndarray | None = None) -> np.ndarray:
         return self.runner(input_ids, attention_mask, features)
+
+
+# ----------------------------------------------------------------------------------------------- declaration
+
+
+def _variants(folder: Any) -> list[Variant]:
+    """One fp16 variant when the export holds engines; runnable only where one was built for this GPU/TensorRT."""
+    if not ((folder.manifest or {}).get("tensorrt") or {}).get("engines"):
+        return []
+    from arena.machine.gpu import engine_usable
+
+    ok, why = engine_usable(folder.path, folder.manifest)
+    return [Variant("tensorrt", "fp16", "cuda", speed=3.0, why_not=None if ok else why)]
+
+
+def _open(folder: Any, variant: Variant, options: OpenOptions) -> Any:  # pragma: no cover - needs TensorRT
+    return TensorRTBackend(folder.path, folder.manifest or {}, device=options.device)
+
+
+def _check_request(precision: str, device: str) -> None:
+    if device == "cpu":
+        raise ConfigError("--backend tensorrt runs on an NVIDIA GPU, not on --device cpu")
+    if device.startswith("cuda"):
+        from arena.machine.gpu import torch_gpus
+
+        if not torch_gpus():
+            raise ConfigError(f"--device {device}: no CUDA GPU is available to PyTorch (which TensorRT's runner "
+                              "uses for its buffers) on this machine")
+
+
+def _absent(folder: Any) -> str:
+    from arena.artifacts import rebuild_command
+
+    return f"{folder.path} has no TensorRT engine; build one with `{rebuild_command(folder.manifest, folder.path)}`"
+
+
+SPEC = BackendSpec(
+    name="tensorrt", precisions=("fp16",), devices=("cuda",), reads="export", variants=_variants, open=_open,
+    check_request=_check_request, absent=_absent,
+    summary="TensorRT: strongly typed FP16 engines built at export for one GPU and TensorRT version",
+)

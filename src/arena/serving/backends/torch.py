@@ -11,17 +11,28 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from arena.errors import ConfigError
-from arena.models.hybrid import forward_logits, is_hybrid
 from arena.models.modeling import is_decoder, load_classifier, load_model_config, max_supported_length
-from arena.serving.backends.contract import Limits
+from arena.serving.backends.contract import BackendSpec, Limits, OpenOptions, Variant
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = ("fp32", "fp16", "bf16")
+"""Autocast precisions (the weights stay as saved; a decoder's are loaded in this dtype)."""
 QUANTIZED = {"4bit": 4, "8bit": 8}
+"""bitsandbytes weight precisions: decoder LLMs on an NVIDIA GPU only."""
+PRECISIONS = (*DTYPES, *QUANTIZED)
+
+
+def _dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
 class TorchBackend:
@@ -30,6 +41,10 @@ class TorchBackend:
     def __init__(self, folder: str | Path | None = None, *, model: torch.nn.Module | None = None,
                  device: str = "auto", precision: str = "auto", compile: bool = False,
                  threads: int | None = None) -> None:
+        import torch
+
+        from arena.models.hybrid import is_hybrid
+
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         if threads or (self.device == "cpu" and model is None):
             # serving a folder: all the cores this process may use, no more. A model handed in (training's
@@ -41,8 +56,8 @@ class TorchBackend:
         self.threads = torch.get_num_threads()
         if precision == "auto":
             precision = "fp16" if self.device.startswith("cuda") else "fp32"
-        if precision not in DTYPES and precision not in QUANTIZED:
-            raise ConfigError(f"--precision must be one of auto, {', '.join([*DTYPES, *QUANTIZED])}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of auto, {', '.join(PRECISIONS)}")
         if precision == "fp16" and not self.device.startswith("cuda"):
             raise ConfigError("fp16 inference needs a GPU; use fp32 or bf16 on the CPU")
         self.precision = precision
@@ -65,9 +80,17 @@ class TorchBackend:
         return (f"torch ({self.precision}, {self.device}{threads}{f', {attention} attention' if attention else ''}"
                 f"{', compiled' if self.compiled else ''})")
 
-    @torch.inference_mode()
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                  features: np.ndarray | None = None) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self._run(torch, input_ids, attention_mask, features)
+
+    def _run(self, torch: Any, input_ids: np.ndarray, attention_mask: np.ndarray,
+             features: np.ndarray | None) -> np.ndarray:
+        from arena.models.hybrid import forward_logits
+
         ids = torch.from_numpy(np.ascontiguousarray(input_ids)).to(self.device, non_blocking=True)
         mask = torch.from_numpy(np.ascontiguousarray(attention_mask)).to(self.device, non_blocking=True)
         feats = None
@@ -83,8 +106,10 @@ class TorchBackend:
 
 
 def _compute_dtype(precision: str, device: str) -> torch.dtype:
+    import torch
+
     if precision in DTYPES:
-        return DTYPES[precision]
+        return _dtype(precision)
     return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float16
 
 
@@ -103,4 +128,77 @@ def _load(folder: str | Path | None, precision: str, device: str) -> torch.nn.Mo
         compute = _compute_dtype(precision, device)
         return load_classifier(folder, require_three_labels=True, dtype=compute, device_map={"": device},
                                quantization=quantization_config(QUANTIZED[precision], compute))
-    return load_classifier(folder, require_three_labels=True, dtype=DTYPES[precision])
+    return load_classifier(folder, require_three_labels=True, dtype=_dtype(precision))
+
+
+# ----------------------------------------------------------------------------------------------- declaration
+
+CPU_SPEED = {"fp32": 0.70, "bf16": 1.22}
+"""Model-only rows/s vs ONNX Runtime fp32, DeBERTa-v3-xsmall at 512 tokens, 2-core AMD EPYC Zen 4
+(``benchmarks/RESULTS.md``, "The fastest CPU path"). bf16 on a CPU is never chosen unasked: no parity check
+admits it."""
+
+
+def _variants(folder: Any) -> list[Variant]:
+    """fp32 / bf16 on the CPU; fp16 / bf16 / fp32 on a GPU; 4-bit / 8-bit weights for a decoder on a GPU."""
+    if not folder.has_weights:
+        return []
+    from arena.machine.gpu import torch_gpus
+
+    gpu = None if torch_gpus() else "needs a CUDA GPU visible to PyTorch"
+    decoder = folder.model_type is not None and _is_decoder_type(folder)
+    out = [Variant("torch", "fp32", "cpu", speed=CPU_SPEED["fp32"], default=True),
+           Variant("torch", "bf16", "cpu", speed=CPU_SPEED["bf16"], checked=False)]
+    out += [Variant("torch", p, "cuda", speed=1.0, checked=p == "fp16", default=p == "fp16", why_not=gpu)
+            for p in ("fp16", "bf16", "fp32")]
+    for p in QUANTIZED:
+        why = gpu or (None if decoder else "bitsandbytes weights are for decoder LLMs")
+        out.append(Variant("torch", p, "cuda", speed=1.0, checked=False, why_not=why))
+    return out
+
+
+def _is_decoder_type(folder: Any) -> bool:
+    try:
+        return is_decoder(load_model_config(folder.path))
+    except Exception:  # noqa: BLE001 - an unreadable config is reported when the model loads
+        return False
+
+
+def _open(folder: Any, variant: Variant, options: OpenOptions) -> TorchBackend:
+    device = options.device if options.device != "auto" else variant.device
+    return TorchBackend(folder.path, device=device, precision=variant.precision, compile=options.compile,
+                        threads=options.threads)
+
+
+def check_request(precision: str, device: str) -> None:
+    """What can be refused before a model is read: a GPU PyTorch cannot see; fp16 and bitsandbytes need an NVIDIA
+    GPU (bf16 runs anywhere)."""
+    if device.startswith("cuda"):
+        from arena.machine.gpu import torch_gpus
+
+        if not torch_gpus():
+            raise ConfigError(f"--device {device}: no CUDA GPU is available to PyTorch on this machine; use "
+                              "--device cpu (or auto)")
+    if precision == "auto" or device == "cpu" and precision in ("fp32", "bf16"):
+        return
+    if precision == "fp16" and device == "cpu":
+        raise ConfigError("--precision fp16 with the torch backend needs a CUDA GPU; use fp32 or bf16 on the CPU")
+    if precision in QUANTIZED:
+        from arena.models.modeling import require_bitsandbytes
+
+        require_bitsandbytes(f"--precision {precision}")
+    if precision == "fp16":
+        from arena.machine.gpu import torch_gpus
+
+        if not torch_gpus():
+            raise ConfigError("--precision fp16 with the torch backend needs a CUDA GPU and this machine has none; "
+                              "use fp32 or bf16")
+
+
+SPEC = BackendSpec(
+    name="torch", precisions=PRECISIONS, devices=("cpu", "cuda"), reads="checkpoint", variants=_variants,
+    open=_open, check_request=check_request,
+    absent=lambda folder: f"{folder.path} has no model.safetensors for the torch backend (an export folder holds "
+                          "ONNX models: use --backend onnx or openvino, or pass the checkpoint)",
+    summary="PyTorch eager (or torch.compile), fp32/bf16 on CPU, fp16/bf16 autocast on GPU, 4/8-bit decoders",
+)
