@@ -75,7 +75,7 @@ def test_cpu_choice_without_openvino_or_records(zen4, tmp_path):
     legacy = ModelFolder(tmp_path, EXPORT, {"artifacts": {"fp32": {"file": "model.onnx"},
                                                           "int8": {"file": "model.int8.onnx"}}})
     c = choose_variant(legacy)  # an export made before OpenVINO was checked: ONNX Runtime, as before
-    assert (c.backend, c.options["precision"]) == ("onnx", "int8") and "no OpenVINO parity record" in c.reason
+    assert (c.backend, c.options["precision"]) == ("onnx", "int8") and "no parity record for OpenVINO" in c.reason
     zen4.setattr(importlib.util, "find_spec", lambda name, *a: None)
     c = choose_variant(_export(tmp_path, ov_passed=("fp32", "bf16", "int8")))
     assert (c.backend, c.options["precision"]) == ("onnx", "fp32") and "OpenVINO is not installed" in c.reason

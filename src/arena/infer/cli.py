@@ -75,16 +75,13 @@ def check_infer_request(test_csv: Path, models: Path | list[Path], out: Path, *,
     """Every option and path checked before a model is loaded: return the device and the device list (None for
     one device; ``--devices`` with one name is that device, not ignored)."""
     models = [Path(models)] if isinstance(models, Path | str) else [Path(m) for m in models]
-    from arena.artifacts import MANIFEST
     from arena.cli.options import at_least, check_precision, existing_file, existing_folder, one_of
     from arena.cli.safety import check_submission_out
     from arena.data import check_layout
     from arena.machine.devices import check_device, parse_devices
-    from arena.models.modeling import check_model_folder
     from arena.serving.backends import backend_names
     from arena.serving.batching import POLICIES
-    from arena.serving.ensemble import member_folders
-    from arena.serving.foreign_folder import is_foreign_export
+    from arena.serving.folder import read_folder
 
     one_of("--backend", backend, backend_names())
     if not isinstance(tta, bool):
@@ -109,9 +106,7 @@ def check_infer_request(test_csv: Path, models: Path | list[Path], out: Path, *,
     check_layout(test_csv, labelled=False)
     for model in models:
         existing_folder("--model", model, "the arena-train checkpoint or arena-export folder")
-        if not (model / MANIFEST).is_file() and member_folders(model) is None \
-                and not is_foreign_export(model):
-            check_model_folder(model)
+        read_folder(model)  # what it is (checkpoint, export, foreign ONNX, fold ensemble), or one error line
         check_submission_out(out, test_csv=test_csv, model=model)
     return device, shards
 

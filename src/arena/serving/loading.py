@@ -96,7 +96,7 @@ def open_models(folders: Sequence[str | Path], *, weights: Sequence[float] | Non
     folder, else fitted on the folders' out-of-fold predictions (:func:`arena.serving.ensemble.fit_blend_weights`).
     ``options`` go to :func:`open_model` for every member.
     """
-    from arena.serving.ensemble import COMBINE, fit_blend_weights, member_folders
+    from arena.serving.ensemble import COMBINE, fit_blend_weights
 
     if combine not in COMBINE:
         raise ConfigError(f"--combine must be one of {', '.join(COMBINE)}; got {combine!r}")
@@ -107,7 +107,8 @@ def open_models(folders: Sequence[str | Path], *, weights: Sequence[float] | Non
         raise ConfigError(f"--weights has {len(weights)} numbers for {len(folders)} --model folders; give one each")
     if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
         raise ConfigError(f"--weights must be non-negative with a positive sum; got {list(weights)}")
-    expanded = [member_folders(f) or [f] for f in folders]
+    read = [read_folder(f) for f in folders]  # each folder read once: a fold ensemble knows its members
+    expanded: list[list[Path] | list[ModelFolder]] = [list(r.members) or [r] for r in read]
     if weights is not None:
         per_folder, reason = list(weights), "given"
     elif len(folders) == 1:

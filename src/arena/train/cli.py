@@ -11,6 +11,7 @@ import typer
 
 from arena.cli.app import encoder_config, run_app, setup_logging
 from arena.errors import ConfigError, cli_errors
+from arena.serving.backends.torch import DTYPES
 from arena.train.config import HEADS
 
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
@@ -135,7 +136,8 @@ def report(summary: dict[str, Any], output: str) -> None:
 
 
 SCHEDULERS = ("linear", "cosine", "constant")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", *DTYPES)
+"""Training's autocast precisions: the torch backend's (one list, :data:`arena.serving.backends.torch.DTYPES`)."""
 
 
 def check_train_request(*, data: str | None, model: str, output: str, tokenizer: str | None, random_init: bool,

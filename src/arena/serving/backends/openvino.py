@@ -197,7 +197,7 @@ def _why_not(precision: str, entry: dict[str, Any] | None, installed: bool) -> s
                                                                           else ")")
     if entry is None:
         return "not exported (arena-export --int8-static)" if precision == "int8" else \
-            f"no OpenVINO parity record; {reexport}"
+            f"no parity record for OpenVINO; {reexport}"
     parity = entry.get("parity") or {}
     if not parity.get("passed"):
         why = "; ".join(parity.get("failures") or []) or entry.get("status", "not checked")
