@@ -220,6 +220,7 @@ def test_bundle_holds_wheels_models_metadata_and_notebook(kaggle):
     from arena.io import sha256_file
 
     assert all(sha256_file(bundle / name) == digest for name, digest in record["files"].items())
+    assert "models/export/manifest.json" in record["files"]  # the models' own manifests are the bundle's files too
     assert summary["bytes"]["total"] == sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) \
         - (bundle / "pack.json").stat().st_size
     with zipfile.ZipFile(bundle / "wheels" / record["arena_wheel"]) as zf:
@@ -308,8 +309,10 @@ BASE = ["export", "--out", "bundle", "--dataset-id", "tester/arena-bundle", "--t
     ([*BASE, "--time-limit", "soon"], "--time-limit"),
     ([*BASE, "--backend", "cuda"], "--backend"),
     ([*BASE, "--max-size-gb", "0.001"], "over the dataset limit of 0.001 GB"),
+    ([*BASE[:4], "--target", "kaggle-cpu", "--backend", "openvino"], "--extra openvino"),
 ], ids=["missing model", "out inside model", "python 2.7", "python 3.9", "foreign out", "missing freeze",
-        "bad dataset id", "weights count", "bad time limit", "bad backend", "over size limit"])
+        "bad dataset id", "weights count", "bad time limit", "bad backend", "over size limit",
+        "openvino missing on the target"])
 def test_misuse_is_one_error_line_and_writes_nothing(ws, monkeypatch, capsys, args, says):
     from arena.pack.cli import main
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from arena.artifacts import PACK_FILE, PACK_KIND, file_hashes
+from arena.artifacts import PACK_FILE, PACK_KIND
 from arena.errors import ConfigError
-from arena.io import atomic_dir, atomic_write_text
+from arena.io import atomic_dir, atomic_write_text, sha256_file
 from arena.pack import models as packed_models
 from arena.pack import notebook, wheels
 from arena.pack.target import Target
@@ -92,6 +92,12 @@ def _metadata(config: PackConfig) -> dict[str, Any]:
             "subtitle": "arena-pack: wheels, models and an offline submission notebook"[:80]}
 
 
+def bundle_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file of the bundle, the models' own manifests included, by relative path."""
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p != folder / PACK_FILE}
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -118,7 +124,7 @@ def write_bundle(config: PackConfig) -> dict[str, Any]:
                               f"models {sizes['models'] / 1e9:.2f}), over the dataset limit of "
                               f"{config.max_size_gb:g} GB; nothing was written")
         record = _record(config, planned, packed, arena_wheel.name, pins, sizes)
-        record["files"] = file_hashes(tmp)
+        record["files"] = bundle_hashes(tmp)
         atomic_write_text(tmp / PACK_FILE, json.dumps(record, indent=2) + "\n")
     return {k: v for k, v in record.items() if k != "files"} | {"out": str(config.out),
                                                                "files": len(record["files"])}

@@ -128,13 +128,19 @@ def run_pack(models: list[Path], out: Path, *, dataset_id: str | None = None, ti
         if name not in known_extras:
             raise ConfigError(f"--extra must be one of {', '.join(known_extras)}; got {name!r}")
     resolved = load_target(target_freeze, default=target, python=python_version, platform=platform)
+    options = list(infer_options or [])
+    backend = options[options.index("--backend") + 1] if "--backend" in options else "auto"
+    for name, extra in (("openvino", "openvino"), ("tensorrt", "gpu")):
+        if backend == name and not resolved.has(name) and extra not in extras:
+            raise ConfigError(f"--backend {name}: the target ({resolved.name}) has no {name}; pass --extra {extra} "
+                              "to pack it")
     sources: list[str] = ["--no-index"] if no_index else []
     for folder in find_links or []:
         if not Path(folder).is_dir():
             raise ConfigError(f"--find-links {folder} is not a folder; pass a folder of wheels")
         sources += ["--find-links", str(Path(folder).resolve())]
     config = PackConfig(models=[Path(m) for m in models], out=Path(out), dataset_id=dataset_id_for(dataset_id, out),
-                        target=resolved, title=title, license=license, infer_options=list(infer_options or []),
+                        target=resolved, title=title, license=license, infer_options=options,
                         extras=extras, with_torch=with_torch, sources=sources, overwrite=overwrite,
                         max_size_gb=max_size_gb)
     return write_bundle(config)

@@ -60,7 +60,7 @@ def find_bundle(root):
     found = sorted(Path(root).glob("**/{pack_file}"), key=lambda p: len(p.parts))
     if not found:
         raise SystemExit(f"error: no {pack_file} under {{root}}: add the bundle dataset to the notebook or set BUNDLE")
-    return found[0].parent
+    return found[0].parent.resolve()
 
 
 def find_test(root, bundle):
