@@ -261,7 +261,7 @@ def test_projection_sample_is_stratified_by_length():
     assert list(stratified_sample(lengths[:7], 50)) == list(range(7))
 
 
-class _SleepBackend:
+class _BusyBackend:
     """A backend whose cost is known: 1.5 us per computed token plus 2 ms per batch of wall time (a busy wait on
     the clock: ``time.sleep`` overshoots by whatever the scheduler adds on a busy machine)."""
 
@@ -281,7 +281,7 @@ def test_projection_tracks_the_measured_run_with_tta(tokenizer, train_records):
     from arena.serving.scoring import ScoreConfig, Scorer
 
     records = train_records[:240]
-    scorer = Scorer(_SleepBackend(), ArenaEncoder(tokenizer, EncoderConfig(max_length=256)),
+    scorer = Scorer(_BusyBackend(), ArenaEncoder(tokenizer, EncoderConfig(max_length=256)),
                     ScoreConfig(tta=True, max_tokens=2048, batch_size=16))
     projection = project_scorer(scorer, records, limit_s=3600.0, sample_rows=48)
     timings = Timings()
@@ -291,6 +291,7 @@ def test_projection_tracks_the_measured_run_with_tta(tokenizer, train_records):
     assert sum(m["projected_s"] for m in projection.members) == pytest.approx(model_s)
     assert projection.encode_s > 0  # one chunk: none of its encoding overlaps the model
     assert projection.low_s <= projection.projected_s <= projection.high_s and projection.sample_rows == 48
+    assert projection.members[0]["sample_batches"] >= 6  # 48 rows, both TTA passes, batches of <= 2048 tokens
 
 
 def test_projection_adds_only_the_encoding_the_run_cannot_overlap():
@@ -300,7 +301,6 @@ def test_projection_adds_only_the_encoding_the_run_cannot_overlap():
     assert exposed_encode_s(100.0, 10.0, rows=10000, chunk_rows=8192) == pytest.approx(81.92 + 8.08)
     assert exposed_encode_s(5.0, 1.0, rows=100, chunk_rows=8192) == 5.0 and \
         exposed_encode_s(5.0, 1.0, rows=0, chunk_rows=8192) == 0.0
-    assert projection.members[0]["sample_batches"] >= 6  # 48 rows, both TTA passes, batches of <= 2048 tokens
 
 
 def test_time_limit_stops_before_the_run_and_writes_nothing(tmp_path, tiny_export):
