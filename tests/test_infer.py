@@ -214,3 +214,109 @@ def test_rules_move_probability_where_documented():
     assert np.allclose(out.sum(1), 1) and probs[0, 2] == 0.2  # input unchanged
     with pytest.raises(Exception, match="unknown --rules"):
         parse_rules("bogus")
+
+
+# ------------------------------------------------------------------------------------ --time-limit projection
+
+
+def test_time_limit_parses_durations():
+    from arena.errors import ConfigError
+    from arena.serving.projection import check_time_limit, parse_duration
+
+    assert parse_duration("9h") == 9 * 3600 and parse_duration("1h30m") == 5400
+    assert parse_duration("540m") == 32400 and parse_duration("90s") == 90 and parse_duration("3600") == 3600
+    assert parse_duration(None) is None
+    for bad in ("soon", "9 hours", "0h", "h", "-1h"):
+        with pytest.raises(ConfigError, match="--time-limit"):
+            parse_duration(bad)
+    with pytest.raises(ConfigError, match="--time-limit-action"):
+        check_time_limit("9h", "ignore")
+
+
+def test_projection_cost_model_recovers_per_token_and_per_batch_cost():
+    from arena.serving.projection import CostModel, combine_projections
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(64, 4096, size=40).astype(float)
+    seconds = 2e-6 * tokens + 3e-3 + rng.normal(0, 2e-4, size=40)
+    model = CostModel.fit(tokens, seconds)
+    assert model.per_token == pytest.approx(2e-6, rel=0.05) and model.per_batch == pytest.approx(3e-3, rel=0.1)
+    plan = rng.integers(64, 4096, size=2000).astype(float)
+    truth = float((2e-6 * plan + 3e-3).sum())
+    mean, sd = model.project(plan)
+    assert abs(mean - truth) < 3 * sd and sd < 0.05 * mean
+    few = CostModel.fit(tokens[:4], seconds[:4])
+    assert few.project(plan)[1] > sd  # fewer measured batches: a wider interval
+    one = CostModel.fit(tokens[:1], seconds[:1])
+    assert one.project(plan)[1] > 0.2 * one.project(plan)[0]  # one batch never looks certain
+    total, low, high = combine_projections([(10.0, 1.0), (20.0, 2.0)])
+    assert total == 30.0 and low == pytest.approx(30 - 1.96 * 5 ** 0.5) and high > total
+
+
+def test_projection_sample_is_stratified_by_length():
+    from arena.serving.projection import stratified_sample
+
+    lengths = np.random.default_rng(1).integers(10, 2000, size=500)
+    pick = stratified_sample(lengths, 50)
+    assert len(pick) == 50 and len(set(pick)) == 50 and list(pick) == sorted(pick)
+    assert lengths[pick].min() == lengths.min() and lengths[pick].max() == lengths.max()
+    assert abs(np.median(lengths[pick]) - np.median(lengths)) < 0.1 * np.median(lengths)
+    assert list(stratified_sample(lengths[:7], 50)) == list(range(7))
+
+
+class _BusyBackend:
+    """A backend whose cost is known: 1.5 us per computed token plus 2 ms per batch of wall time (a busy wait on
+    the clock: ``time.sleep`` overshoots by whatever the scheduler adds on a busy machine)."""
+
+    def __call__(self, ids, mask, features=None):
+        import time
+
+        end = time.perf_counter() + 1.5e-6 * ids.size + 2e-3
+        while time.perf_counter() < end:
+            pass
+        return np.zeros((len(ids), 3), dtype=np.float32)
+
+
+def test_projection_tracks_the_measured_run_with_tta(tokenizer, train_records):
+    from arena.encode import ArenaEncoder, EncoderConfig
+    from arena.serving.executor import Timings
+    from arena.serving.projection import project_scorer
+    from arena.serving.scoring import ScoreConfig, Scorer
+
+    records = train_records[:240]
+    scorer = Scorer(_BusyBackend(), ArenaEncoder(tokenizer, EncoderConfig(max_length=256)),
+                    ScoreConfig(tta=True, max_tokens=2048, batch_size=16))
+    projection = project_scorer(scorer, records, limit_s=3600.0, sample_rows=48)
+    timings = Timings()
+    scorer.score(records, timings)
+    model_s = projection.projected_s - projection.encode_s
+    assert model_s == pytest.approx(timings.model_s, rel=0.25)  # the full plan, both TTA passes
+    assert sum(m["projected_s"] for m in projection.members) == pytest.approx(model_s)
+    assert projection.encode_s > 0  # one chunk: none of its encoding overlaps the model
+    assert projection.low_s <= projection.projected_s <= projection.high_s and projection.sample_rows == 48
+    assert projection.members[0]["sample_batches"] >= 6  # 48 rows, both TTA passes, batches of <= 2048 tokens
+
+
+def test_projection_adds_only_the_encoding_the_run_cannot_overlap():
+    from arena.serving.projection import exposed_encode_s
+
+    assert exposed_encode_s(10.0, 100.0, rows=20000, chunk_rows=8192) == pytest.approx(10.0 * 8192 / 20000)
+    assert exposed_encode_s(100.0, 10.0, rows=10000, chunk_rows=8192) == pytest.approx(81.92 + 8.08)
+    assert exposed_encode_s(5.0, 1.0, rows=100, chunk_rows=8192) == 5.0 and \
+        exposed_encode_s(5.0, 1.0, rows=0, chunk_rows=8192) == 0.0
+
+
+def test_time_limit_stops_before_the_run_and_writes_nothing(tmp_path, tiny_export):
+    out = tmp_path / "submission.csv"
+    with pytest.raises(ArenaError, match="over --time-limit") as exc:
+        run_infer(TEST_CSV, tiny_export, out, tta="swap", time_limit="0.001s")
+    assert "--time-limit-action warn" in str(exc.value) and not out.exists() and not list(tmp_path.iterdir())
+    summary = run_infer(TEST_CSV, tiny_export, out, tta="swap", time_limit="0.001s", time_limit_action="warn")
+    projection = summary["projection"]
+    assert projection["rows"] == 3 and projection["projected_s"] > 0 and projection["limit_s"] == 0.001
+    assert projection["low_s"] <= projection["projected_s"] <= projection["high_s"]
+    assert len(pd.read_csv(out)) == 3
+    result = CliRunner().invoke(app, [str(TEST_CSV), "--model", str(tiny_export), "--out", str(out),
+                                      "--time-limit", "9h"])
+    assert result.exit_code == 0 and "projected run time" in result.output, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["projection"]["limit_s"] == 9 * 3600

@@ -51,6 +51,9 @@ MODEL_FILES = (*TOKENIZER_FILES, CONFIG, ARENA_META)
 """What an export folder holds beside its models so that it is self-contained: inference encodes from it."""
 SUBMISSION_HEADER = ("id", *LABELS)
 """The columns of every Kaggle submission arena writes (``id`` and :data:`arena.LABELS`)."""
+PACK_FILE = "pack.json"
+"""An ``arena-pack`` bundle's own record: what was packed, for which target, and every file's sha256."""
+PACK_KIND = "arena-pack"
 
 
 def versions() -> dict[str, str | None]:

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from arena.artifacts import MANIFEST, SUBMISSION_HEADER, TOKENIZER_FILES
+from arena.artifacts import MANIFEST, PACK_FILE, PACK_KIND, SUBMISSION_HEADER, TOKENIZER_FILES
 from arena.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,40 @@ def check_export_out(out: str | Path, *, checkpoint: str | Path, data: str | Pat
         if foreign:
             raise ConfigError(f"--out {out} holds files arena-export did not write ({_listing(foreign)}); "
                               "--overwrite replaces only an earlier export: choose a new folder")
+    check_writable(out, "--out", in_parent=True)
+
+
+# --------------------------------------------------------------------------------------------------- pack
+
+
+def bundle_foreign_files(folder: str | Path) -> list[str]:
+    """Files in ``folder`` that no earlier ``arena-pack`` wrote: those its ``pack.json`` does not list (every file
+    when there is none)."""
+    folder = Path(folder)
+    present = {str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir()}
+    record = _read_json(folder / PACK_FILE)
+    files = record.get("files") if record is not None and record.get("kind") == PACK_KIND else None
+    if not isinstance(files, dict):
+        return sorted(present)
+    return sorted(present - set(files) - {PACK_FILE})
+
+
+def check_pack_out(out: str | Path, *, models: Iterable[str | Path], overwrite: bool) -> None:
+    """``arena-pack --out``: a new or empty folder, or with ``--overwrite`` an earlier bundle; never a model
+    folder, a folder inside one or a folder holding one, nor a folder with files arena-pack did not write."""
+    out = Path(out)
+    for model in models:
+        check_not_input(out, "--out", {"model folder": model}, folder=True)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; --out takes the folder to write the bundle into")
+    if out.is_dir() and _entries(out):
+        if not overwrite:
+            raise ConfigError(f"--out {out} already exists and is not empty; choose a new folder, or pass --overwrite "
+                              "to replace an earlier arena-pack bundle")
+        foreign = bundle_foreign_files(out)
+        if foreign:
+            raise ConfigError(f"--out {out} holds files arena-pack did not write ({_listing(foreign)}); "
+                              "--overwrite replaces only an earlier bundle: choose a new folder")
     check_writable(out, "--out", in_parent=True)
 
 

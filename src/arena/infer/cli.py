@@ -51,6 +51,10 @@ def infer(
     combine: Annotated[str, typer.Option(help="How members are combined: probs (mean) or geometric")] = "probs",
     save_logits: Annotated[Path | None, typer.Option(
         help="Also write id, probabilities and logits per row: a file arena-train --soft-labels accepts")] = None,
+    time_limit: Annotated[str | None, typer.Option(
+        help="Project the run time from a length-stratified sample first and stop if it exceeds this (9h, 90m)")]
+    = None,
+    time_limit_action: Annotated[str, typer.Option(help="error (stop before the run) or warn")] = "error",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Score every row of TEST_CSV and write one probability row per id, in the file's order."""
@@ -59,7 +63,9 @@ def infer(
                         policy=policy, max_tokens=max_tokens, batch_size=batch_size, chunk_rows=chunk_rows,
                         threads=threads, encode_workers=encode_workers, compile=compile, device=device,
                         devices=devices, rules=rules, weights=parse_weights(weights), combine=combine,
-                        save_logits=save_logits)
+                        save_logits=save_logits, time_limit=time_limit, time_limit_action=time_limit_action)
+    if "projection" in summary:
+        typer.echo(summary["projection"]["line"])
     typer.echo(f"wrote {summary['rows']} rows to {out} with {summary['backend']} in {summary['wall_s']:.2f} s: "
                f"{summary['rows_per_s']:.1f} rows/s end to end, {summary['model_rows_per_s']:.1f} rows/s model "
                f"only (encode {summary['encode_s']:.2f} s, model {summary['model_s']:.2f} s, "
@@ -124,7 +130,8 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
               tta: bool | str = False, policy: str = "sorted", max_tokens: int | None = None, batch_size: int = 64,
               chunk_rows: int = 8192, threads: int | None = None, encode_workers: int = 0, compile: bool = False,
               device: str = "auto", devices: str | None = None, rules: str | None = None,
-              weights: list[float] | None = None, combine: str = "probs", save_logits: Path | None = None) -> dict:
+              weights: list[float] | None = None, combine: str = "probs", save_logits: Path | None = None,
+              time_limit: str | None = None, time_limit_action: str = "error") -> dict:
     from tqdm.auto import tqdm
 
     from arena.cli.safety import warn_if_unfinished
@@ -139,6 +146,10 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
         test_csv, models, out, backend=backend, precision=precision, tta=tta, policy=policy, max_tokens=max_tokens,
         batch_size=batch_size, chunk_rows=chunk_rows, threads=threads, encode_workers=encode_workers,
         compile=compile, device=device, devices=devices)
+    from arena.serving.projection import check_time_limit
+
+    limit_s = check_time_limit(time_limit, time_limit_action)
+    started = time.perf_counter()
     tta = tta == "swap" if isinstance(tta, str) else tta
     if save_logits is not None:
         from arena.cli.safety import check_submission_out
@@ -156,8 +167,11 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
                                                       shards=shards, weights=weights, combine=combine)
     log.info("backend %s: %s", description, reason)
     timings = Timings()
-    t0 = time.perf_counter()
+    projection = None
     try:
+        if limit_s is not None:
+            projection = _project(scorer, test_csv, limit_s, time_limit_action, started)
+        t0 = time.perf_counter()
         with submission_writer(out) as writer, predictions_writer(save_logits) as extra, \
                 tqdm(desc="score", unit="row", disable=None) as bar:
             for records, probs in scorer.score_chunks(
@@ -176,7 +190,18 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
     return {"backend": description, "reason": reason, "threads": getattr(scorer.runner, "threads", None),
             "models": len(scorer.members), "tta": tta,
             "policy": policy, "rules": list(config.rules), "max_tokens": scorer.executor.budget,
-            **timings.summary()}
+            **timings.summary(), **({"projection": projection} if projection else {})}
+
+
+def _project(scorer, test_csv: Path, limit_s: float, action: str, started: float) -> dict:
+    """``--time-limit``: project the run from a sample (logged at once), stop or warn when over the limit."""
+    from arena.data import read_test
+    from arena.serving.projection import enforce_limit, project_scorer
+
+    projection = project_scorer(scorer, read_test(test_csv), limit_s=limit_s, started=started)
+    log.info("%s", projection.line())
+    enforce_limit(projection, action)
+    return {**projection.to_dict(), "line": projection.line()}
 
 
 def _open_scorer(models: list[Path], config, *, backend: str, precision: str, threads: int | None, compile: bool,

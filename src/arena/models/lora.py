@@ -161,6 +161,8 @@ def load_lora(folder: str | Path, head: dict[str, Any], *, load_base: Callable[[
         json.loads((folder / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
     if not base:
         raise ModelError(f"{folder}: the LoRA checkpoint does not name its base model; set {BASE_ENV}=NAME_OR_DIR")
+    if not Path(base).is_absolute() and (folder / base).is_dir():  # arena-pack: the base packed beside it
+        base = str((folder / base).resolve())
     if is_local(base) and not Path(base).is_dir():
         raise ModelError(f"{folder}: its base model {base} is not there. Point {BASE_ENV} at a copy of it (a folder "
                          "or a hub name), or write a merged checkpoint (arena-train --merge)")

@@ -1,0 +1,236 @@
+"""Will the run fit the time limit? A projection of the whole scoring run from a measured sample, before it starts.
+
+Kaggle stops a notebook after 9 hours; an ensemble with TTA that does not fit scores nothing. The projection:
+
+1. every row of the file is encoded once (with each member's encoder) to know its length, and the full run's
+   batches are planned exactly as the run will plan them (each member's executor, the same sorted batches);
+2. a length-stratified sample (rows evenly spaced in length order, so short and long rows are both measured) is
+   scored by every member, TTA included, after one warm-up batch, timing each batch;
+3. a cost model ``seconds = a * computed_tokens + b`` per batch (per-token and per-batch cost) is fitted by least
+   squares per member, and summed over the full plan (twice with swap TTA);
+4. the encoding the run cannot hide behind the model (the first chunk's, and any excess over the model time) is
+   added from the measured encoding of every row;
+5. the uncertainty combines the fit's parameter covariance and the batches' own scatter around it; the projection
+   is reported as ``projected_s`` with a 95% interval, plus what was already spent (loading, encoding, sampling).
+
+The cost model is linear in padded tokens; attention's quadratic term is absorbed in ``a`` for the length mix of
+the sample, which is why the sample is stratified by length rather than drawn at random.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from arena.errors import ConfigError
+
+log = logging.getLogger(__name__)
+ACTIONS = ("error", "warn")
+_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(text: str | None, flag: str = "--time-limit") -> float | None:
+    """Seconds in ``9h``, ``1h30m``, ``540m``, ``90s`` or a plain number of seconds; None for None."""
+    if text is None:
+        return None
+    value = str(text).strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([dhms])", value)
+    if re.fullmatch(r"\d+(?:\.\d+)?", value):
+        seconds = float(value)
+    elif parts and re.fullmatch(r"(\s*\d+(?:\.\d+)?\s*[dhms])+\s*", value):
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    else:
+        raise ConfigError(f"{flag} takes a duration such as 9h, 1h30m, 540m or 3600 (seconds); got {text!r}")
+    if seconds <= 0:
+        raise ConfigError(f"{flag} must be longer than 0; got {text!r}")
+    return seconds
+
+
+def check_time_limit(limit: str | None, action: str) -> float | None:
+    """The limit in seconds (None: no projection), after checking ``--time-limit-action``."""
+    if action not in ACTIONS:
+        raise ConfigError(f"--time-limit-action must be one of {', '.join(ACTIONS)}; got {action!r}")
+    return parse_duration(limit)
+
+
+def stratified_sample(lengths: np.ndarray, n: int) -> np.ndarray:
+    """Indices of ``n`` rows evenly spaced in length order (all rows when there are fewer), sorted by index."""
+    lengths = np.asarray(lengths)
+    if n >= len(lengths):
+        return np.arange(len(lengths))
+    order = np.argsort(lengths, kind="stable")
+    picks = np.unique(np.round(np.linspace(0, len(lengths) - 1, n)).astype(int))
+    return np.sort(order[picks])
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """``seconds = per_token * tokens + per_batch`` for one batch, with the fit's covariance and residual scatter."""
+
+    per_token: float
+    per_batch: float
+    covariance: tuple[tuple[float, float], tuple[float, float]]
+    residual_var: float
+    batches: int
+
+    @classmethod
+    def fit(cls, tokens: Sequence[float], seconds: Sequence[float]) -> CostModel:
+        """Least squares over measured batches; with fewer than three batches (no residual to estimate), the
+        scatter is taken as 25% of the mean batch time, so one or two batches never look certain."""
+        x = np.column_stack([np.asarray(tokens, dtype=float), np.ones(len(tokens))])
+        y = np.asarray(seconds, dtype=float)
+        if len(y) == 0:
+            raise ValueError("no measured batches to fit")
+        if len(y) == 1 or np.ptp(x[:, 0]) == 0:  # one point, or one batch shape: all cost is per token
+            a = float(y.sum() / max(x[:, 0].sum(), 1.0))
+            var = float((0.25 * y.mean()) ** 2)
+            return cls(a, 0.0, ((var / max(x[:, 0].mean(), 1.0) ** 2, 0.0), (0.0, 0.0)), var, len(y))
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        a, b = float(coef[0]), float(coef[1])
+        if b < 0 or a < 0:  # a negative intercept or slope is noise: refit with one term
+            a, b = (float(y.sum() / x[:, 0].sum()), 0.0) if b < 0 else (0.0, float(y.mean()))
+        residual = y - x @ np.array([a, b])
+        dof = len(y) - 2
+        var = float(residual @ residual / dof) if dof > 0 else float((0.25 * y.mean()) ** 2)
+        cov = var * np.linalg.pinv(x.T @ x)
+        return cls(a, b, ((float(cov[0, 0]), float(cov[0, 1])), (float(cov[1, 0]), float(cov[1, 1]))), var, len(y))
+
+    def project(self, tokens: Sequence[float]) -> tuple[float, float]:
+        """(seconds, standard deviation) for running batches of ``tokens`` computed tokens each."""
+        total, count = float(np.sum(tokens)), len(tokens)
+        mean = self.per_token * total + self.per_batch * count
+        g = np.array([total, count])
+        var = float(g @ np.array(self.covariance) @ g) + count * self.residual_var
+        return mean, var ** 0.5
+
+
+@dataclass(frozen=True)
+class Projection:
+    rows: int
+    sample_rows: int
+    spent_s: float
+    projected_s: float
+    low_s: float
+    high_s: float
+    limit_s: float | None
+    members: list[dict[str, Any]]
+    encode_s: float = 0.0
+    """Of ``projected_s``: the encoding the run cannot overlap with the model."""
+
+    @property
+    def total_s(self) -> float:
+        return self.spent_s + self.projected_s
+
+    def line(self) -> str:
+        limit = f" against a limit of {hours(self.limit_s)}" if self.limit_s else ""
+        return (f"projected run time {hours(self.total_s)} (95%: {hours(self.spent_s + self.low_s)} to "
+                f"{hours(self.spent_s + self.high_s)}) for {self.rows} rows{limit}, from {self.sample_rows} "
+                f"length-stratified rows scored by {len(self.members)} model(s)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total_s": self.total_s}
+
+
+def hours(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 \
+        else f"{seconds:.1f} s"
+
+
+def combine_projections(parts: Sequence[tuple[float, float]]) -> tuple[float, float, float]:
+    """(mean, low, high) of a sum of independent (mean, sd) projections, 95% interval, never below 0."""
+    mean = float(sum(m for m, _ in parts))
+    sd = float(sum(s * s for _, s in parts) ** 0.5)
+    return mean, max(mean - 1.96 * sd, 0.0), mean + 1.96 * sd
+
+
+def _timed_batches(executor: Any, prepared: Any) -> tuple[list[float], list[float]]:
+    """(computed tokens, seconds) of every batch of ``prepared`` run on ``executor``'s backend."""
+    tokens, seconds = [], []
+    for batch in prepared.batches:
+        t0 = time.perf_counter()
+        batch.run(executor.backend)
+        seconds.append(time.perf_counter() - t0)
+        tokens.append(float(batch.input_ids.size))
+    return tokens, seconds
+
+
+def _plan_tokens(executor: Any, lengths: np.ndarray) -> list[float]:
+    """Computed tokens (rows x padded length) of every batch the executor plans for ``lengths``."""
+    batches, fixed = executor.plan(lengths)
+    multiple = executor.pad_multiple
+    out = []
+    for rows in batches:
+        longest = fixed or int(max(lengths[rows]))
+        out.append(float(len(rows) * (-(-longest // multiple) * multiple)))
+    return out
+
+
+def project_scorer(scorer: Any, records: Sequence[Any], *, limit_s: float | None, sample_rows: int = 128,
+                   started: float | None = None) -> Projection:
+    """Project the full run of ``scorer`` (a :class:`~arena.serving.scoring.Scorer`) over ``records``."""
+    t_start = time.perf_counter() if started is None else started
+    passes = 2 if scorer.config.tta else 1
+    parts, members = [], []
+    encode_s = 0.0
+    for member in scorer.members:
+        member.encoder.encode(list(records[:8]))  # the tokenizer's first call is slower than the run's calls
+        t_encode = time.perf_counter()
+        encoded = member.encoder.encode(list(records))
+        encode_s += passes * (time.perf_counter() - t_encode)
+        lengths = np.asarray(encoded.lengths)
+        pick = stratified_sample(lengths, sample_rows)
+        sample = member.encoder.encode([records[i] for i in pick])
+        prepared = member.executor.prepare(sample)
+        if prepared.batches:  # warm-up: first-call costs (graph compilation, allocation) are not the run's
+            prepared.batches[0].run(member.executor.backend)
+        tokens, seconds = _timed_batches(member.executor, prepared)
+        if scorer.config.tta:
+            swapped = member.executor.prepare(member.encoder.encode([records[i] for i in pick], swap=True))
+            more_tokens, more_seconds = _timed_batches(member.executor, swapped)
+            tokens, seconds = tokens + more_tokens, seconds + more_seconds
+        if not tokens:
+            continue
+        model = CostModel.fit(tokens, seconds)
+        mean, sd = model.project(_plan_tokens(member.executor, lengths))
+        parts.append((passes * mean, passes * sd))
+        members.append({"per_token_us": model.per_token * 1e6, "per_batch_ms": model.per_batch * 1e3,
+                        "sample_batches": model.batches, "projected_s": passes * mean})
+    mean, low, high = combine_projections(parts) if parts else (0.0, 0.0, 0.0)
+    exposed = exposed_encode_s(encode_s, mean, rows=len(records), chunk_rows=scorer.config.chunk_rows)
+    return Projection(len(records), min(sample_rows, len(records)), time.perf_counter() - t_start, mean + exposed,
+                      low + exposed, high + exposed, limit_s, members, exposed)
+
+
+def exposed_encode_s(encode_s: float, model_s: float, *, rows: int, chunk_rows: int) -> float:
+    """The encoding time the run does not hide behind the model: the first chunk's (nothing to overlap with yet),
+    and whatever of the rest takes longer than the model does (encoding all rows is measured, not sampled)."""
+    if rows == 0:
+        return 0.0
+    first = encode_s * min(1.0, chunk_rows / rows)
+    return first + max(0.0, encode_s - first - model_s)
+
+
+def enforce_limit(projection: Projection, action: str) -> None:
+    """Raise :class:`ConfigError` (``action`` error) or log a warning when the projection exceeds the limit; warn
+    when only the interval's upper end does."""
+    limit = projection.limit_s
+    if limit is None:
+        return
+    if projection.total_s > limit:
+        message = (f"the run would take about {hours(projection.total_s)} (95%: up to "
+                   f"{hours(projection.spent_s + projection.high_s)}), over --time-limit {hours(limit)}; use fewer "
+                   "models, no --tta, a faster --backend/--precision, or --time-limit-action warn to run anyway")
+        if action == "error":
+            raise ConfigError(message)
+        log.warning("%s", message)
+    elif projection.spent_s + projection.high_s > limit:
+        log.warning("the run may exceed --time-limit %s: the projection's 95%% interval reaches %s", hours(limit),
+                    hours(projection.spent_s + projection.high_s))
