@@ -83,14 +83,14 @@ def infer_options(n_models: int, *, backend: str, precision: str, tta: str, devi
                   time_limit: str | None, time_limit_action: str) -> list[str]:
     """The arena-infer options the notebook passes, each checked as arena-infer would check it (except what
     depends on the machine, such as whether it has a GPU)."""
-    from arena.cli.options import BACKEND_PRECISIONS, at_least, one_of
-    from arena.serving.choice import BACKENDS
+    from arena.cli.options import at_least, backend_precisions, one_of
     from arena.serving.ensemble import COMBINE
     from arena.serving.projection import check_time_limit
     from arena.serving.rules import parse_rules
 
-    one_of("--backend", backend, BACKENDS)
-    one_of(f"--precision for backend {backend}", precision, BACKEND_PRECISIONS[backend])
+    allowed = backend_precisions()  # from the backend declarations, as arena-infer checks them
+    one_of("--backend", backend, allowed)
+    one_of(f"--precision for backend {backend}", precision, allowed[backend])
     one_of("--tta", tta, ("none", "swap"))
     one_of("--combine", combine, COMBINE)
     at_least("--max-tokens", max_tokens, 1)

@@ -38,22 +38,19 @@ class PackedModel:
     kind: str
 
 
-def model_kind(folder: Path) -> str:
-    """What arena-infer will see in ``folder``; raises :class:`ConfigError` / :class:`ModelError` when it is no
-    model arena-infer scores."""
-    from arena.models.modeling import check_model_folder
-    from arena.serving.ensemble import member_folders
-    from arena.serving.foreign_folder import is_foreign_export
+KIND_NAMES = {"checkpoint": "checkpoint", "lora": "LoRA checkpoint", "export": "export",
+              "foreign": "foreign export"}
 
-    manifest = read_manifest(folder)
-    if manifest is not None:
-        return "ensemble export" if member_folders(folder) else "export"
-    if member_folders(folder):
-        return "fold ensemble"
-    if is_foreign_export(folder):
-        return "foreign export"
-    check_model_folder(folder)
-    return "LoRA checkpoint" if lora_base(folder) else "checkpoint"
+
+def model_kind(folder: Path) -> str:
+    """What arena-infer will see in ``folder`` (the folder read as arena-infer reads it,
+    :func:`arena.serving.folder.read_folder`); raises :class:`ModelError` when it is no model arena-infer scores."""
+    from arena.serving.folder import ENSEMBLE, read_folder
+
+    read = read_folder(folder)
+    if read.kind == ENSEMBLE:
+        return "ensemble export" if read.manifest is not None else "fold ensemble"
+    return KIND_NAMES[read.kind]
 
 
 def plan_models(models: list[Path]) -> list[PackedModel]:
