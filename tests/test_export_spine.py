@@ -227,3 +227,15 @@ def test_int8_static_is_honoured_for_a_foreign_export(tmp_path, tiny_checkpoint)
     assert summary["parity"]["openvino_int8"] and int8["parity"]["passed"] and int8["file"] == "model.int8.xml"
     assert manifest["export_config"]["int8_static"] and manifest["source"]["kind"] == "foreign_onnx"
     verify_files(out, manifest, ["model.int8.xml", "model.int8.bin"])
+
+
+def test_int8_static_without_openvino_is_one_line_before_any_work(monkeypatch):
+    import arena.export.precheck as precheck
+    import arena.serving.backends.openvino as ov_backend
+
+    monkeypatch.setattr(ov_backend, "openvino_available",
+                        lambda: (False, "OpenVINO is not installed; pip install 'arena-toolkit[openvino]'"))
+    for kind in (precheck.CHECKPOINT, precheck.FOREIGN):
+        with pytest.raises(ConfigError, match=r"--int8-static: OpenVINO is not installed.*arena-toolkit\[openvino\]"):
+            precheck.check_options(ExportConfig(int8_static=True), kind, TRAIN_CSV)
+    precheck.check_options(ExportConfig(int8_static=False), precheck.FOREIGN, TRAIN_CSV)  # nothing asked, no error

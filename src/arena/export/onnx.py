@@ -7,7 +7,6 @@ the graph runs at sequence lengths shorter and longer than the traced one (the p
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,6 @@ from arena.artifacts import LOGITS as OUTPUT_NAME
 from arena.artifacts import dynamic_axes, export_inputs
 from arena.errors import ModelError
 from arena.export.config import DEFAULT_OPSET, EXPORTERS
-
-log = logging.getLogger(__name__)
 
 TWO_GB = 2 * 1024**3
 
@@ -44,15 +41,6 @@ class _HybridLogits(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, features=features).logits
-
-
-def model_inputs(model: torch.nn.Module) -> list[str]:
-    """The inputs the model really uses: DeBERTa-v3 has type_vocab_size 0, so no token_type_ids."""
-    names = ["input_ids", "attention_mask"]
-    if getattr(model.config, "type_vocab_size", 0):
-        log.info("the model has token_type_ids (type_vocab_size=%d); arena feeds zeros, so they are not exported",
-                 model.config.type_vocab_size)
-    return names
 
 
 def export_onnx(model: torch.nn.Module, path: str | Path, *, opset: int = DEFAULT_OPSET,

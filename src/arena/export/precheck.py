@@ -131,7 +131,7 @@ def check_export_request(source: str | Path, out: str | Path, config: ExportConf
     if kind == CHECKPOINT:
         warn_if_unfinished(source)
     if config.trt:  # say what is missing before spending minutes on the ONNX part
-        check_trt_possible(source, foreign)
+        check_trt_possible(members[0] if members else source, foreign)  # the folds share one architecture
     return ExportRequest(source, out, data, kind, members, foreign)
 
 
