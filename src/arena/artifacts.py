@@ -1,6 +1,9 @@
 """The export folder format, in one place: what ``arena-export`` writes and every reader checks.
 
-* the graph's tensor names (:data:`INPUT_IDS`, :data:`ATTENTION_MASK`, :data:`FEATURES`, :data:`LOGITS`);
+* the graph's tensors: one description of every input and output (:data:`INPUT_SPECS`, :data:`OUTPUT_SPECS`: names,
+  dtypes, dynamic axes) that the exporter traces with, the manifest records, the foreign-folder and pre-parity
+  checks compare a graph with (:func:`check_graph_io`) and the ONNX Runtime / OpenVINO backends feed
+  (:func:`feed_arrays`);
 * ``manifest.json``: what was built, from what, with which versions, how it was checked, and the sha256 of every
   file (:func:`write_manifest`, :func:`read_manifest`, :func:`verify_files`);
 * ONNX files that are safe to open (:func:`check_onnx_file`);
@@ -24,8 +27,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from arena import LABELS
-from arena.errors import BackendUnavailable, ConfigError, ModelError
+from arena.errors import BackendUnavailable, ConfigError, ModelError, TensorSpecError
 from arena.io import atomic_write_text, sha256_file
 
 MANIFEST = "manifest.json"
@@ -131,6 +136,157 @@ def openvino_passed(manifest: dict[str, Any] | None) -> dict[str, dict[str, Any]
     section = (manifest or {}).get("openvino") or {}
     return {name: entry for name, entry in (section.get("precisions") or {}).items()
             if (entry.get("parity") or {}).get("passed")}
+
+
+# ---------------------------------------------------------------------------------------------------- tensor spec
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output as arena traces, records, checks and feeds it.
+
+    ``dims``: per axis a name (a dynamic axis, named so in arena's own graphs), an int (a fixed size) or None (fixed
+    per model: a hybrid model's feature count). ``fed``: ``rows`` (encoded from the rows) or ``zeros`` (a foreign
+    graph's segment ids: one segment, as arena-train feeds). ``exported``: arena-export writes it into its graphs.
+    """
+
+    name: str
+    dtype: str
+    dims: tuple[str | int | None, ...]
+    required: bool = True
+    fed: str = "rows"
+    exported: bool = True
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.dims) if isinstance(d, str)}
+
+    def manifest_entry(self, size: int | None = None, **extra: Any) -> dict[str, Any]:
+        """How the manifest records the tensor (``size`` fills a per-model axis, else it is named after the
+        tensor)."""
+        dims = [self.name if d is None and size is None else size if d is None else d for d in self.dims]
+        entry: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "dims": dims}
+        if self.fed != "rows":
+            entry["fed"] = self.fed
+        return {**entry, **extra}
+
+
+INPUT_SPECS = (
+    TensorSpec(INPUT_IDS, "int64", ("batch", "sequence")),
+    TensorSpec(ATTENTION_MASK, "int64", ("batch", "sequence")),
+    TensorSpec(FEATURES, "float32", ("batch", None), required=False),
+    TensorSpec(TOKEN_TYPE_IDS, "int64", ("batch", "sequence"), required=False, fed="zeros", exported=False),
+)
+"""Every input arena can fill, in feed order."""
+OUTPUT_SPECS = (TensorSpec(LOGITS, "float32", ("batch", len(LABELS))),)
+"""What arena reads back: (batch, 3) logits in :data:`arena.LABELS` order."""
+_ONNX_TYPES = {"int64": 7, "float32": 1, "float16": 10}  # onnx.TensorProto element types
+_NUMPY_TYPES = {"int64": np.int64, "float32": np.float32}
+
+
+def tensor_spec(name: str) -> TensorSpec:
+    return next(s for s in (*INPUT_SPECS, *OUTPUT_SPECS) if s.name == name)
+
+
+def export_inputs(hybrid: bool) -> tuple[TensorSpec, ...]:
+    """The inputs of a graph arena-export traces: the token inputs, and ``features`` for a hybrid model."""
+    return tuple(s for s in INPUT_SPECS if s.exported and (s.required or hybrid))
+
+
+def dynamic_axes(specs: tuple[TensorSpec, ...]) -> dict[str, dict[int, str]]:
+    """``torch.onnx.export``'s ``dynamic_axes`` for ``specs`` and the outputs."""
+    return {s.name: s.dynamic_axes for s in (*specs, *OUTPUT_SPECS)}
+
+
+def io_manifest(inputs: list[str] | tuple[str, ...], columns: list[str] | None = None) -> dict[str, Any]:
+    """The manifest's ``inputs`` / ``outputs`` for a graph taking ``inputs`` (a hybrid model's feature
+    ``columns`` fill the features axis and are recorded with it)."""
+    entries = []
+    for spec in INPUT_SPECS:
+        if spec.name in inputs:
+            extra = {"columns": list(columns)} if spec.name == FEATURES and columns is not None else {}
+            entries.append(spec.manifest_entry(len(columns) if columns is not None else None, **extra))
+    return {"inputs": entries, "outputs": [s.manifest_entry() for s in OUTPUT_SPECS]}
+
+
+def feed_arrays(input_names: Any, input_ids: Any, attention_mask: Any, features: Any = None) -> dict[str, Any]:
+    """The feed of a graph whose inputs are ``input_names``: each spec'd input it takes, as the spec says (rows
+    as given, segment ids as zeros); raises :class:`ConfigError` when a hybrid graph gets no features. Arrays are
+    passed through as given (the caller casts with :func:`numpy_dtype` where its runtime needs it)."""
+    given = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask, FEATURES: features}
+    feeds: dict[str, Any] = {}
+    for spec in INPUT_SPECS:
+        if spec.name not in input_names:
+            continue
+        if spec.fed == "zeros":
+            feeds[spec.name] = np.zeros(tuple(input_ids.shape), dtype=np.int64)
+        elif given[spec.name] is None:
+            raise ConfigError(f"the graph takes {spec.name} (a hybrid model): it needs the rows' features as a "
+                              "third input")
+        else:
+            feeds[spec.name] = given[spec.name]
+    return feeds
+
+
+def numpy_dtype(name: str) -> Any:
+    """The numpy dtype the spec gives input ``name``."""
+    return _NUMPY_TYPES[tensor_spec(name).dtype]
+
+
+def check_graph_io(path: str | Path, graph: Any, *, expected: tuple[str, ...] | list[str] | None = None,
+                   check_labels: bool = True) -> tuple[str, ...]:
+    """Compare an ONNX graph's inputs and outputs with the spec before any number is compared (what optimum's
+    ``validate_model_outputs`` does first): names arena can fill and all required ones (exactly ``expected``
+    when given: a derived model must take what its source takes), each input's dtype and rank, every axis the
+    spec makes dynamic left dynamic (a graph traced at one length fails at every other), and a float (batch, 3)
+    ``logits`` output. Raises :class:`TensorSpecError`; returns the graph's input names in graph order."""
+    weights = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in weights]
+    names = tuple(i.name for i in inputs)
+    known = {s.name: s for s in INPUT_SPECS}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise TensorSpecError(f"{path} requires input {', '.join(unknown)}, which arena cannot fill; it feeds "
+                              f"{INPUT_IDS}, {ATTENTION_MASK}, {FEATURES} (hybrid models) and zeros for "
+                              f"{TOKEN_TYPE_IDS}")
+    missing = [s.name for s in INPUT_SPECS if s.required and s.name not in names]
+    if missing:
+        raise TensorSpecError(f"{path} takes inputs {', '.join(names)}; arena feeds {INPUT_IDS} and "
+                              f"{ATTENTION_MASK} (missing: {', '.join(missing)})")
+    if expected is not None and sorted(names) != sorted(expected):
+        raise TensorSpecError(f"{path} takes inputs {', '.join(names)}, its source {', '.join(expected)}")
+    for value in inputs:
+        _check_tensor(path, "input", value, known[value.name])
+    outputs = {o.name: o for o in graph.output}
+    if LOGITS not in outputs:
+        raise TensorSpecError(f"{path} has outputs {', '.join(outputs)}; arena reads a {LOGITS!r} output "
+                              "(a sequence-classification export)")
+    _check_tensor(path, "output", outputs[LOGITS], OUTPUT_SPECS[0], check_fixed=check_labels)
+    return names
+
+
+def graph_labels(graph: Any) -> int | None:
+    """The number of label columns a graph's ``logits`` declares (None when that axis is not fixed)."""
+    dims = next(o for o in graph.output if o.name == LOGITS).type.tensor_type.shape.dim
+    return dims[1].dim_value or None if len(dims) == 2 else None
+
+
+def _check_tensor(path: str | Path, role: str, value: Any, spec: TensorSpec, *, check_fixed: bool = True) -> None:
+    tensor = value.type.tensor_type
+    allowed = {_ONNX_TYPES[spec.dtype]} | ({_ONNX_TYPES["float16"]} if spec.dtype == "float32" and role == "output"
+                                           else set())
+    dims = list(tensor.shape.dim)
+    if tensor.elem_type not in allowed or len(dims) != len(spec.dims):
+        raise TensorSpecError(f"{path}: {role} {spec.name} must be {spec.dtype} with {len(spec.dims)} axes "
+                              f"({', '.join(str(d) for d in spec.dims)}) as arena feeds and reads it; the graph "
+                              f"declares element type {tensor.elem_type} with {len(dims)} axes")
+    for axis, (want, got) in enumerate(zip(spec.dims, dims, strict=True)):
+        if isinstance(want, str) and got.HasField("dim_value"):
+            raise TensorSpecError(f"{path}: {role} {spec.name} axis {axis} ({want}) is fixed at {got.dim_value}; "
+                                  f"arena needs it dynamic (export with dynamic axes)")
+        if check_fixed and isinstance(want, int) and got.HasField("dim_value") and got.dim_value != want:
+            raise TensorSpecError(f"{path}: {role} {spec.name} axis {axis} has {got.dim_value} entries, arena "
+                                  f"reads {want}")
 
 
 # ------------------------------------------------------------------------------------------------------ ONNX files

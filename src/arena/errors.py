@@ -48,6 +48,11 @@ class ModelError(ArenaError):
     """A model folder that is missing, incomplete, untrusted or of the wrong shape."""
 
 
+class TensorSpecError(ModelError):
+    """A graph whose inputs or outputs differ from arena's tensor spec (:data:`arena.artifacts.INPUT_SPECS`):
+    found before any value is compared."""
+
+
 class ConfigError(ArenaError):
     """An option value that cannot work (fold index out of range, max length too long, ...)."""
 

@@ -116,11 +116,14 @@ def is_arena_export(folder: str | Path) -> bool:
     return (Path(folder) / MANIFEST).is_file() and not export_foreign_files(folder)
 
 
-def check_export_out(out: str | Path, *, checkpoint: str | Path, data: str | Path | None, overwrite: bool) -> None:
-    """``arena-export --out``: a new or empty folder, or with ``--overwrite`` an earlier export; never the
-    checkpoint, a folder holding it, or a folder holding files arena-export did not write."""
+def check_export_out(out: str | Path, *, checkpoint: str | Path, data: str | Path | None, overwrite: bool,
+                     what: str = "checkpoint") -> None:
+    """``arena-export --out``: a new or empty folder, or with ``--overwrite`` an earlier export; never the source
+    folder (``checkpoint``: a checkpoint, k-fold run or foreign ONNX export, named ``what`` in the message), a folder
+    inside it or holding it, nor a folder holding files arena-export did not write. Every source kind comes here
+    (:func:`arena.export.precheck.check_export_request`)."""
     out = Path(out)
-    check_not_input(out, "--out", {"checkpoint": checkpoint, "parity data file": data}, folder=True)
+    check_not_input(out, "--out", {what: checkpoint, "parity data file": data}, folder=True)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; --out takes the folder to write the export into")
     if out.is_dir() and _entries(out):

@@ -7,21 +7,17 @@ the graph runs at sequence lengths shorter and longer than the traced one (the p
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from arena.artifacts import FEATURES, TOKEN_INPUTS
 from arena.artifacts import LOGITS as OUTPUT_NAME
+from arena.artifacts import dynamic_axes, export_inputs
 from arena.errors import ModelError
+from arena.export.config import DEFAULT_OPSET, EXPORTERS
 
-log = logging.getLogger(__name__)
-
-DEFAULT_OPSET = 17
-EXPORTERS = ("torchscript", "dynamo")
 TWO_GB = 2 * 1024**3
 
 
@@ -47,15 +43,6 @@ class _HybridLogits(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, features=features).logits
 
 
-def model_inputs(model: torch.nn.Module) -> list[str]:
-    """The inputs the model really uses: DeBERTa-v3 has type_vocab_size 0, so no token_type_ids."""
-    names = ["input_ids", "attention_mask"]
-    if getattr(model.config, "type_vocab_size", 0):
-        log.info("the model has token_type_ids (type_vocab_size=%d); arena feeds zeros, so they are not exported",
-                 model.config.type_vocab_size)
-    return names
-
-
 def export_onnx(model: torch.nn.Module, path: str | Path, *, opset: int = DEFAULT_OPSET,
                 exporter: str = "torchscript", sample_length: int = 64) -> dict[str, Any]:
     """Export ``model`` (eval mode, fp32, CPU) to ``path``; return what the manifest records about it."""
@@ -74,13 +61,10 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, opset: int = DEFAUL
     ids = torch.randint(5, 1000, (2, sample_length), dtype=torch.int64)
     mask = torch.ones_like(ids)
     mask[1, sample_length // 2:] = 0
-    names = [*TOKEN_INPUTS, FEATURES] if hybrid else list(TOKEN_INPUTS)
-    args: tuple[torch.Tensor, ...] = (ids, mask)
-    axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "sequence"},
-                                       "attention_mask": {0: "batch", 1: "sequence"}, OUTPUT_NAME: {0: "batch"}}
-    if hybrid:
-        args = (ids, mask, torch.rand(2, model.n_features) * 5)
-        axes[FEATURES] = {0: "batch"}
+    specs = export_inputs(hybrid)  # the one tensor spec: names, order and dynamic axes
+    names = [spec.name for spec in specs]
+    args: tuple[torch.Tensor, ...] = (ids, mask, torch.rand(2, model.n_features) * 5) if hybrid else (ids, mask)
+    axes = dynamic_axes(specs)
     n_params = sum(p.numel() for p in model.parameters())
     big = n_params * 4 >= TWO_GB
     with warnings.catch_warnings():
@@ -91,11 +75,9 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, opset: int = DEFAUL
                 input_names=names, output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True,
             )
         else:
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            seq = torch.export.Dim("sequence", min=2, max=8192)
-            shapes: dict[str, dict[int, Any]] = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
-            if hybrid:
-                shapes[FEATURES] = {0: batch}
+            bounds = {"batch": (1, 4096), "sequence": (2, 8192)}
+            dims = {name: torch.export.Dim(name, min=lo, max=hi) for name, (lo, hi) in bounds.items()}
+            shapes = {spec.name: {axis: dims[dim] for axis, dim in spec.dynamic_axes.items()} for spec in specs}
             program = torch.onnx.export(
                 wrapped, args, dynamo=True, opset_version=opset, input_names=names,
                 output_names=[OUTPUT_NAME], dynamic_shapes=shapes,

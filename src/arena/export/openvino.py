@@ -83,10 +83,12 @@ def add_static_int8(folder: Path, gate: ParityGate, calibration: list, tol: Tole
 
 
 def openvino_section(folder: Path, gate: ParityGate, *, encoder, data: Path, openvino: bool, int8_static: bool,
-                     calibration_rows: int, fp32_tol: float, int8_tol: Tolerance) -> dict[str, Any]:
-    """The manifest's ``openvino`` section for the export in ``folder``: fp32/bf16 parity of ``model.onnx`` under
-    OpenVINO and, asked for, the static INT8 model calibrated on ``calibration_rows`` real rows of ``data``
-    encoded by ``encoder`` (an :class:`~arena.encode.ArenaEncoder`)."""
+                     calibration_rows: int, fp32_tol: float, int8_tol: Tolerance,
+                     inputs: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The manifest's ``openvino`` section for the export in ``folder``, whatever made its ``model.onnx`` (a
+    checkpoint or a foreign export): fp32/bf16 parity of ``model.onnx`` under OpenVINO and, asked for, the static
+    INT8 model calibrated on ``calibration_rows`` real rows of ``data`` encoded by ``encoder`` (an
+    :class:`~arena.encode.ArenaEncoder`) and fed as the graph's ``inputs`` take them."""
     if not (openvino or int8_static):
         return {"status": "not requested", "precisions": {}}
     section = check_onnx(folder / "model.onnx", gate, fp32_tol=fp32_tol)
@@ -97,7 +99,8 @@ def openvino_section(folder: Path, gate: ParityGate, *, encoder, data: Path, ope
         from arena.serving.executor import BatchExecutor
 
         executor = BatchExecutor(gate.reference, pad_id=encoder.pad_id, max_length=encoder.config.max_length)
-        calibration = calibration_batches(calibration_records(data, calibration_rows), encoder, executor)
+        calibration = calibration_batches(calibration_records(data, calibration_rows), encoder, executor,
+                                          input_names=inputs)
         section["precisions"]["int8"] = add_static_int8(folder, gate, calibration, int8_tol)
     return section
 

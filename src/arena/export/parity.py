@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -233,17 +234,42 @@ def parity_batches(records, tokenizer, encoder_cfg, shapes: list[tuple[int, int]
     return out
 
 
-def parse_shapes(text: str, max_length: int) -> list[tuple[int, int]]:
-    """``--parity-shapes`` (``BxL,BxL``) with lengths capped at ``max_length``, plus a batch at ``max_length``."""
-    shapes = []
+def parity_records(path: Path, shapes: list[tuple[int, int]]) -> list:
+    """The first 256 rows of the parity CSV; :class:`ConfigError` when the largest parity batch needs more."""
+    from arena.data import has_labels, read_records
+
+    records = read_records(path, labelled=has_labels(path))[:256]
+    if len(records) < max(b for b, _ in shapes):
+        raise ConfigError(f"{path} has {len(records)} rows; the parity check needs at least "
+                          f"{max(b for b, _ in shapes)} (see --parity-shapes)")
+    return records
+
+
+MIN_PARITY_LENGTH = 8
+"""The shortest parity sequence: the encoder's frame tokens alone take about that many."""
+
+
+def parse_shapes(text: str, max_length: int | None = None) -> list[tuple[int, int]]:
+    """``--parity-shapes`` (``BxL,BxL``): the one parser, used by the up-front checks (``max_length`` None: the
+    pairs as given, each at least 1 x :data:`MIN_PARITY_LENGTH`) and by the gate (lengths capped at the model's
+    ``max_length``, duplicates dropped, plus a batch at ``max_length``: the longest the model accepts). Raises
+    :class:`ConfigError` naming the flag."""
+    shapes: list[tuple[int, int]] = []
     for part in text.split(","):
+        b, x, s = part.strip().lower().partition("x")
         try:
-            b, _, s = part.strip().lower().partition("x")
-            shape = (int(b), min(int(s), max_length))
+            shape = (int(b), int(s))
         except ValueError:
-            raise ConfigError(f"--parity-shapes takes BxL pairs such as 1x17,7x133; got {part!r}") from None
+            shape = None
+        if not x or shape is None:
+            raise ConfigError(f"--parity-shapes takes BxL pairs such as 1x17,7x133; got {part.strip()!r}")
+        if shape[0] < 1 or shape[1] < MIN_PARITY_LENGTH:
+            raise ConfigError(f"--parity-shapes {part.strip()}: the batch must be >= 1 and the length >= "
+                              f"{MIN_PARITY_LENGTH}")
+        if max_length is not None:
+            shape = (shape[0], min(shape[1], max_length))
         if shape not in shapes:
             shapes.append(shape)
-    if (2, max_length) not in shapes and all(s != max_length for _, s in shapes):
+    if max_length is not None and all(s != max_length for _, s in shapes):
         shapes.append((2, max_length))  # the longest the model accepts
     return shapes

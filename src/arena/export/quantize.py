@@ -21,22 +21,24 @@ from typing import Any
 
 import numpy as np
 
-from arena.artifacts import ATTENTION_MASK, FEATURES, INPUT_IDS
+from arena.artifacts import FEATURES, INPUT_IDS, TOKEN_INPUTS, feed_arrays, numpy_dtype
 from arena.errors import ModelError
 
 log = logging.getLogger(__name__)
 
 
-def calibration_batches(records, encoder, executor) -> list[dict[str, np.ndarray]]:
+def calibration_batches(records, encoder, executor,
+                        input_names: tuple[str, ...] | None = None) -> list[dict[str, np.ndarray]]:
     """``records`` encoded by ``encoder`` and planned and padded by ``executor`` (the
     :class:`~arena.serving.executor.BatchExecutor` inference uses, so the batches are length-sorted and packed under its
-    token budget): a list of feed dicts (graph input name -> array)."""
+    token budget): a list of feed dicts (graph input name -> array) for a graph taking ``input_names`` (default:
+    the token inputs, and features where the rows have them), built as every backend feeds
+    (:func:`arena.artifacts.feed_arrays`)."""
     out = []
     for b in executor.prepare(encoder.encode(records)).batches:
-        feeds = {INPUT_IDS: b.input_ids, ATTENTION_MASK: b.attention_mask}
-        if b.features is not None:
-            feeds[FEATURES] = b.features.astype(np.float32)
-        out.append(feeds)
+        names = input_names or (*TOKEN_INPUTS, *((FEATURES,) if b.features is not None else ()))
+        feeds = feed_arrays(names, b.input_ids, b.attention_mask, b.features)
+        out.append({k: np.ascontiguousarray(v, dtype=numpy_dtype(k)) for k, v in feeds.items()})
     return out
 
 

@@ -18,13 +18,14 @@ the profile that fits each batch (:func:`arena.artifacts.pick_profile`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from arena.artifacts import Profile
-from arena.errors import ConfigError, ModelError
+from arena.errors import ConfigError, ModelError, ParityError
 from arena.serving.batching import resolve_budget, round_up
 
 log = logging.getLogger(__name__)
@@ -119,3 +120,46 @@ def build_engine(onnx_path: Path, engine_path: Path, profiles: list[Profile], *,
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     return {"layers": network.num_layers, "workspace_gib": workspace_gib, "strongly_typed": True,
             "built_with": trt.__version__}
+
+
+def build_trt_section(folder: Path, *, lengths: np.ndarray, max_length: int, model_type: str | None,
+                      n_features: int, buckets: int, max_tokens: int | None, workspace_gib: float,
+                      parity: Callable[[Any], Any]) -> dict[str, Any]:  # pragma: no cover - needs TensorRT and a GPU
+    """Plan profiles for the token budget inference packs (from the real rows' encoded ``lengths``), build the
+    strongly typed engine from ``folder/model.fp16.onnx``, and check it with ``parity(runner)`` (the export's
+    reference on the real parity rows, the FP16 gate; a failure raises :class:`ParityError` and nothing is kept).
+    The same builder serves a checkpoint and a foreign export: it needs no PyTorch model, only what the graph is.
+
+    Returns the manifest's ``tensorrt`` section: the budget the profiles were planned for, and per engine the GPU,
+    compute capability and TensorRT version it runs on, the ONNX file and hash it came from, profiles and parity.
+    """
+    from dataclasses import asdict
+
+    import tensorrt as trt_mod
+
+    from arena.artifacts import engine_filename, engine_key, slug
+    from arena.io import sha256_file
+    from arena.serving.backends.tensorrt import TensorRTRunner, gpu_identity
+
+    onnx_file, version = "model.fp16.onnx", trt_mod.__version__
+    budget = planned_budget(max_tokens, max_length, model_type)
+    profiles = plan_profiles(lengths, max_length=max_length, max_tokens=budget, buckets=buckets)
+    gpu, cc = gpu_identity()
+    onnx_sha = sha256_file(folder / onnx_file)
+    key = engine_key(onnx_sha, gpu, cc, version, "fp16", profiles)
+    name = engine_filename(gpu, version, "fp16", key)
+    cache = Path.home() / ".cache" / "arena" / f"trt-timing-{slug(gpu)}-{version}.cache"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    info = build_engine(folder / onnx_file, folder / name, profiles, workspace_gib=workspace_gib,
+                        timing_cache=cache, n_features=n_features)
+    report = parity(TensorRTRunner((folder / name).read_bytes()))
+    for line in report.lines():
+        log.info("parity %s", line)
+    if not report.passed:
+        raise ParityError("tensorrt parity check failed, nothing was kept: " + "; ".join(report.failures)
+                          + "\n" + "\n".join(report.lines()))
+    return {"status": "built", "max_tokens": budget, "engines": [{
+        "file": name, "key": key, "gpu_name": gpu, "compute_capability": cc, "tensorrt_version": version,
+        "onnx_file": onnx_file, "onnx_sha256": onnx_sha, "precision": "fp16", "strongly_typed": True,
+        "features": n_features, "max_tokens": budget, "profiles": [asdict(p) for p in profiles],
+        "parity": report.to_dict(), **info}]}

@@ -6,10 +6,11 @@ for it the way a manifest does: no parity record, no file hashes, and the encode
 an ``arena.json`` placed beside the model). :func:`inspect_foreign` checks what can be checked before any row is
 scored and refuses a misfit with one :class:`~arena.errors.ModelError`:
 
-* inputs: ``input_ids`` and ``attention_mask`` (int64, batch x sequence) are required. ``token_type_ids`` is
-  accepted and fed as zeros: arena encodes prompt and responses as one segment and ``arena-train`` never passes
-  segment ids, so zeros are exactly what the same weights see in arena's own torch backend. Any other input
-  (``position_ids``, ...) is refused, since arena has nothing to put there;
+* inputs and outputs against arena's one tensor spec (:func:`arena.artifacts.check_graph_io`): ``input_ids`` and
+  ``attention_mask`` (int64, dynamic batch x sequence) are required. ``token_type_ids`` is accepted and fed as
+  zeros: arena encodes prompt and responses as one segment and ``arena-train`` never passes segment ids, so zeros
+  are exactly what the same weights see in arena's own torch backend. Any other input (``position_ids``, ...) is
+  refused, since arena has nothing to put there;
 * output: ``logits`` with 3 columns, and ``config.json`` naming 3 labels in arena's order (a, b, tie) when its
   labels carry arena's names;
 * a tokenizer in the folder, since the encoder must tokenize as the model was trained.
@@ -28,13 +29,12 @@ from typing import Any
 from arena import LABELS
 from arena.artifacts import (
     ARENA_META,
-    ATTENTION_MASK,
     FEATURES,
-    INPUT_IDS,
-    LOGITS,
     MANIFEST,
     TOKEN_TYPE_IDS,
     TOKENIZER_FILES,
+    check_graph_io,
+    graph_labels,
 )
 from arena.encode import EncoderConfig
 from arena.errors import ModelError
@@ -42,7 +42,6 @@ from arena.models.modeling import SAFE_WEIGHTS, max_supported_length, read_meta
 
 STANDARD_NAME = "model.onnx"
 """The file optimum writes and loads by default; preferred when a folder holds several ONNX files."""
-INT64 = 7  # onnx.TensorProto.INT64
 
 
 @dataclass(frozen=True)
@@ -117,9 +116,8 @@ def inspect_foreign(folder: str | Path) -> ForeignExport:
         raise ModelError(f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...): copy in the "
                          "tokenizer the model was trained with (optimum-cli export onnx saves it beside the model)")
     graph = onnx.load(str(path), load_external_data=False)
-    inputs = _check_inputs(path, graph.graph)
-    graph_labels = _check_output(path, graph.graph)
-    num_labels = _check_labels(folder, config, graph_labels)
+    inputs = check_graph_io(path, graph.graph, check_labels=False)  # the label count is named by _check_labels
+    num_labels = _check_labels(folder, config, graph_labels(graph.graph))
     meta = read_meta(folder)
     max_positions = max_supported_length(SimpleNamespace(**config))
     encoder, source = meta.encoder, ARENA_META if (folder / ARENA_META).is_file() else "defaults"
@@ -145,38 +143,6 @@ def _read_config(folder: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ModelError(f"{path} is not a model configuration (a JSON object)")
     return config
-
-
-def _check_inputs(path: Path, graph: Any) -> tuple[str, ...]:
-    weights = {t.name for t in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in weights]
-    names = tuple(i.name for i in inputs)
-    missing = [n for n in (INPUT_IDS, ATTENTION_MASK) if n not in names]
-    if missing:
-        raise ModelError(f"{path} takes inputs {', '.join(names)}; arena feeds {INPUT_IDS} and {ATTENTION_MASK} "
-                         f"(missing: {', '.join(missing)})")
-    unknown = [n for n in names if n not in (INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS, FEATURES)]
-    if unknown:
-        raise ModelError(f"{path} requires input {', '.join(unknown)}, which arena cannot fill; it feeds "
-                         f"{INPUT_IDS}, {ATTENTION_MASK} and zeros for {TOKEN_TYPE_IDS}")
-    for value in inputs:
-        tensor = value.type.tensor_type
-        if value.name != FEATURES and (tensor.elem_type != INT64 or len(tensor.shape.dim) != 2):
-            raise ModelError(f"{path}: input {value.name} must be int64 (batch, sequence) as arena feeds it; the "
-                             f"graph declares element type {tensor.elem_type} with {len(tensor.shape.dim)} axes")
-    return names
-
-
-def _check_output(path: Path, graph: Any) -> int | None:
-    """The number of label columns the graph declares (None when that axis is dynamic)."""
-    outputs = {o.name: o for o in graph.output}
-    if LOGITS not in outputs:
-        raise ModelError(f"{path} has outputs {', '.join(outputs)}; arena reads a {LOGITS!r} output "
-                         "(a sequence-classification export)")
-    dims = outputs[LOGITS].type.tensor_type.shape.dim
-    if len(dims) != 2:
-        raise ModelError(f"{path}: {LOGITS} has {len(dims)} axes; a sequence classifier gives (batch, labels)")
-    return dims[1].dim_value or None
 
 
 def _check_labels(folder: Path, config: dict[str, Any], graph_labels: int | None) -> int:

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from arena.artifacts import ATTENTION_MASK, FEATURES, INPUT_IDS, LOGITS, TOKEN_TYPE_IDS
-from arena.errors import BackendUnavailable, ConfigError, ModelError
+from arena.artifacts import FEATURES, LOGITS, feed_arrays, numpy_dtype
+from arena.errors import BackendUnavailable, ModelError
 from arena.machine.gpu import gpu_present
 from arena.serving.backends.contract import BackendSpec, Limits, OpenOptions, Variant
 
@@ -126,18 +126,10 @@ class OnnxBackend:
     def __call__(self, input_ids: Any, attention_mask: Any, features: Any = None) -> np.ndarray:
         """Logits (batch, 3) as float32 in host memory. Inputs are numpy arrays, or CUDA tensors on this backend's
         GPU (bound in place, no copy)."""
-        feeds = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
-        if self.needs_features:
-            if features is None:
-                raise ConfigError(f"{self.path.name} is a hybrid model: it needs the rows' features as a third input")
-            feeds[FEATURES] = features
-        if TOKEN_TYPE_IDS in self.input_names:  # a foreign graph's segment ids: one segment, as arena-train feeds
-            feeds[TOKEN_TYPE_IDS] = np.zeros_like(feeds[INPUT_IDS])
-        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
+        feeds = feed_arrays(self.input_names, input_ids, attention_mask, features)  # the one tensor spec
         if self._stream is not None:  # pragma: no cover - needs onnxruntime-gpu and a GPU
             return self._run_bound(feeds)
-        arrays = {k: np.ascontiguousarray(_host(v), dtype=np.float32 if k == FEATURES else np.int64)
-                  for k, v in feeds.items()}
+        arrays = {k: np.ascontiguousarray(_host(v), dtype=numpy_dtype(k)) for k, v in feeds.items()}
         return np.asarray(self.session.run([LOGITS], arrays)[0], dtype=np.float32)
 
     def _run_bound(self, feeds: dict[str, Any]) -> np.ndarray:  # pragma: no cover - needs onnxruntime-gpu and a GPU
@@ -145,8 +137,6 @@ class OnnxBackend:
         import torch
 
         device = torch.device("cuda", _device_id(self.device))
-        wanted = {INPUT_IDS: (torch.int64, np.int64), ATTENTION_MASK: (torch.int64, np.int64),
-                  FEATURES: (torch.float32, np.float32)}
         out_dtype = torch.float16 if self._output_type is np.float16 else torch.float32
         self._stream.wait_stream(torch.cuda.current_stream(device))  # CUDA tensors handed in are ready first
         with torch.cuda.device(device), torch.cuda.stream(self._stream):
@@ -154,9 +144,10 @@ class OnnxBackend:
             kept = []
             for name, value in feeds.items():
                 tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
-                tensor = tensor.to(device, dtype=wanted[name][0], non_blocking=True).contiguous()
-                binding.bind_input(name, "cuda", device.index, wanted[name][1], tuple(tensor.shape),
-                                   tensor.data_ptr())
+                dtype = numpy_dtype(name)
+                tensor = tensor.to(device, dtype=getattr(torch, np.dtype(dtype).name), non_blocking=True)
+                tensor = tensor.contiguous()
+                binding.bind_input(name, "cuda", device.index, dtype, tuple(tensor.shape), tensor.data_ptr())
                 kept.append(tensor)
             batch = int(kept[0].shape[0])
             shape = [d if isinstance(d, int) else batch for d in self._output_shape]

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from arena.artifacts import ATTENTION_MASK, FEATURES, INPUT_IDS, LOGITS
+from arena.artifacts import FEATURES, INPUT_SPECS, LOGITS, feed_arrays, numpy_dtype
 from arena.errors import BackendUnavailable, ConfigError, ModelError
 from arena.serving.backends.contract import BackendSpec, Limits, OpenOptions, Variant
 
@@ -130,7 +130,7 @@ class OpenVinoBackend:
         self.input_names = set().union(*(i.get_names() for i in self.compiled.inputs))
         self.needs_features = FEATURES in self.input_names
         unfed = [sorted(i.get_names()) for i in self.compiled.inputs
-                 if not i.get_names() & {INPUT_IDS, ATTENTION_MASK, FEATURES}]
+                 if not i.get_names() & {spec.name for spec in INPUT_SPECS}]
         if unfed:
             raise ModelError(f"{self.path} has inputs arena does not feed: {unfed}; export it with arena-export")
         log.info("OpenVINO %s: compiled %s in %.2f s (%s)", precision, self.path.name, self.compile_s,
@@ -143,13 +143,9 @@ class OpenVinoBackend:
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                  features: np.ndarray | None = None) -> np.ndarray:
-        feeds = {INPUT_IDS: np.ascontiguousarray(input_ids, dtype=np.int64),
-                 ATTENTION_MASK: np.ascontiguousarray(attention_mask, dtype=np.int64)}
-        if self.needs_features:
-            if features is None:
-                raise ConfigError(f"{self.path.name} is a hybrid model: it needs the rows' features as a third input")
-            feeds[FEATURES] = np.ascontiguousarray(features, dtype=np.float32)
-        result = self.request.infer({k: v for k, v in feeds.items() if k in self.input_names}, share_inputs=True)
+        feeds = {name: np.ascontiguousarray(value, dtype=numpy_dtype(name))  # the one tensor spec
+                 for name, value in feed_arrays(self.input_names, input_ids, attention_mask, features).items()}
+        result = self.request.infer(feeds, share_inputs=True)
         return np.array(result[LOGITS], dtype=np.float32, copy=True)
 
 
