@@ -1,6 +1,6 @@
 """``models/``: the model folders arena-infer takes, copied (never moved) and verified, with paths made relative.
 
-Every kind arena-infer scores is packed as it is: a checkpoint, an export (its ``manifest.json`` hashes checked
+Every kind arena-infer scores is packed as it is: a checkpoint, an export (its manifest hashes checked
 before the copy), a fold ensemble (``fold_*/`` or an ensemble export), a LoRA checkpoint (its base model packed
 beside it, once for all the folds or models that share it). Each copied file is hashed at the source and at the
 copy; a difference stops the pack. A LoRA checkpoint names its base by absolute path at training time: the copy's

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from arena.artifacts import FEATURES, LOGITS, feed_arrays, numpy_dtype
-from arena.errors import BackendUnavailable, ModelError
+from arena.errors import BackendUnavailable, ConfigError, ModelError
 from arena.machine.gpu import gpu_present
 from arena.serving.backends.contract import BackendSpec, Limits, OpenOptions, Variant
 
