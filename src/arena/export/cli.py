@@ -56,6 +56,9 @@ def export(
              "GPU, 64 rows of max length)")] = None,
     workspace_gib: Annotated[float, typer.Option(help="TensorRT builder workspace")] = 4.0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out folder (only on success)")] = False,
+    allow_partial: Annotated[bool, typer.Option(
+        help="Export a k-fold output that has folds missing or unfinished with the folds that finished (refused "
+             "without it); the manifest and the output say 'k of N folds'")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Export a checkpoint to ONNX, check it against PyTorch, and derive optimised artefacts."""
@@ -75,7 +78,7 @@ def export(
                          fp16_prob_tol=fp16_prob_tol, int8_prob_tol=int8_prob_tol, min_agreement=min_agreement,
                          trt_buckets=trt_buckets, max_tokens=max_tokens, workspace_gib=workspace_gib,
                          overwrite=overwrite, openvino=openvino, int8_static=int8_static,
-                         calibration_rows=calibration_rows)
+                         calibration_rows=calibration_rows, allow_partial=allow_partial)
     typer.echo(json.dumps(summary))
 
 
@@ -84,11 +87,13 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                parity_shapes: str = "1x17,7x133,16x512", fp32_tol: float = 1e-4, fp16_prob_tol: float = 2e-2,
                int8_prob_tol: float = 0.1, min_agreement: float = 0.97, trt_buckets: int = 4,
                max_tokens: int | None = None, workspace_gib: float = 4.0, overwrite: bool = False,
-               openvino: bool = True, int8_static: bool = False, calibration_rows: int = 64) -> dict[str, Any]:
+               openvino: bool = True, int8_static: bool = False, calibration_rows: int = 64,
+               allow_partial: bool = False, source_training: str | None = None) -> dict[str, Any]:
+    """Export ``checkpoint`` (a k-fold output: :func:`run_ensemble_export`, partial only with ``allow_partial``);
+    ``source_training`` overrides the run marker's word for a fold that finished in an interrupted run."""
     from dataclasses import replace
 
     from arena.artifacts import copy_model_files, write_manifest
-    from arena.cli.safety import unfinished_reason
     from arena.data import has_labels, read_records
     from arena.encode import ArenaEncoder
     from arena.export.derive import derived_artifacts
@@ -100,13 +105,13 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
     from arena.models.modeling import check_pad_token, load_classifier, load_tokenizer, read_meta
     from arena.serving.backends.onnx import OnnxBackend
     from arena.serving.backends.torch import TorchBackend
-    from arena.serving.ensemble import member_folders
+    from arena.serving.ensemble import check_complete
     from arena.serving.executor import BatchExecutor
 
     checkpoint, out = Path(checkpoint), Path(out)
-    members = member_folders(checkpoint)
-    if members is not None:  # a k-fold training output: every fold, one folder, one manifest
-        return run_ensemble_export(checkpoint, members, out, overwrite=overwrite, fp16=fp16, int8=int8,
+    folds = check_complete(checkpoint, allow_partial=allow_partial)
+    if folds is not None:  # a k-fold training output: every fold, one folder, one manifest
+        return run_ensemble_export(checkpoint, folds, out, overwrite=overwrite, fp16=fp16, int8=int8,
                                    optimize=optimize, trt=trt, opset=opset, exporter=exporter, data=data,
                                    parity_shapes=parity_shapes, fp32_tol=fp32_tol, fp16_prob_tol=fp16_prob_tol,
                                    int8_prob_tol=int8_prob_tol, min_agreement=min_agreement,
@@ -160,8 +165,7 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
                 trt_section = _build_trt(tmp, records, tokenizer, meta.encoder, model, trt_buckets, max_tokens,
                                          workspace_gib, lambda r: gate.compare("tensorrt", r, tol16))
             write_manifest(tmp, {
-                "source_checkpoint": str(checkpoint.resolve()),
-                "source_training": "unfinished" if unfinished_reason(checkpoint) else "finished",
+                **_source_section(checkpoint, source_training),
                 "model": _model_section(model.config, reference.limits.max_length),
                 "head": {"kind": "hf", "merged_from": meta.head} if (meta.head or {}).get("kind") == "lora"
                 else meta.head or {"kind": "hf"},  # a LoRA checkpoint is exported merged
@@ -178,10 +182,12 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
             "parity": {k: v["passed"] for k, v in gate.reports.items()}}
 
 
-def run_ensemble_export(source: Path, members: list[Path], out: Path, *, overwrite: bool = False,
+def run_ensemble_export(source: Path, folds: Any, out: Path, *, overwrite: bool = False,
                         **options: Any) -> dict[str, Any]:
-    """Export every member (each parity-checked on its own) into ``out/<member>/``, copy the training run's
-    ``oof.csv`` / ``metrics.json`` (blend weights are fitted on them), and write one manifest over all of it."""
+    """Export every finished fold of ``folds`` (a :class:`~arena.serving.ensemble.FoldSet`, each member
+    parity-checked on its own) into ``out/<member>/``, copy the training run's ``oof.csv`` / ``metrics.json``
+    (blend weights are fitted on them), and write one manifest over all of it, whose ``folds`` section says how
+    many of how many folds it holds (an export made with ``--allow-partial`` says so wherever it is scored)."""
     from arena.artifacts import write_manifest
     from arena.cli.safety import check_export_out
     from arena.data import resolve_csv
@@ -190,22 +196,36 @@ def run_ensemble_export(source: Path, members: list[Path], out: Path, *, overwri
     from arena.serving.ensemble import DEFAULT_COMBINE, ENSEMBLE_KIND
 
     check_export_out(out, checkpoint=source, data=resolve_csv(options.get("data"), "train.csv"), overwrite=overwrite)
+    members = folds.members
     for member in members:  # every fold checked before any is exported
         check_checkpoint(member)
     summaries = {}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for member in members:
             log.info("exporting %s", member.name)
-            summaries[member.name] = run_export(member, tmp / member.name, **options)
+            summaries[member.name] = run_export(member, tmp / member.name, source_training="finished", **options)
         for name in ("oof.csv", "metrics.json", "train_config.json"):
             if (source / name).is_file():
                 shutil.copy2(source / name, tmp / name)
         write_manifest(tmp, {
             "kind": ENSEMBLE_KIND, "source_checkpoint": str(source.resolve()), "combine": DEFAULT_COMBINE,
+            "folds": folds.to_dict(),
             "members": [{"folder": m.name, "weight": 1.0 / len(members),
                          "artifacts": summaries[m.name]["artifacts"]} for m in members]})
-    return {"out": str(out), "members": {k: v["artifacts"] for k, v in summaries.items()},
+    return {"out": str(out), "folds": folds.describe(), "members": {k: v["artifacts"] for k, v in summaries.items()},
             "parity": {k: v["parity"] for k, v in summaries.items()}}
+
+
+def _source_section(checkpoint: Path, source_training: str | None) -> dict[str, Any]:
+    """What the manifest says about the checkpoint an export was made from: its path, whether its training had
+    finished, and the sha256 of its weight files (``arena-bench --model A --export E`` checks E was made from A,
+    wherever A has been copied since)."""
+    from arena.cli.safety import unfinished_reason
+    from arena.models.weights import weights_sha256
+
+    return {"source_checkpoint": str(checkpoint.resolve()),
+            "source_training": source_training or ("unfinished" if unfinished_reason(checkpoint) else "finished"),
+            "source_weights_sha256": weights_sha256(checkpoint)}
 
 
 def _check_trt_possible(checkpoint: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Annotated
@@ -51,6 +52,9 @@ def infer(
     combine: Annotated[str, typer.Option(help="How members are combined: probs (mean) or geometric")] = "probs",
     save_logits: Annotated[Path | None, typer.Option(
         help="Also write id, probabilities and logits per row: a file arena-train --soft-labels accepts")] = None,
+    allow_partial: Annotated[bool, typer.Option(
+        help="Score a fold ensemble that has folds missing or unfinished with the folds that finished (refused "
+             "without it); every output then says 'k of N folds'")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Score every row of TEST_CSV and write one probability row per id, in the file's order."""
@@ -58,12 +62,13 @@ def infer(
     summary = run_infer(test_csv, model, out, backend=backend, precision=precision, tta=tta,
                         policy=policy, max_tokens=max_tokens, batch_size=batch_size, chunk_rows=chunk_rows,
                         threads=threads, encode_workers=encode_workers, compile=compile, device=device,
-                        devices=devices, rules=rules, weights=parse_weights(weights), combine=combine,
-                        save_logits=save_logits)
+                        devices=devices, rules=rules, weights=parse_weights(weights, len(model)),
+                        combine=combine, save_logits=save_logits, allow_partial=allow_partial)
     typer.echo(f"wrote {summary['rows']} rows to {out} with {summary['backend']} in {summary['wall_s']:.2f} s: "
                f"{summary['rows_per_s']:.1f} rows/s end to end, {summary['model_rows_per_s']:.1f} rows/s model "
                f"only (encode {summary['encode_s']:.2f} s, model {summary['model_s']:.2f} s, "
-               f"write {summary['write_s']:.2f} s; padding efficiency {summary['padding_efficiency']:.2f})")
+               f"write {summary['write_s']:.2f} s; padding efficiency {summary['padding_efficiency']:.2f})"
+               + "".join(f"; {m}: {d}" for m, d in summary.get("folds", {}).items()))
     typer.echo(json.dumps(summary))
 
 
@@ -71,9 +76,11 @@ def check_infer_request(test_csv: Path, models: Path | list[Path], out: Path, *,
                         tta: str | bool, policy: str, max_tokens: int | None, batch_size: int, chunk_rows: int,
                         threads: int | None,
                         encode_workers: int, compile: bool, device: str,
-                        devices: str | None) -> tuple[str, list[str] | None]:
+                        devices: str | None, save_logits: Path | None = None, weights: list[float] | None = None,
+                        allow_partial: bool = False) -> tuple[str, list[str] | None]:
     """Every option and path checked before a model is loaded: return the device and the device list (None for
-    one device; ``--devices`` with one name is that device, not ignored)."""
+    one device; ``--devices`` with one name is that device, not ignored). A fold ensemble with folds missing or
+    unfinished is refused unless ``allow_partial`` (:func:`arena.serving.ensemble.check_complete`)."""
     models = [Path(models)] if isinstance(models, Path | str) else [Path(m) for m in models]
     from arena.artifacts import MANIFEST
     from arena.cli.options import at_least, check_precision, existing_file, existing_folder, one_of
@@ -83,7 +90,7 @@ def check_infer_request(test_csv: Path, models: Path | list[Path], out: Path, *,
     from arena.models.modeling import check_model_folder
     from arena.serving.batching import POLICIES
     from arena.serving.choice import BACKENDS
-    from arena.serving.ensemble import member_folders
+    from arena.serving.ensemble import check_complete
     from arena.serving.foreign_folder import is_foreign_export
 
     one_of("--backend", backend, BACKENDS)
@@ -108,32 +115,75 @@ def check_infer_request(test_csv: Path, models: Path | list[Path], out: Path, *,
     check_layout(test_csv, labelled=False)
     for model in models:
         existing_folder("--model", model, "the arena-train checkpoint or arena-export folder")
-        if not (model / MANIFEST).is_file() and member_folders(model) is None \
+        if check_complete(model, allow_partial=allow_partial) is None and not (model / MANIFEST).is_file() \
                 and not is_foreign_export(model):
             check_model_folder(model)
         check_submission_out(out, test_csv=test_csv, model=model)
+    if save_logits is not None:
+        check_logits_out(Path(save_logits), out=out, test_csv=test_csv, models=models)
+    if weights is not None:
+        check_weights(weights, len(models), ",".join(map(str, weights)))
     return device, shards
 
 
-def parse_weights(text: str | None) -> list[float] | None:
+def check_logits_out(path: Path, *, out: Path, test_csv: Path, models: list[Path]) -> None:
+    """``--save-logits``: a new file, or one arena-infer wrote as ``--save-logits`` before (recognised by its
+    header); never --out, an input, a folder or a file inside a model folder. Every refusal names --save-logits."""
+    from arena.cli.safety import COMPRESSED_SUFFIXES, check_not_input, check_writable
+    from arena.infer.submission import LOGITS_HEADER, is_logits_file
+
+    if path.name.lower().endswith(COMPRESSED_SUFFIXES):
+        raise ConfigError(f"--save-logits {path}: arena-infer writes a plain CSV; name it .csv (e.g. logits.csv)")
+    if path.resolve() == out.resolve():
+        raise ConfigError(f"--save-logits {path} is also --out; name another file for the logits")
+    for model in models:
+        check_not_input(path, "--save-logits", {"input CSV": test_csv, "model folder": model}, folder=False)
+    if path.is_dir():
+        raise ConfigError(f"--save-logits {path} is a folder; --save-logits takes a file, e.g. {path / 'logits.csv'}")
+    if path.exists() and path.stat().st_size > 0 and not is_logits_file(path):
+        raise ConfigError(f"--save-logits {path} exists and is not a logits file arena-infer wrote (its first line "
+                          f"is not {','.join(LOGITS_HEADER)}); choose another --save-logits or remove the file "
+                          "yourself")
+    check_writable(path, "--save-logits", in_parent=True)
+
+
+def check_weights(values: list[float], count: int, shown: str) -> None:
+    """Blend weights, one per --model: finite, non-negative, with a finite positive sum (``nan`` or ``inf`` would
+    load and score every model before failing as a broken probability; ``1e308,1e308`` overflows the sum).
+    ``shown``: what the user typed, echoed in the error."""
+    if len(values) != count:
+        raise ConfigError(f"--weights {shown} has {len(values)} numbers for {count} --model folders; give one each")
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ConfigError(f"--weights {shown}: every weight must be a finite number >= 0")
+    total = sum(values)
+    if not (math.isfinite(total) and total > 0):
+        raise ConfigError(f"--weights {shown}: the weights must have a positive, finite sum (they sum to {total})")
+
+
+def parse_weights(text: str | None, count: int) -> list[float] | None:
+    """``--weights`` as numbers, checked (:func:`check_weights`) before anything is read or loaded."""
     if text is None:
         return None
     try:
-        return [float(x) for x in text.split(",")]
+        values = [float(x) for x in text.split(",")]
     except ValueError:
         raise ConfigError(f"--weights takes comma-separated numbers such as 0.6,0.4; got {text!r}") from None
+    check_weights(values, count, text)
+    return values
 
 
 def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: str = "auto", precision: str = "auto",
               tta: bool | str = False, policy: str = "sorted", max_tokens: int | None = None, batch_size: int = 64,
               chunk_rows: int = 8192, threads: int | None = None, encode_workers: int = 0, compile: bool = False,
               device: str = "auto", devices: str | None = None, rules: str | None = None,
-              weights: list[float] | None = None, combine: str = "probs", save_logits: Path | None = None) -> dict:
+              weights: list[float] | None = None, combine: str = "probs", save_logits: Path | None = None,
+              allow_partial: bool = False) -> dict:
     from tqdm.auto import tqdm
 
     from arena.cli.safety import warn_if_unfinished
     from arena.data import iter_records
     from arena.infer.submission import predictions_writer, submission_writer
+    from arena.serving.ensemble import fold_set
     from arena.serving.rules import parse_rules
     from arena.serving.scoring import ScoreConfig, Timings
 
@@ -142,17 +192,13 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
     device, shards = check_infer_request(
         test_csv, models, out, backend=backend, precision=precision, tta=tta, policy=policy, max_tokens=max_tokens,
         batch_size=batch_size, chunk_rows=chunk_rows, threads=threads, encode_workers=encode_workers,
-        compile=compile, device=device, devices=devices)
+        compile=compile, device=device, devices=devices, save_logits=save_logits, weights=weights,
+        allow_partial=allow_partial)
     tta = tta == "swap" if isinstance(tta, str) else tta
-    if save_logits is not None:
-        from arena.cli.safety import check_submission_out
-
-        if Path(save_logits).resolve() == out.resolve():
-            raise ConfigError("--save-logits must name another file than --out")
-        for m in models:
-            check_submission_out(Path(save_logits), test_csv=test_csv, model=m)
+    folds = {str(m): f.describe() for m in models if (f := fold_set(m)) is not None}
     for m in models:
-        warn_if_unfinished(m)
+        if str(m) not in folds:  # an ensemble's folds were judged one by one (check_complete)
+            warn_if_unfinished(m)
     config = ScoreConfig(policy=policy, batch_size=batch_size, max_tokens=max_tokens, chunk_rows=chunk_rows,
                          tta=tta, encode_workers=encode_workers, rules=parse_rules(rules))
     scorer, description, reason, close = _open_scorer(models, config, backend=backend, precision=precision,
@@ -178,7 +224,7 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
     finally:
         close()
     return {"backend": description, "reason": reason, "threads": getattr(scorer.runner, "threads", None),
-            "models": len(scorer.members), "tta": tta,
+            "models": len(scorer.members), **({"folds": folds} if folds else {}), "tta": tta,
             "policy": policy, "rules": list(config.rules), "max_tokens": scorer.executor.budget,
             **timings.summary()}
 
