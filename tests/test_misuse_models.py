@@ -99,6 +99,9 @@ def test_llama_adapter_on_a_qwen2_base_is_refused(llama_adapter, bases, monkeypa
         load_classifier(llama_adapter)
     assert str(bases["llama"].resolve()) in str(info.value) and str(bases["qwen2"]) in str(info.value)
     shutil.copy2(TEST_CSV, tmp_path / "test.csv")
+    import arena.serving.loading as loading
+
+    monkeypatch.setattr(loading, "open_model", lambda *a, **k: pytest.fail("refused only after loading models"))
     refused(monkeypatch, capsys, tmp_path, "infer", ["test.csv", "--model", llama_adapter, "--out", "sub.csv"],
             "ARENA_BASE_MODEL", "model_type llama vs qwen2")
     assert not (tmp_path / "sub.csv").exists()

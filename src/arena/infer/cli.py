@@ -115,15 +115,30 @@ def check_infer_request(test_csv: Path, models: Path | list[Path], out: Path, *,
     check_layout(test_csv, labelled=False)
     for model in models:
         existing_folder("--model", model, "the arena-train checkpoint or arena-export folder")
-        if check_complete(model, allow_partial=allow_partial) is None and not (model / MANIFEST).is_file() \
-                and not is_foreign_export(model):
+        folds = check_complete(model, allow_partial=allow_partial)
+        if folds is None and not (model / MANIFEST).is_file() and not is_foreign_export(model):
             check_model_folder(model)
+        for checkpoint in (folds.members if folds is not None else [model]):
+            check_lora_base(checkpoint)
         check_submission_out(out, test_csv=test_csv, model=model)
     if save_logits is not None:
         check_logits_out(Path(save_logits), out=out, test_csv=test_csv, models=models)
     if weights is not None:
         check_weights(weights, len(models), ",".join(map(str, weights)))
     return device, shards
+
+
+def check_lora_base(folder: Path) -> None:
+    """A LoRA checkpoint's base is there and is the one it was trained on, before any model loads. (An export's
+    ``arena.json`` may still name the adapter it was merged from: exports are skipped.)"""
+    from arena.artifacts import MANIFEST
+    from arena.models.lora import KIND, check_adapter
+    from arena.models.modeling import read_meta
+
+    is_checkpoint = (folder / "config.json").is_file() and not (folder / MANIFEST).is_file()
+    head = read_meta(folder).head if is_checkpoint else None
+    if head is not None and head.get("kind") == KIND:
+        check_adapter(folder, head)
 
 
 def check_logits_out(path: Path, *, out: Path, test_csv: Path, models: list[Path]) -> None:

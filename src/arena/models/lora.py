@@ -245,16 +245,10 @@ def save_lora(model: nn.Module, folder: Path) -> dict[str, Any]:
     return spec(raw)
 
 
-def load_lora(folder: str | Path, head: dict[str, Any], *, load_base: Callable[[str], nn.Module],
-              merge: bool | None = None) -> nn.Module:
-    """The base model with the adapter in ``folder`` applied; merged into the weights unless the base is quantised
-    (``merge`` None) or ``merge`` says otherwise. Raises :class:`ModelError` naming what is missing, or what differs
-    when the base is not the one the adapter was trained on (:func:`check_base`, before the base is loaded, or
-    after a hub base is downloaded)."""
-    require_peft()
-    from peft import PeftModel
-
-    folder = Path(folder)
+def adapter_base(folder: Path, head: dict[str, Any]) -> tuple[str, str]:
+    """The base the adapter in ``folder`` is to be applied to, and what named it (``ARENA_BASE_MODEL`` or the
+    checkpoint's record). Raises :class:`ModelError` when an adapter file is missing, no base is named, or a local
+    base is not there."""
     for name in ADAPTER_FILES:
         if not (folder / name).is_file():
             raise ModelError(f"{folder} is a LoRA checkpoint but {name} is missing")
@@ -266,9 +260,33 @@ def load_lora(folder: str | Path, head: dict[str, Any], *, load_base: Callable[[
     if is_local(base) and not Path(base).is_dir():
         raise ModelError(f"{folder}: its base model {base} is not there. Point {BASE_ENV} at a copy of it (a folder "
                          "or a hub name), or write a merged checkpoint (arena-train --merge)")
-    checked = check_base(folder, head, str(base), where=where)
-    model = load_base(str(base))
-    if not checked and not check_base(folder, head, str(base), where=where):
+    return str(base), where
+
+
+def check_adapter(folder: str | Path, head: dict[str, Any]) -> None:
+    """What a command checks before it loads anything (a blend may load other models for minutes first): the
+    adapter's files, its base, and the base's fingerprint where the checkpoint records one (one without it is
+    warned about when it loads)."""
+    folder = Path(folder)
+    base, where = adapter_base(folder, head)
+    if head.get(FINGERPRINT):
+        check_base(folder, head, base, where=where)
+
+
+def load_lora(folder: str | Path, head: dict[str, Any], *, load_base: Callable[[str], nn.Module],
+              merge: bool | None = None) -> nn.Module:
+    """The base model with the adapter in ``folder`` applied; merged into the weights unless the base is quantised
+    (``merge`` None) or ``merge`` says otherwise. Raises :class:`ModelError` naming what is missing, or what differs
+    when the base is not the one the adapter was trained on (:func:`check_base`, before the base is loaded, or
+    after a hub base is downloaded)."""
+    require_peft()
+    from peft import PeftModel
+
+    folder = Path(folder)
+    base, where = adapter_base(folder, head)
+    checked = check_base(folder, head, base, where=where)
+    model = load_base(base)
+    if not checked and not check_base(folder, head, base, where=where):
         log.warning("%s: the base %s is not on disk where its fingerprint can be read; it was not checked against "
                     "the one the adapter was trained on", folder, base)
     try:
