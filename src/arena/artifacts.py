@@ -54,6 +54,12 @@ ARENA_META = "arena.json"
 """arena's own settings beside a model (encoder settings, temperature, head, base of a LoRA adapter)."""
 MODEL_FILES = (*TOKENIZER_FILES, CONFIG, ARENA_META)
 """What an export folder holds beside its models so that it is self-contained: inference encodes from it."""
+TRAIN_CONFIG = "train_config.json"
+"""arena-train's record of a run's settings, at the top of its output (a k-fold run's ``folds`` among them)."""
+TRAIN_DONE = "train_done.json"
+"""Written by arena-train into a split's folder (a fold's ``fold_k/``) when that split finished."""
+TRAIN_RUNNING = "train_running.json"
+"""Marks an arena-train output from the run's start until it finishes (interrupted runs keep it)."""
 SUBMISSION_HEADER = ("id", *LABELS)
 """The columns of every Kaggle submission arena writes (``id`` and :data:`arena.LABELS`)."""
 PACK_FILE = "pack.json"

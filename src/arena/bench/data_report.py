@@ -138,7 +138,7 @@ def report(
                                inputs={"input file": csv_path, "tokenizer": tokenizer})
     labelled = has_labels(csv_path)
     records = read_records(csv_path, labelled=labelled)
-    tok = load_tokenizer(tokenizer) if tokenizer else None
+    tok = load_tokenizer(tokenizer, tokenizer_option="--tokenizer") if tokenizer else None
     summary = summarize(records, tok)
     out.mkdir(parents=True, exist_ok=True)
     written = ["data.json", "data.md"]

@@ -90,9 +90,11 @@ def check_bench_request(*, model: Path, export: Path | None, specs: list[Any], n
         from arena.artifacts import MANIFEST
 
         existing_folder("--export", export, "the arena-export folder")
-        if _read_manifest(export) is None:
+        manifest = _read_manifest(export)
+        if manifest is None:
             raise ConfigError(f"--export {export} has no readable {MANIFEST}: pass the folder arena-export "
                               "wrote")
+        check_export_source(model, export, manifest)
     names = [s.name for s in specs]
     if baseline not in names and baseline != DEFAULT_BASELINE:
         raise ConfigError(f"--baseline {baseline} is not among the measured cells ({', '.join(names)})")
@@ -100,6 +102,35 @@ def check_bench_request(*, model: Path, export: Path | None, specs: list[Any], n
     return check_report_out(out, names=BENCH_FILES, owner="bench.json", kind="arena-bench",
                             inputs={"checkpoint": model, "export folder": export, "data file": data_path,
                                     "threshold file": check})
+
+
+def check_export_source(model: Path, export: Path, manifest: dict[str, Any]) -> None:
+    """``--export`` must have been made from ``--model``: the torch cells measure one model and the export cells
+    another, and the report would compare them as one. The manifest's ``source_weights_sha256`` (the sha256 of the
+    source checkpoint's weight files) must equal ``--model``'s, wherever either was copied; an older export without
+    it must name ``--model`` as its ``source_checkpoint``, or a folder whose weights are ``--model``'s. Raises
+    :class:`ConfigError` naming both; warns when an old export's source is gone and nothing can be compared."""
+    import logging
+
+    from arena.models.weights import weights_sha256
+
+    source = manifest.get("source_checkpoint")
+    recorded = manifest.get("source_weights_sha256")
+    if not isinstance(recorded, dict) or not recorded:
+        if not source or Path(source).resolve() == model.resolve():
+            return
+        if not Path(source).is_dir():
+            logging.getLogger(__name__).warning(
+                "--export %s was made from %s, which is not on this machine and whose weights the manifest does not "
+                "record: nothing checks that it is --model %s", export, source, model)
+            return
+        recorded = weights_sha256(Path(source))
+    mine = weights_sha256(model)
+    if mine != recorded:
+        differ = sorted(name for name in set(mine) | set(recorded) if mine.get(name) != recorded.get(name))
+        raise ConfigError(f"--export {export} was made from {source}, not from --model {model}: their weights differ "
+                          f"({', '.join(differ)}). Pass the checkpoint the export was made from as --model, or export "
+                          f"--model again (arena-export {model} --out DIR)")
 
 
 def _read_manifest(export: Path) -> dict[str, Any] | None:

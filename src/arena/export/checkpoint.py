@@ -68,13 +68,16 @@ def _manifest_body(request: ExportRequest, config: ExportConfig, model: Any, met
                    max_positions: int | None, onnx_sha256: str) -> dict[str, Any]:
     from arena.artifacts import io_manifest
     from arena.cli.safety import unfinished_reason
+    from arena.models.weights import weights_sha256
 
     head = meta.head or {"kind": "hf"}
     if head.get("kind") == "lora":  # a LoRA checkpoint is exported merged
         head = {"kind": "hf", "merged_from": meta.head}
     return {
         "source_checkpoint": str(request.source.resolve()),
-        "source_training": "unfinished" if unfinished_reason(request.source) else "finished",
+        "source_training": request.source_training or ("unfinished" if unfinished_reason(request.source)
+                                                       else "finished"),
+        "source_weights_sha256": weights_sha256(request.source),  # arena-bench checks --export came from --model
         "export_config": config.to_dict(),
         "model": {"model_type": model.config.model_type, "num_labels": model.config.num_labels,
                   "hidden_size": model.config.hidden_size, "num_hidden_layers": model.config.num_hidden_layers,
@@ -102,15 +105,17 @@ def export_ensemble(request: ExportRequest, config: ExportConfig,
     with atomic_dir(request.out, overwrite=config.overwrite) as tmp:
         for member in members:
             log.info("exporting %s", member.name)
-            member_request = check_export_request(member, tmp / member.name, member_config)
+            member_request = replace(check_export_request(member, tmp / member.name, member_config),
+                                     source_training="finished")  # check_complete judged every fold
             summaries[member.name] = export_checkpoint(member_request, member_config, build_trt)
         for name in ("oof.csv", "metrics.json", "train_config.json"):
             if (source / name).is_file():
                 shutil.copy2(source / name, tmp / name)
         write_manifest(tmp, {
             "kind": ENSEMBLE_KIND, "source_checkpoint": str(source.resolve()), "combine": DEFAULT_COMBINE,
-            "export_config": config.to_dict(),
+            "export_config": config.to_dict(), "folds": request.folds.to_dict(),
             "members": [{"folder": m.name, "weight": 1.0 / len(members),
                          "artifacts": summaries[m.name]["artifacts"]} for m in members]})
-    return {"out": str(request.out), "members": {k: v["artifacts"] for k, v in summaries.items()},
+    return {"out": str(request.out), "folds": request.folds.describe(),
+            "members": {k: v["artifacts"] for k, v in summaries.items()},
             "parity": {k: v["parity"] for k, v in summaries.items()}}

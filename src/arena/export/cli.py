@@ -64,6 +64,9 @@ def export(
     workspace_gib: Annotated[float, typer.Option(help="TensorRT builder workspace")] = 4.0,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier arena-export folder at --out (only on success; "
                                             "never a folder holding other files, nor the source)")] = False,
+    allow_partial: Annotated[bool, typer.Option(
+        help="Export a k-fold output that has folds missing or unfinished with the folds that finished (refused "
+             "without it); the manifest and the output say 'k of N folds'")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Export a checkpoint (or a foreign ONNX export) to ONNX, check it against its reference, and derive optimised
@@ -73,7 +76,8 @@ def export(
                           int8_static=int8_static, calibration_rows=calibration_rows, opset=opset, exporter=exporter,
                           parity_shapes=parity_shapes, fp32_tol=fp32_tol, fp16_prob_tol=fp16_prob_tol,
                           int8_prob_tol=int8_prob_tol, min_agreement=min_agreement, trt_buckets=trt_buckets,
-                          max_tokens=max_tokens, workspace_gib=workspace_gib, overwrite=overwrite)
+                          max_tokens=max_tokens, workspace_gib=workspace_gib, overwrite=overwrite,
+                          allow_partial=allow_partial)
     typer.echo(json.dumps(export_folder(checkpoint, out, config)))
 
 

@@ -41,6 +41,8 @@ class ExportConfig:
     max_tokens: int | None = None
     workspace_gib: float = 4.0
     overwrite: bool = False
+    allow_partial: bool = False
+    """A k-fold output with folds missing or unfinished is exported with the finished ones (else refused)."""
 
     @property
     def fp16_onnx(self) -> bool:

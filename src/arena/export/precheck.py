@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from arena.cli.options import at_least, one_of, positive, within
 from arena.errors import ArenaError, ConfigError, ModelError
@@ -34,6 +35,10 @@ class ExportRequest:
     kind: str
     members: tuple[Path, ...] = ()
     foreign: ForeignExport | None = None
+    folds: Any = None
+    """A k-fold source's :class:`~arena.serving.ensemble.FoldSet` (how many of how many folds are exported)."""
+    source_training: str | None = None
+    """Overrides what the run markers say of the source's training (a finished fold of an interrupted run)."""
 
 
 def max_opset(exporter: str) -> int:
@@ -50,12 +55,12 @@ def max_opset(exporter: str) -> int:
 def source_kind(source: Path) -> str:
     """:data:`FOREIGN` (an ONNX model, no manifest, no weights), :data:`ENSEMBLE` (fold folders) or
     :data:`CHECKPOINT` (anything else; :func:`check_checkpoint` says what is wrong with it)."""
-    from arena.serving.ensemble import member_folders
+    from arena.serving.ensemble import fold_set
     from arena.serving.foreign_folder import is_foreign_export
 
     if is_foreign_export(source):
         return FOREIGN
-    return ENSEMBLE if member_folders(source) is not None else CHECKPOINT
+    return ENSEMBLE if fold_set(source) is not None else CHECKPOINT
 
 
 def check_checkpoint(checkpoint: Path) -> None:
@@ -109,17 +114,18 @@ def check_export_request(source: str | Path, out: str | Path, config: ExportConf
     only; return what the export needs to know about its source."""
     from arena.cli.safety import check_export_out, warn_if_unfinished
     from arena.data import check_layout, resolve_csv
-    from arena.serving.ensemble import member_folders
+    from arena.serving.ensemble import check_complete
     from arena.serving.foreign_folder import inspect_foreign
 
     source, out = Path(source), Path(out)
     kind = source_kind(source)
     check_options(config, kind, source)
-    foreign, members = None, ()
+    foreign, members, folds = None, (), None
     if kind == FOREIGN:
         foreign = inspect_foreign(source)
     elif kind == ENSEMBLE:
-        members = tuple(member_folders(source) or ())
+        folds = check_complete(source, allow_partial=config.allow_partial)
+        members = tuple(folds.members)
         for member in members:  # every fold checked before any is exported
             check_checkpoint(member)
     else:
@@ -132,7 +138,7 @@ def check_export_request(source: str | Path, out: str | Path, config: ExportConf
         warn_if_unfinished(source)
     if config.trt:  # say what is missing before spending minutes on the ONNX part
         check_trt_possible(members[0] if members else source, foreign)  # the folds share one architecture
-    return ExportRequest(source, out, data, kind, members, foreign)
+    return ExportRequest(source, out, data, kind, members, foreign, folds)
 
 
 def check_trt_possible(source: Path, foreign: ForeignExport | None) -> None:

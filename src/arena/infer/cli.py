@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Annotated
@@ -55,6 +56,9 @@ def infer(
         help="Project the run time from a length-stratified sample first and stop if it exceeds this (9h, 90m)")]
     = None,
     time_limit_action: Annotated[str, typer.Option(help="error (stop before the run) or warn")] = "error",
+    allow_partial: Annotated[bool, typer.Option(
+        help="Score a fold ensemble that has folds missing or unfinished with the folds that finished (refused "
+             "without it); every output then says 'k of N folds'")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Score every row of TEST_CSV and write one probability row per id, in the file's order."""
@@ -62,14 +66,16 @@ def infer(
     summary = run_infer(test_csv, model, out, backend=backend, precision=precision, tta=tta,
                         policy=policy, max_tokens=max_tokens, batch_size=batch_size, chunk_rows=chunk_rows,
                         threads=threads, encode_workers=encode_workers, compile=compile, device=device,
-                        devices=devices, rules=rules, weights=parse_weights(weights), combine=combine,
-                        save_logits=save_logits, time_limit=time_limit, time_limit_action=time_limit_action)
+                        devices=devices, rules=rules, weights=parse_weights(weights, len(model)),
+                        combine=combine, save_logits=save_logits, allow_partial=allow_partial,
+                        time_limit=time_limit, time_limit_action=time_limit_action)
     if "projection" in summary:
         typer.echo(summary["projection"]["line"])
     typer.echo(f"wrote {summary['rows']} rows to {out} with {summary['backend']} in {summary['wall_s']:.2f} s: "
                f"{summary['rows_per_s']:.1f} rows/s end to end, {summary['model_rows_per_s']:.1f} rows/s model "
                f"only (encode {summary['encode_s']:.2f} s, model {summary['model_s']:.2f} s, "
-               f"write {summary['write_s']:.2f} s; padding efficiency {summary['padding_efficiency']:.2f})")
+               f"write {summary['write_s']:.2f} s; padding efficiency {summary['padding_efficiency']:.2f})"
+               + "".join(f"; {m}: {d}" for m, d in summary.get("folds", {}).items()))
     typer.echo(json.dumps(summary))
 
 
@@ -77,9 +83,11 @@ def check_infer_request(test_csv: Path, models: Path | list[Path], out: Path, *,
                         tta: str | bool, policy: str, max_tokens: int | None, batch_size: int, chunk_rows: int,
                         threads: int | None,
                         encode_workers: int, compile: bool, device: str,
-                        devices: str | None) -> tuple[str, list[str] | None]:
+                        devices: str | None, save_logits: Path | None = None, weights: list[float] | None = None,
+                        allow_partial: bool = False) -> tuple[str, list[str] | None]:
     """Every option and path checked before a model is loaded: return the device and the device list (None for
-    one device; ``--devices`` with one name is that device, not ignored)."""
+    one device; ``--devices`` with one name is that device, not ignored). A fold ensemble with folds missing or
+    unfinished is refused unless ``allow_partial`` (:func:`arena.serving.ensemble.check_complete`)."""
     models = [Path(models)] if isinstance(models, Path | str) else [Path(m) for m in models]
     from arena.cli.options import at_least, check_precision, existing_file, existing_folder, one_of
     from arena.cli.safety import check_submission_out
@@ -87,6 +95,7 @@ def check_infer_request(test_csv: Path, models: Path | list[Path], out: Path, *,
     from arena.machine.devices import check_device, parse_devices
     from arena.serving.backends import backend_names
     from arena.serving.batching import POLICIES
+    from arena.serving.ensemble import check_complete
     from arena.serving.folder import read_folder
 
     one_of("--backend", backend, backend_names())
@@ -112,18 +121,75 @@ def check_infer_request(test_csv: Path, models: Path | list[Path], out: Path, *,
     check_layout(test_csv, labelled=False)
     for model in models:
         existing_folder("--model", model, "the arena-train checkpoint or arena-export folder")
+        folds = check_complete(model, allow_partial=allow_partial)
         read_folder(model)  # what it is (checkpoint, export, foreign ONNX, fold ensemble), or one error line
+        for checkpoint in (folds.members if folds is not None else [model]):
+            check_lora_base(checkpoint)
         check_submission_out(out, test_csv=test_csv, model=model)
+    if save_logits is not None:
+        check_logits_out(Path(save_logits), out=out, test_csv=test_csv, models=models)
+    if weights is not None:
+        check_weights(weights, len(models), ",".join(map(str, weights)))
     return device, shards
 
 
-def parse_weights(text: str | None) -> list[float] | None:
+def check_lora_base(folder: Path) -> None:
+    """A LoRA checkpoint's base is there and is the one it was trained on, before any model loads. (An export's
+    ``arena.json`` may still name the adapter it was merged from: exports are skipped.)"""
+    from arena.artifacts import MANIFEST
+    from arena.models.lora import KIND, check_adapter
+    from arena.models.modeling import read_meta
+
+    is_checkpoint = (folder / "config.json").is_file() and not (folder / MANIFEST).is_file()
+    head = read_meta(folder).head if is_checkpoint else None
+    if head is not None and head.get("kind") == KIND:
+        check_adapter(folder, head)
+
+
+def check_logits_out(path: Path, *, out: Path, test_csv: Path, models: list[Path]) -> None:
+    """``--save-logits``: a new file, or one arena-infer wrote as ``--save-logits`` before (recognised by its
+    header); never --out, an input, a folder or a file inside a model folder. Every refusal names --save-logits."""
+    from arena.cli.safety import COMPRESSED_SUFFIXES, check_not_input, check_writable
+    from arena.infer.submission import LOGITS_HEADER, is_logits_file
+
+    if path.name.lower().endswith(COMPRESSED_SUFFIXES):
+        raise ConfigError(f"--save-logits {path}: arena-infer writes a plain CSV; name it .csv (e.g. logits.csv)")
+    if path.resolve() == out.resolve():
+        raise ConfigError(f"--save-logits {path} is also --out; name another file for the logits")
+    for model in models:
+        check_not_input(path, "--save-logits", {"input CSV": test_csv, "model folder": model}, folder=False)
+    if path.is_dir():
+        raise ConfigError(f"--save-logits {path} is a folder; --save-logits takes a file, e.g. {path / 'logits.csv'}")
+    if path.exists() and path.stat().st_size > 0 and not is_logits_file(path):
+        raise ConfigError(f"--save-logits {path} exists and is not a logits file arena-infer wrote (its first line "
+                          f"is not {','.join(LOGITS_HEADER)}); choose another --save-logits or remove the file "
+                          "yourself")
+    check_writable(path, "--save-logits", in_parent=True)
+
+
+def check_weights(values: list[float], count: int, shown: str) -> None:
+    """Blend weights, one per --model: finite, non-negative, with a finite positive sum (``nan`` or ``inf`` would
+    load and score every model before failing as a broken probability; ``1e308,1e308`` overflows the sum).
+    ``shown``: what the user typed, echoed in the error."""
+    if len(values) != count:
+        raise ConfigError(f"--weights {shown} has {len(values)} numbers for {count} --model folders; give one each")
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ConfigError(f"--weights {shown}: every weight must be a finite number >= 0")
+    total = sum(values)
+    if not (math.isfinite(total) and total > 0):
+        raise ConfigError(f"--weights {shown}: the weights must have a positive, finite sum (they sum to {total})")
+
+
+def parse_weights(text: str | None, count: int) -> list[float] | None:
+    """``--weights`` as numbers, checked (:func:`check_weights`) before anything is read or loaded."""
     if text is None:
         return None
     try:
-        return [float(x) for x in text.split(",")]
+        values = [float(x) for x in text.split(",")]
     except ValueError:
         raise ConfigError(f"--weights takes comma-separated numbers such as 0.6,0.4; got {text!r}") from None
+    check_weights(values, count, text)
+    return values
 
 
 def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: str = "auto", precision: str = "auto",
@@ -131,12 +197,13 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
               chunk_rows: int = 8192, threads: int | None = None, encode_workers: int = 0, compile: bool = False,
               device: str = "auto", devices: str | None = None, rules: str | None = None,
               weights: list[float] | None = None, combine: str = "probs", save_logits: Path | None = None,
-              time_limit: str | None = None, time_limit_action: str = "error") -> dict:
+              allow_partial: bool = False, time_limit: str | None = None, time_limit_action: str = "error") -> dict:
     from tqdm.auto import tqdm
 
     from arena.cli.safety import warn_if_unfinished
     from arena.data import iter_records
     from arena.infer.submission import predictions_writer, submission_writer
+    from arena.serving.ensemble import fold_set
     from arena.serving.rules import parse_rules
     from arena.serving.scoring import ScoreConfig, Timings
 
@@ -145,21 +212,17 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
     device, shards = check_infer_request(
         test_csv, models, out, backend=backend, precision=precision, tta=tta, policy=policy, max_tokens=max_tokens,
         batch_size=batch_size, chunk_rows=chunk_rows, threads=threads, encode_workers=encode_workers,
-        compile=compile, device=device, devices=devices)
+        compile=compile, device=device, devices=devices, save_logits=save_logits, weights=weights,
+        allow_partial=allow_partial)
     from arena.serving.projection import check_time_limit
 
     limit_s = check_time_limit(time_limit, time_limit_action)
     started = time.perf_counter()
     tta = tta == "swap" if isinstance(tta, str) else tta
-    if save_logits is not None:
-        from arena.cli.safety import check_submission_out
-
-        if Path(save_logits).resolve() == out.resolve():
-            raise ConfigError("--save-logits must name another file than --out")
-        for m in models:
-            check_submission_out(Path(save_logits), test_csv=test_csv, model=m)
+    folds = {str(m): f.describe() for m in models if (f := fold_set(m)) is not None}
     for m in models:
-        warn_if_unfinished(m)
+        if str(m) not in folds:  # an ensemble's folds were judged one by one (check_complete)
+            warn_if_unfinished(m)
     config = ScoreConfig(policy=policy, batch_size=batch_size, max_tokens=max_tokens, chunk_rows=chunk_rows,
                          tta=tta, encode_workers=encode_workers, rules=parse_rules(rules))
     scorer, description, reason, close = _open_scorer(models, config, backend=backend, precision=precision,
@@ -188,7 +251,7 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
     finally:
         close()
     return {"backend": description, "reason": reason, "threads": getattr(scorer.runner, "threads", None),
-            "models": len(scorer.members), "tta": tta,
+            "models": len(scorer.members), **({"folds": folds} if folds else {}), "tta": tta,
             "policy": policy, "rules": list(config.rules), "max_tokens": scorer.executor.budget,
             **timings.summary(), **({"projection": projection} if projection else {})}
 

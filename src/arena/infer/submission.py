@@ -55,6 +55,17 @@ def submission_writer(path: str | Path) -> Iterator[SubmissionWriter]:
 
 
 LOGIT_COLUMNS = ("logit_a", "logit_b", "logit_tie")
+LOGITS_HEADER = (*HEADER, *LOGIT_COLUMNS)
+"""The first line of every ``--save-logits`` file: how arena-infer knows a file it may replace as its own."""
+
+
+def is_logits_file(path: str | Path) -> bool:
+    """Whether ``path`` is a ``--save-logits`` file arena-infer wrote (its first line is :data:`LOGITS_HEADER`)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.readline().strip() == ",".join(LOGITS_HEADER)
+    except OSError:
+        return False
 
 
 class PredictionWriter(SubmissionWriter):
@@ -63,7 +74,7 @@ class PredictionWriter(SubmissionWriter):
 
     def __init__(self, fh: IO[str]) -> None:
         self.writer = csv.writer(fh, lineterminator="\n")
-        self.writer.writerow((*HEADER, *LOGIT_COLUMNS))
+        self.writer.writerow(LOGITS_HEADER)
         self.rows = 0
 
     def write(self, ids: Sequence[str], probs: np.ndarray) -> None:

@@ -11,7 +11,14 @@ head: megabytes, not gigabytes), the base's ``config.json`` (three labels, the p
 from ``base`` (a hub name, or a folder resolved to an absolute path at training time; the environment variable
 ``ARENA_BASE_MODEL`` overrides it where the base lives elsewhere, e.g. as a Kaggle dataset), applies the adapter
 and merges it into the weights (the same function with one matmul fewer per layer), except on a quantised base,
-where it stays applied. ``arena-train --merge`` turns the adapter folder into a plain checkpoint
+where it stays applied.
+
+An adapter applied to another base than its own still loads in peft whenever the module names agree (a Llama
+adapter on a Qwen2 base of the same width), and then scores nonsense without a word. So training records the base's
+fingerprint in the ``head`` entry (:func:`base_fingerprint`: model type, width, depth, vocabulary and a sha256
+over the backbone's tensor names and shapes, read from the safetensors headers, never the weights' bytes), and
+every load compares it with the base it is about to use (:func:`check_base`); a checkpoint written before the
+fingerprint existed loads with a warning. ``arena-train --merge`` turns the adapter folder into a plain checkpoint
 (:func:`arena.models.modeling.merge_lora_checkpoint`).
 
 This module never imports :mod:`arena.models.modeling` (which dispatches to it by name); the base model is loaded by the
@@ -20,7 +27,9 @@ This module never imports :mod:`arena.models.modeling` (which dispatches to it b
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +42,8 @@ from torch import nn
 from arena.errors import ConfigError, ModelError
 from arena.models.hub import is_local
 
+log = logging.getLogger(__name__)
+
 KIND = "lora"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -41,6 +52,14 @@ HEAD_MODULES = ("score", "classifier", "pooler")
 """Classification-head modules trained fully (``modules_to_save``) where the model has them."""
 BASE_ENV = "ARENA_BASE_MODEL"
 ALL_LINEAR = "all-linear"
+FINGERPRINT = "base_fingerprint"
+"""The key of the base's fingerprint in the ``head`` entry of ``arena.json``."""
+FINGERPRINT_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "backbone_tensors",
+                      "backbone_sha256")
+"""What must agree between the base an adapter was trained on and the one it is applied to."""
+OUTPUT_HEADS = ("lm_head", *HEAD_MODULES)
+"""Top-level modules outside the fingerprinted backbone: the adapter carries its own trained head, so a causal-LM
+copy of a base and a sequence-classification copy of it (``lm_head`` vs ``score``) are the same base."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +103,82 @@ def base_reference(name_or_path: str) -> str:
         else str(name_or_path)
 
 
+def base_folder(base: str) -> Path | None:
+    """The local folder holding ``base``: the folder itself, or a hub name's snapshot in the Hugging Face cache;
+    None when a hub name is not cached yet."""
+    if is_local(base):
+        return Path(base) if Path(base).is_dir() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(base, "config.json")
+    except Exception:  # a name the hub client refuses: nothing cached under it
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def base_fingerprint(base: str) -> dict[str, Any] | None:
+    """What identifies a base model without reading its weights: model type, architectures, hidden size, layer
+    count, vocabulary size (from ``config.json``), and the number and a sha256 of the backbone's tensor names and
+    shapes (from the safetensors headers; ``None`` where the weights are not on disk). None when ``base`` is not
+    on this machine at all."""
+    from arena.models.weights import tensor_layout
+
+    folder = base_folder(base)
+    if folder is None or not (folder / "config.json").is_file():
+        return None
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{folder / 'config.json'} is not readable JSON: {exc}") from None
+    text = config.get("text_config") or {}  # multimodal configs keep the language model's sizes there
+    layout = {name: shape for name, shape in tensor_layout(folder).items()
+              if name.split(".", 1)[0] not in OUTPUT_HEADS}
+    digest = hashlib.sha256("\n".join(f"{name}:{'x'.join(map(str, shape))}" for name, shape
+                                      in sorted(layout.items())).encode()).hexdigest() if layout else None
+    return {"model_type": config.get("model_type"), "architectures": config.get("architectures"),
+            **{k: config.get(k, text.get(k)) for k in ("hidden_size", "num_hidden_layers", "vocab_size")},
+            "backbone_tensors": len(layout) or None, "backbone_sha256": digest}
+
+
+def fingerprint_differences(recorded: dict[str, Any], found: dict[str, Any]) -> list[str]:
+    """``field: recorded vs found`` for every fingerprint field both sides know and that differs."""
+    diffs = []
+    for key in FINGERPRINT_FIELDS:
+        a, b = recorded.get(key), found.get(key)
+        if a is not None and b is not None and a != b:
+            shown = (a[:12], b[:12]) if key == "backbone_sha256" else (a, b)
+            diffs.append(f"{key} {shown[0]} vs {shown[1]}")
+    return diffs
+
+
+def _describe(fingerprint: dict[str, Any]) -> str:
+    return (f"{fingerprint.get('model_type')}, hidden {fingerprint.get('hidden_size')}, "
+            f"{fingerprint.get('num_hidden_layers')} layers, vocabulary {fingerprint.get('vocab_size')}")
+
+
+def check_base(folder: str | Path, head: dict[str, Any], base: str, *, where: str) -> bool:
+    """Raise :class:`ModelError` unless ``base`` (named by ``where``: ``ARENA_BASE_MODEL`` or the recorded base)
+    is the base the adapter in ``folder`` was trained on. Returns False when it could not be checked (a checkpoint
+    written before fingerprints, or a hub base not on this machine yet): the caller may check again after loading;
+    a checkpoint without a fingerprint is warned about here."""
+    recorded = head.get(FINGERPRINT)
+    if not recorded:
+        log.warning("%s: this LoRA checkpoint was written before arena recorded its base's fingerprint, so nothing "
+                    "checks that %s is the base it was trained on; train it again to record one", folder, base)
+        return True
+    found = base_fingerprint(base)
+    if found is None:
+        return False
+    diffs = fingerprint_differences(recorded, found)
+    if diffs:
+        trained_on = head.get("base") or "its base"
+        raise ModelError(f"{folder}: the LoRA adapter was trained on {trained_on} ({_describe(recorded)}), but "
+                         f"{where} ({base}) is another model ({_describe(found)}): {'; '.join(diffs)}. Point "
+                         f"{BASE_ENV} at the base the adapter was trained on")
+    return True
+
+
 def apply_lora(model: nn.Module, settings: LoraSettings, *, base: str, quantized: bool = False,
                gradient_checkpointing: bool = False) -> nn.Module:
     """Wrap ``model`` (a sequence classifier) in peft's LoRA model for training; returns the ``PeftModel``."""
@@ -102,6 +197,7 @@ def apply_lora(model: nn.Module, settings: LoraSettings, *, base: str, quantized
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
     wrapped.peft_config["default"].base_model_name_or_path = base_reference(base)
+    wrapped.arena_base_fingerprint = base_fingerprint(base)  # recorded by spec() in every checkpoint saved
     return wrapped
 
 
@@ -127,13 +223,16 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def spec(model: nn.Module) -> dict[str, Any]:
-    """The ``head`` entry of ``arena.json`` for a LoRA checkpoint."""
-    cfg = unwrap(model).peft_config["default"]
+    """The ``head`` entry of ``arena.json`` for a LoRA checkpoint, with the base's fingerprint taken when the
+    adapter was added (:func:`apply_lora`)."""
+    raw = unwrap(model)
+    cfg = raw.peft_config["default"]
     targets = cfg.target_modules  # resolved by peft to every matching module: record their kinds
     kinds = sorted({t.rsplit(".", 1)[-1] for t in targets}) if isinstance(targets, set | list | tuple) else targets
     return {"kind": KIND, "base": cfg.base_model_name_or_path, "r": int(cfg.r), "alpha": float(cfg.lora_alpha),
             "dropout": float(cfg.lora_dropout), "targets": kinds,
-            "modules_to_save": sorted(set(cfg.modules_to_save or [])), "files": list(ADAPTER_FILES)}
+            "modules_to_save": sorted(set(cfg.modules_to_save or [])), "files": list(ADAPTER_FILES),
+            FINGERPRINT: getattr(raw, "arena_base_fingerprint", None)}
 
 
 def save_lora(model: nn.Module, folder: Path) -> dict[str, Any]:
@@ -146,17 +245,14 @@ def save_lora(model: nn.Module, folder: Path) -> dict[str, Any]:
     return spec(raw)
 
 
-def load_lora(folder: str | Path, head: dict[str, Any], *, load_base: Callable[[str], nn.Module],
-              merge: bool | None = None) -> nn.Module:
-    """The base model with the adapter in ``folder`` applied; merged into the weights unless the base is quantised
-    (``merge`` None) or ``merge`` says otherwise. Raises :class:`ModelError` naming what is missing."""
-    require_peft()
-    from peft import PeftModel
-
-    folder = Path(folder)
+def adapter_base(folder: Path, head: dict[str, Any]) -> tuple[str, str]:
+    """The base the adapter in ``folder`` is to be applied to, and what named it (``ARENA_BASE_MODEL`` or the
+    checkpoint's record). Raises :class:`ModelError` when an adapter file is missing, no base is named, or a local
+    base is not there."""
     for name in ADAPTER_FILES:
         if not (folder / name).is_file():
             raise ModelError(f"{folder} is a LoRA checkpoint but {name} is missing")
+    where = BASE_ENV if os.environ.get(BASE_ENV) else "its recorded base"
     base = os.environ.get(BASE_ENV) or head.get("base") or \
         json.loads((folder / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
     if not base:
@@ -166,7 +262,35 @@ def load_lora(folder: str | Path, head: dict[str, Any], *, load_base: Callable[[
     if is_local(base) and not Path(base).is_dir():
         raise ModelError(f"{folder}: its base model {base} is not there. Point {BASE_ENV} at a copy of it (a folder "
                          "or a hub name), or write a merged checkpoint (arena-train --merge)")
-    model = load_base(str(base))
+    return str(base), where
+
+
+def check_adapter(folder: str | Path, head: dict[str, Any]) -> None:
+    """What a command checks before it loads anything (a blend may load other models for minutes first): the
+    adapter's files, its base, and the base's fingerprint where the checkpoint records one (one without it is
+    warned about when it loads)."""
+    folder = Path(folder)
+    base, where = adapter_base(folder, head)
+    if head.get(FINGERPRINT):
+        check_base(folder, head, base, where=where)
+
+
+def load_lora(folder: str | Path, head: dict[str, Any], *, load_base: Callable[[str], nn.Module],
+              merge: bool | None = None) -> nn.Module:
+    """The base model with the adapter in ``folder`` applied; merged into the weights unless the base is quantised
+    (``merge`` None) or ``merge`` says otherwise. Raises :class:`ModelError` naming what is missing, or what differs
+    when the base is not the one the adapter was trained on (:func:`check_base`, before the base is loaded, or
+    after a hub base is downloaded)."""
+    require_peft()
+    from peft import PeftModel
+
+    folder = Path(folder)
+    base, where = adapter_base(folder, head)
+    checked = check_base(folder, head, base, where=where)
+    model = load_base(base)
+    if not checked and not check_base(folder, head, base, where=where):
+        log.warning("%s: the base %s is not on disk where its fingerprint can be read; it was not checked against "
+                    "the one the adapter was trained on", folder, base)
     try:
         model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     except Exception as exc:

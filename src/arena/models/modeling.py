@@ -120,12 +120,15 @@ def load_model_config(name_or_path: str | Path) -> Any:
         raise offline_hint(name, exc) from None
 
 
-def load_tokenizer(name_or_path: str | Path, *, manifest: dict[str, Any] | None | str = "read") -> Any:
+def load_tokenizer(name_or_path: str | Path, *, manifest: dict[str, Any] | None | str = "read",
+                   tokenizer_option: str | None = None) -> Any:
     """The tokenizer of a local folder or hub name, checked (:func:`check_tokenizer`): a folder without its
     tokenizer files must not turn every word into ``[UNK]`` (transformers builds an empty vocabulary from
     ``config.json`` alone), and an export's tokenizer files must match its manifest.
     A tokenizer without a pad token (decoders) gets one (:func:`arena.encode.ensure_pad_token`), padding right.
-    ``manifest``: the folder's manifest when the caller has read it (None: it has none), so it is read once."""
+    ``manifest``: the folder's manifest when the caller has read it (None: it has none), so it is read once.
+    ``tokenizer_option``: the command's option that names another tokenizer (``--tokenizer``), offered in the error
+    only where the command has one."""
     from transformers import AutoTokenizer
 
     from arena.encode import ensure_pad_token
@@ -151,7 +154,7 @@ def load_tokenizer(name_or_path: str | Path, *, manifest: dict[str, Any] | None 
             vocab_size = json.loads((Path(name) / "config.json").read_text()).get("vocab_size")
         except ValueError:
             vocab_size = None
-    check_tokenizer(tokenizer, name, vocab_size)
+    check_tokenizer(tokenizer, name, vocab_size, tokenizer_option=tokenizer_option)
     ensure_pad_token(tokenizer)
     return tokenizer
 
@@ -160,15 +163,20 @@ MIN_VOCABULARY = 100
 """Fewer tokens than this is no real vocabulary: what transformers builds when the tokenizer files are missing."""
 
 
-def check_tokenizer(tokenizer: Any, source: str | Path, vocab_size: int | None) -> None:
+def check_tokenizer(tokenizer: Any, source: str | Path, vocab_size: int | None, *,
+                    tokenizer_option: str | None = None) -> None:
     """Raise :class:`ModelError` unless ``tokenizer`` has a real vocabulary that fits the model's embedding
     (``vocab_size`` rows; None when unknown): ids beyond it would index past the embedding, and a near-empty
-    vocabulary maps every word to ``[UNK]`` while still giving plausible-looking probabilities."""
+    vocabulary maps every word to ``[UNK]`` while still giving plausible-looking probabilities. The error offers
+    ``tokenizer_option`` (e.g. ``--tokenizer``) only when the command has it; else it says what to copy where."""
     size = len(tokenizer)
     if size < MIN_VOCABULARY:
+        fix = (f"pass {tokenizer_option} with the tokenizer the model was trained with, or copy its files into "
+               f"{source}" if tokenizer_option else
+               f"copy them into {source} from the tokenizer the model was trained with (the base model's folder, "
+               "or the checkpoint arena-train wrote)")
         raise ModelError(f"{source} has no usable tokenizer (a vocabulary of {size} tokens): its tokenizer files "
-                         f"({', '.join(TOKENIZER_FILES[:5])}, ...) are missing. Copy them from the tokenizer the "
-                         "model was trained with (or pass --tokenizer), or train/export again")
+                         f"({', '.join(TOKENIZER_FILES[:5])}, ...) are missing. To fix it, {fix}")
     if vocab_size is not None and size > int(vocab_size):
         raise ModelError(f"{source}: the tokenizer has {size} tokens but the model's embedding has {vocab_size} "
                          "rows (config.json vocab_size); the tokenizer belongs to another model. Pass the tokenizer "

@@ -163,8 +163,9 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
     if config.head == "hybrid" and not config.encoder.features:  # the hybrid head's third input
         config = replace(config, encoder=replace(config.encoder, features=True))
     check_max_length(model_config, config.encoder.max_length)
-    tokenizer = load_tokenizer(config.tokenizer or config.model)
-    check_tokenizer(tokenizer, config.tokenizer or config.model, getattr(model_config, "vocab_size", None))
+    tokenizer = load_tokenizer(config.tokenizer or config.model, tokenizer_option="--tokenizer")
+    check_tokenizer(tokenizer, config.tokenizer or config.model, getattr(model_config, "vocab_size", None),
+                    tokenizer_option="--tokenizer")
     if config.max_steps == 0:  # no training: write the initial weights as a checkpoint (speed and export work)
         save_untrained(config, records, labels, tokenizer)
         return {}
