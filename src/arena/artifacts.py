@@ -51,6 +51,14 @@ MODEL_FILES = (*TOKENIZER_FILES, CONFIG, ARENA_META)
 """What an export folder holds beside its models so that it is self-contained: inference encodes from it."""
 SUBMISSION_HEADER = ("id", *LABELS)
 """The columns of every Kaggle submission arena writes (``id`` and :data:`arena.LABELS`)."""
+TRAIN_CONFIG = "train_config.json"
+TRAIN_DATA = "train_data.json"
+TRAIN_RUNNING = "train_running.json"
+TRAIN_DONE = "train_done.json"
+TRAIN_RECORD = (TRAIN_CONFIG, TRAIN_DATA, TRAIN_RUNNING, TRAIN_DONE)
+"""An ``arena-train`` output's own record: the run's configuration, its data fingerprint, the marker of a run that
+has not finished, and a split's completion (weights digest). Only a folder holding one is arena-train's to replace or
+resume (:mod:`arena.cli.safety`)."""
 
 
 def versions() -> dict[str, str | None]:
