@@ -336,7 +336,10 @@ def test_kfold_resumed_after_a_finished_fold_matches_uninterrupted(tmp_path, tin
         b = json.loads((tmp_path / "cut" / f"fold_{k}" / "train_done.json").read_text())
         assert a["weights_sha256"] == b["weights_sha256"]
     assert resumed["oof_log_loss"] == pytest.approx(full["oof_log_loss"])
-    assert [s["history"] for s in resumed["splits"]] == [s["history"] for s in full["splits"]]
+    def losses(summary):  # everything but the speed, which differs run to run
+        return [[(h["step"], h["log_loss"], h["train_loss"]) for h in s["history"]] for s in summary["splits"]]
+
+    assert losses(resumed) == losses(full)
 
 
 def test_merge_over_its_own_earlier_output(tmp_path, decoder_base):
