@@ -65,6 +65,12 @@ SUBMISSION_HEADER = ("id", *LABELS)
 PACK_FILE = "pack.json"
 """An ``arena-pack`` bundle's own record: what was packed, for which target, and every file's sha256."""
 PACK_KIND = "arena-pack"
+TRAIN_DATA = "train_data.json"
+"""The data fingerprint of an arena-train run (file hashes, row ids), compared on --resume."""
+TRAIN_RECORD = (TRAIN_CONFIG, TRAIN_DATA, TRAIN_RUNNING, TRAIN_DONE)
+"""An ``arena-train`` output's own record: the run's configuration, its data fingerprint, the marker of a run that
+has not finished, and a split's completion. Only a folder holding one is arena-train's to replace or resume
+(:mod:`arena.cli.safety`)."""
 
 
 def versions() -> dict[str, str | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from arena.encode import EncoderConfig
@@ -54,11 +55,35 @@ def _click_errors(name: str) -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+INTERRUPTED = 130
+"""The exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it."""
+_interrupt_notes: list[Callable[[], str]] = []
+
+
+def on_interrupt(note: Callable[[], str]) -> None:
+    """Register what the running command would say it kept if Ctrl-C stopped it now (called once its output is
+    known; :func:`run_app` prints the note of the last registration)."""
+    _interrupt_notes.append(note)
+
+
+def _interrupted_line() -> str:
+    kept = "outputs are written to temporary files and renamed into place, so no half-written file was kept"
+    if _interrupt_notes:
+        try:
+            kept = _interrupt_notes[-1]()
+        except Exception as exc:  # noqa: BLE001 - the note must not hide the interruption itself
+            kept = f"could not tell what was kept ({type(exc).__name__}: {exc})"
+    return f"error: interrupted (Ctrl-C); {kept}"
+
+
 def run_app(app: Any, args: list[str] | None = None) -> None:
     """Run a typer app as a console script, with usage mistakes (a missing argument, ``--batch-size abc``, an
-    unknown option) printed like every other mistake: one ``error:`` line on stderr, exit code 2."""
+    unknown option) printed like every other mistake: one ``error:`` line on stderr, exit code 2. Ctrl-C ends in one
+    ``error: interrupted`` line saying what the command kept (:func:`on_interrupt`), exit code 130: typer turns the
+    KeyboardInterrupt into that return code (older click releases into ``Abort``)."""
     import typer
 
+    _interrupt_notes.clear()
     command = typer.main.get_command(app)
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "arena"
     if name.endswith(".py") or name in ("-c", "-m"):
@@ -69,8 +94,10 @@ def run_app(app: Any, args: list[str] | None = None) -> None:
         message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
         print(f"error: {message} (see {name} --help)", file=sys.stderr)
         raise SystemExit(2) from None
-    except _click_errors("Abort"):
-        print("error: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+    except (KeyboardInterrupt, *_click_errors("Abort")):
+        code = INTERRUPTED
+    if code == INTERRUPTED:
+        print(_interrupted_line(), file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
     if isinstance(code, int) and code:
         raise SystemExit(code)

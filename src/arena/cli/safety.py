@@ -5,7 +5,10 @@
 * A command replaces only what it wrote itself: ``arena-export --overwrite`` only an earlier export (its manifest
   lists every file in the folder) or an empty folder; ``arena-infer`` only an earlier submission;
   ``arena-report`` / ``arena-bench`` only their own earlier report files; ``arena-train --overwrite`` /
-  ``--resume`` only an earlier ``arena-train`` output (every file in it is one arena-train writes).
+  ``--resume`` only an earlier ``arena-train`` output: a folder holding arena-train's own run record
+  (:data:`arena.artifacts.TRAIN_RECORD`) and nothing arena-train does not write. A plain Hugging Face model folder
+  holds the same file names but no record, and is never replaced. ``--resume`` needs a run to resume (a typo in
+  ``--output`` is not a new run) unless ``--resume-or-start`` says to start one.
 * A training run marks its output folder with :data:`RUNNING` from its start until it finishes, so a checkpoint
   left by an interrupted run is known as such and loading it warns (:func:`warn_if_unfinished`).
 
@@ -26,25 +29,37 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from arena.artifacts import MANIFEST, PACK_FILE, PACK_KIND, SUBMISSION_HEADER, TOKENIZER_FILES
+from arena.artifacts import (
+    ARENA_META,
+    MANIFEST,
+    PACK_FILE,
+    PACK_KIND,
+    SUBMISSION_HEADER,
+    TOKENIZER_FILES,
+    TRAIN_CONFIG,
+    TRAIN_DATA,
+    TRAIN_DONE,
+    TRAIN_RUNNING,
+)
 from arena.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-RUNNING = "train_running.json"
-DONE = "train_done.json"  # arena.train.loop.DONE_FILE
+RUNNING = TRAIN_RUNNING
+DONE = TRAIN_DONE
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zip", ".zst", ".tgz", ".parquet")
 
 # What arena-train writes into --output (Hugging Face weights and tokenizer files, arena's own files, resumable
 # state, k-fold subfolders, temporary files of atomic writes). A folder holding anything else is not its output.
 TRAIN_NAMES = (
     "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
-    "model-*-of-*.safetensors", "hybrid_head.safetensors", "arena.json", "train_config.json", DONE, RUNNING,
+    "model-*-of-*.safetensors", "hybrid_head.safetensors", ARENA_META, TRAIN_CONFIG, TRAIN_DATA, DONE, RUNNING,
     "metrics.json", "oof.csv", "val_logits.npy", "state", "fold_*", ".*.tmp", ".*.partial", ".*.old",
     *TOKENIZER_FILES, "adapter_config.json", "adapter_model.safetensors",
 )
 ADAPTER_CARD = "README.md"
-"""The model card peft writes beside a LoRA adapter: arena-train's only where its adapter is."""
+"""The model card peft writes beside a LoRA adapter: arena-train's only in a LoRA run's checkpoint (the adapter is
+there, or ``arena.json`` says it was merged from one)."""
 
 
 def _real(path: str | Path) -> Path:
@@ -241,10 +256,17 @@ def remove_stale(out: str | Path, earlier: Iterable[str], written: Iterable[str]
 # --------------------------------------------------------------------------------------------------- training
 
 
+def _lora_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` is a LoRA run's checkpoint: the adapter is there, or arena.json says it was merged."""
+    meta = _read_json(folder / ARENA_META) or {}
+    return (folder / "adapter_config.json").is_file() or (meta.get("head") or {}).get("kind") == "lora" or \
+        "merged_from" in meta
+
+
 def train_foreign_files(folder: Path) -> list[str]:
     """Entries of ``folder`` (and of its ``fold_*`` subfolders) that arena-train does not write."""
     foreign = []
-    names = (*TRAIN_NAMES, ADAPTER_CARD) if (folder / "adapter_config.json").is_file() else TRAIN_NAMES
+    names = (*TRAIN_NAMES, ADAPTER_CARD) if _lora_checkpoint(folder) else TRAIN_NAMES
     for entry in _entries(folder):
         if not any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in names):
             foreign.append(entry.name)
@@ -255,10 +277,31 @@ def train_foreign_files(folder: Path) -> list[str]:
     return foreign
 
 
+def train_record(folder: str | Path) -> str | None:
+    """The file by which arena-train marked ``folder`` as its own output, or None: its configuration, the marker
+    of a run under way, a split's completion record, or (checkpoints of ``--max-steps 0`` before the record
+    existed) an ``arena.json`` holding the run's configuration. Each must be the JSON arena-train writes, not
+    merely a file of that name."""
+    folder = Path(folder)
+    config = _read_json(folder / TRAIN_CONFIG)
+    if config is not None and {"model", "output", "encoder"} <= set(config):
+        return TRAIN_CONFIG
+    running = _read_json(folder / RUNNING)
+    if running is not None and {"started", "command"} <= set(running):
+        return RUNNING
+    done = _read_json(folder / DONE)
+    if done is not None and "weights_sha256" in done:
+        return DONE
+    if isinstance((_read_json(folder / ARENA_META) or {}).get("train_config"), dict):
+        return ARENA_META
+    return None
+
+
 def check_train_output(output: str | Path, *, resume: bool, overwrite: bool,
-                       inputs: Mapping[str, str | Path | None]) -> None:
-    """``arena-train --output``: new or empty; an earlier run only with ``--resume`` (unfinished) or
-    ``--overwrite`` (start again); never a folder holding files arena-train did not write."""
+                       inputs: Mapping[str, str | Path | None], resume_or_start: bool = False) -> None:
+    """``arena-train --output``: new or empty; an earlier arena-train run only with ``--resume`` (unfinished) or
+    ``--overwrite`` (start again); never a folder arena-train did not write (no run record, or other files), and
+    with ``--resume`` never a folder with nothing to resume unless ``resume_or_start``."""
     out = Path(output)
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --output and --overwrite starts it again; pass one of them")
@@ -267,20 +310,34 @@ def check_train_output(output: str | Path, *, resume: bool, overwrite: bool,
         raise ConfigError(f"--output {out} is a file; --output takes the checkpoint folder to write")
     check_writable(out, "--output", in_parent=False)
     if not _entries(out):
+        if resume and not resume_or_start:
+            state = "does not exist" if not out.exists() else "is empty"
+            raise ConfigError(f"--resume: --output {out} {state}, so there is no run to resume (a typo?). Pass "
+                              "the folder of the interrupted run, or --resume-or-start to start a new run there")
         return
+    _check_train_owner(out, resume=resume, overwrite=overwrite)
+
+
+def _check_train_owner(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """A non-empty ``--output``: arena-train's own earlier run, in the state ``--resume`` / ``--overwrite`` need."""
     foreign = train_foreign_files(out)
     if foreign:
         raise ConfigError(f"--output {out} holds files arena-train did not write ({_listing(foreign)}); "
                           "choose a new or empty folder")
+    if train_record(out) is None:
+        raise ConfigError(f"--output {out} holds a model or files that arena-train did not write (no "
+                          f"{TRAIN_CONFIG}, {RUNNING} or {DONE} of an arena-train run: "
+                          f"{_listing(p.name for p in _entries(out))}); arena-train replaces or resumes only its own "
+                          "runs: choose a new or empty --output")
     running = (out / RUNNING).is_file()
-    untrained = (_read_json(out / "arena.json") or {}).get("trained") is False  # a --max-steps 0 checkpoint
+    untrained = (_read_json(out / ARENA_META) or {}).get("trained") is False  # a --max-steps 0 checkpoint
     finished = not running and ((out / DONE).is_file() or (out / "metrics.json").is_file() or untrained)
     if resume and finished:
         raise ConfigError(f"--output {out} holds a finished run: nothing to resume. Pass --overwrite to train it "
                           "again from the start, or choose a new --output")
     if not resume and not overwrite:
         state = ("an unfinished run (interrupted or still running)" if running else
-                 "a finished run" if finished else "an earlier run")
+                 "a finished run" if finished else "an earlier arena-train run")
         raise ConfigError(f"--output {out} already holds {state}; pass --resume to continue an unfinished run or "
                           "--overwrite to delete it and train from the start, or choose a new --output")
 
@@ -294,6 +351,7 @@ def check_train_config_output(config: Any, data: str | Path) -> None:
     """:func:`check_train_output` for a :class:`~arena.train.loop.TrainConfig` reading ``data`` (rank 0 only)."""
     if _main_rank():
         check_train_output(config.output, resume=config.resume, overwrite=config.overwrite,
+                           resume_or_start=config.resume_or_start,
                            inputs={"training data": data, "model": config.model, "tokenizer": config.tokenizer})
 
 
@@ -318,6 +376,28 @@ def start_train_output(output: str | Path, *, overwrite: bool) -> None:
 def finish_train_output(output: str | Path) -> None:
     if _main_rank():
         (Path(output) / RUNNING).unlink(missing_ok=True)
+
+
+def interrupted_train_note(output: str | Path) -> str:
+    """What an interrupted arena-train (Ctrl-C) kept in ``output``, in one sentence for the ``error:`` line."""
+    out = Path(output)
+    marker = _read_json(out / RUNNING) or {}
+    if marker.get("pid") != os.getpid():
+        return f"nothing was written to {out}"
+    saved = []
+    for folder in [out, *sorted(p for p in out.glob("fold_*") if p.is_dir())]:
+        name = "" if folder == out else f"{folder.name}: "
+        if (folder / DONE).is_file():
+            saved.append(f"{name}finished")
+            continue
+        state = _read_json(folder / "state" / "trainer_state.json")
+        if state is not None:
+            saved.append(f"{name}state saved at step {state.get('global_step')}")
+    if not saved:
+        return (f"the run in {out} had saved no resumable state yet; the same command with --resume starts it "
+                "again from the beginning")
+    return (f"the run in {out} is kept unfinished ({', '.join(saved)}; state is saved atomically, so it is whole); "
+            "continue it with the same command and --resume")
 
 
 def unfinished_reason(folder: str | Path) -> str | None:

@@ -63,7 +63,10 @@ def train(
     head_lr: Annotated[float, typer.Option(help="Learning rate of the hybrid head's own layers")] = 2e-4,
     calibrate: Annotated[bool, typer.Option(help="Fit a temperature on out-of-fold logits")] = True,
     compile: Annotated[bool, typer.Option(help="torch.compile the model (GPU)")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --output")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --output (same settings and data; "
+                                         "a missing or empty --output is an error)")] = False,
+    resume_or_start: Annotated[bool, typer.Option(help="Like --resume, but start a new run when --output holds "
+                                                  "nothing to resume (for jobs that may be restarted)")] = False,
     overwrite: Annotated[bool, typer.Option(help="Delete the earlier run in --output (finished or not) and train "
                                             "from the start")] = False,
     keep_state: Annotated[bool, typer.Option(help="Keep the resumable state after success")] = False,
@@ -72,8 +75,10 @@ def train(
         help="Teacher probabilities keyed by id (an oof.csv, or arena-infer --save-logits output) to train on")]
     = None,
     soft_weight: Annotated[float, typer.Option(help="Teacher share of a labelled row's target (0..1)")] = 1.0,
-    extra: Annotated[str | None, typer.Option(
-        help="Unlabelled pairs (test layout) trained on their --soft-labels; never in validation")] = None,
+    extra: Annotated[list[str] | None, typer.Option(
+        help="Unlabelled pairs (test layout) trained on their --soft-labels; never in validation. Repeat for several "
+             "files; rows of the training file (same id, or same prompt and responses) are dropped with a count")]
+    = None,
     lora_r: Annotated[int | None, typer.Option(help="LoRA rank; 0: full fine-tuning (default: 16 for decoders, "
                                                "0 for encoders)")] = None,
     lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha (update scale alpha/r); default 2 x r")] = None,
@@ -91,50 +96,58 @@ def train(
     """Fine-tune a Hugging Face encoder (DeBERTa-v3 by default) or decoder LLM (Gemma-2, Llama, Mistral, Qwen-2;
     LoRA) to predict model_a / model_b / tie."""
     setup_logging(verbose)
+    given = dict(locals())
+    resume = resume or resume_or_start
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 owns the output folder
         check_train_request(data=data, model=model, output=output, tokenizer=tokenizer, random_init=random_init,
-                            max_length=max_length,
-                            numbers=dict(batch_size=batch_size, grad_accum=grad_accum, epochs=epochs, lr=lr,
-                                         weight_decay=weight_decay, warmup_ratio=warmup_ratio, head_lr=head_lr,
-                                         max_rows=max_rows, val_fraction=val_fraction, folds=folds, fold=fold,
-                                         eval_steps=eval_steps, save_steps=save_steps,
-                                         early_stopping=early_stopping, max_steps=max_steps),
-                            scheduler=scheduler, precision=precision, head=head, resume=resume, overwrite=overwrite)
+                            max_length=max_length, numbers={k: given[k] for k in NUMBERS},
+                            scheduler=scheduler, precision=precision, head=head, resume=resume,
+                            overwrite=overwrite, resume_or_start=resume_or_start)
+    from arena.cli.app import on_interrupt
+    from arena.cli.safety import interrupted_train_note
+
+    on_interrupt(lambda: interrupted_train_note(output))
     from arena.train.loop import TrainConfig, run_training
 
     if max_length is None:
         from arena.train.model_options import default_length
 
         max_length = default_length(model, random_init)
-    encoder = encoder_config(max_length, strategy, shares, head_fraction)
-    cfg = TrainConfig(
-        data=data, model=model, output=output, tokenizer=tokenizer, random_init=random_init,
-        encoder=encoder, batch_size=batch_size,
-        grad_accum=grad_accum, epochs=epochs, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
-        scheduler=scheduler, precision=precision, seed=seed, max_rows=max_rows, val_fraction=val_fraction,
-        folds=folds, fold=fold, eval_steps=eval_steps, save_steps=save_steps, early_stopping=early_stopping,
-        swap_augment=swap_augment, head=head, head_lr=head_lr, calibrate=calibrate, compile=compile, resume=resume,
-        overwrite=overwrite,
-        keep_state=keep_state, max_steps=max_steps, soft_labels=soft_labels, soft_weight=soft_weight, extra=extra,
-        lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-        lora_targets=lora_targets, gradient_checkpointing=gradient_checkpointing, load_in_4bit=load_in_4bit,
-        load_in_8bit=load_in_8bit, merge=merge,
-    )
+    settings = {k: v for k, v in given.items() if k in TrainConfig.__dataclass_fields__}
+    settings.update(encoder=encoder_config(max_length, strategy, shares, head_fraction), resume=resume,
+                    extra=tuple(extra or ()))
+    cfg = TrainConfig(**settings)
     report(run_training(cfg), output)
 
 
 def report(summary: dict[str, Any], output: str) -> None:
-    """The one-line summary and, last, one line of JSON (nothing for ``--max-steps 0``)."""
-    if summary:
-        typer.echo(
-            f"done: {summary['validation_rows']} validation rows, log loss {summary['oof_log_loss']:.4f} "
-            f"(calibrated {summary['oof_log_loss_calibrated']:.4f}, T={summary['temperature']:.3f}; "
-            f"uniform {summary['uniform_log_loss']:.4f}, prior {summary['prior_log_loss']:.4f}), "
-            f"accuracy {summary['oof_accuracy']:.3f}; checkpoint in {output}"
-        )
-        typer.echo(json.dumps({k: summary[k] for k in ("oof_log_loss", "oof_accuracy", "temperature")}))
+    """The one-line summary and, last, one line of JSON (nothing on torchrun's ranks other than 0, which return an
+    empty summary: rank 0 speaks for the run)."""
+    if not summary:
+        return
+    if summary.get("trained") is False:
+        typer.echo(f"done: saved the untrained model ({summary['rows']} rows read, 0 training steps: --max-steps 0); "
+                   f"checkpoint in {output}")
+        typer.echo(json.dumps({k: summary[k] for k in ("trained", "steps", "output")}))
+        return
+    extra = summary.get("extra_rows")
+    dropped = sum(extra["dropped"].values()) if extra else 0
+    typer.echo(
+        f"done: {summary['validation_rows']} validation rows, log loss {summary['oof_log_loss']:.4f} "
+        f"(calibrated {summary['oof_log_loss_calibrated']:.4f}, T={summary['temperature']:.3f}; "
+        f"uniform {summary['uniform_log_loss']:.4f}, prior {summary['prior_log_loss']:.4f}), "
+        f"accuracy {summary['oof_accuracy']:.3f}"
+        + (f"; {extra['kept']} extra rows ({dropped} dropped: in the training file or repeated)" if extra else "")
+        + f"; checkpoint in {output}")
+    line = {k: summary[k] for k in ("oof_log_loss", "oof_accuracy", "temperature")}
+    if extra:
+        line["extra_rows"], line["extra_rows_dropped"] = extra["kept"], dropped
+    typer.echo(json.dumps(line))
 
 
+NUMBERS = ("batch_size", "grad_accum", "epochs", "lr", "weight_decay", "warmup_ratio", "head_lr", "max_rows",
+           "val_fraction", "folds", "fold", "eval_steps", "save_steps", "early_stopping", "max_steps")
+"""The numeric options :func:`check_train_request` checks for range."""
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", *DTYPES)
 """Training's autocast precisions: the torch backend's (one list, :data:`arena.serving.backends.torch.DTYPES`)."""
@@ -142,7 +155,7 @@ PRECISIONS = ("auto", *DTYPES)
 
 def check_train_request(*, data: str | None, model: str, output: str, tokenizer: str | None, random_init: bool,
                         max_length: int, numbers: dict[str, Any], scheduler: str, precision: str, head: str,
-                        resume: bool, overwrite: bool) -> None:
+                        resume: bool, overwrite: bool, resume_or_start: bool = False) -> None:
     """Every option and path checked before any data is read, model loaded or file written."""
     from arena.cli.options import at_least, existing_folder, one_of, positive, within
     from arena.cli.safety import check_train_output
@@ -183,7 +196,7 @@ def check_train_request(*, data: str | None, model: str, output: str, tokenizer:
         existing_folder("--tokenizer", tokenizer, "the folder that holds the tokenizer files")
     path = resolve_csv(data, "train.csv")
     check_layout(path, labelled=True)
-    check_train_output(output, resume=resume, overwrite=overwrite,
+    check_train_output(output, resume=resume, overwrite=overwrite, resume_or_start=resume_or_start,
                        inputs={"training data": path, "model": model, "tokenizer": tokenizer})
 
 

@@ -54,6 +54,10 @@ class TrainConfig:
     """Fit a temperature on the validation (out-of-fold) logits and save it with the model."""
     compile: bool = False
     resume: bool = False
+    """Continue the unfinished run in ``output``, which must exist with the same settings and data
+    (:mod:`arena.train.record`)."""
+    resume_or_start: bool = False
+    """With ``resume``: start a new run when ``output`` holds nothing to resume (no folder, or an empty one)."""
     overwrite: bool = False
     """Delete an earlier run in ``output`` and start again (:mod:`arena.cli.safety` says which folders qualify)."""
     keep_state: bool = False
@@ -61,8 +65,9 @@ class TrainConfig:
     """Teacher probabilities keyed by id (:mod:`arena.train.targets`): the training targets mix them in."""
     soft_weight: float = 1.0
     """Share of the teacher in a labelled row's target (0: hard labels only, 1: teacher only)."""
-    extra: str | None = None
-    """Unlabelled pairs that train on their ``soft_labels`` only (never in a validation fold)."""
+    extra: tuple[str, ...] = ()
+    """Files of unlabelled pairs that train on their ``soft_labels`` only (never in a validation fold; rows of the
+    training file are dropped: :mod:`arena.train.partition`). A single path is taken as a one-file tuple."""
     max_steps: int | None = None
     """Stop after this many optimizer steps in total (quick runs, tests)."""
     lora_r: int | None = None
@@ -82,7 +87,14 @@ class TrainConfig:
     merge: bool = False
     """After training, merge the LoRA adapter into the base and write a plain checkpoint instead of the adapter."""
 
+    def __post_init__(self) -> None:
+        extra = self.extra
+        if extra is None or isinstance(extra, str) or hasattr(extra, "__fspath__"):
+            extra = () if extra is None else (str(extra),)
+        object.__setattr__(self, "extra", tuple(str(p) for p in extra))
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["encoder"] = self.encoder.to_dict()
+        out["extra"] = list(self.extra)
         return out

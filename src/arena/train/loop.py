@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +45,18 @@ from arena.models.modeling import (
     save_checkpoint,
 )
 from arena.train.config import HEADS, TrainConfig
-from arena.train.folds import holdout_split, stratified_folds
 from arena.train.model_options import model_config_of, resolve_model_options
+from arena.train.partition import Partition, partition_rows
+from arena.train.record import check_resume, data_fingerprint, read_record, write_record
 from arena.train.runtime import pick_device, resolve_precision
-from arena.train.targets import read_extra, read_soft_labels, training_targets
+from arena.train.targets import (
+    Extra,
+    check_soft_coverage,
+    extra_targets,
+    read_extra_files,
+    read_soft_labels,
+    training_targets,
+)
 from arena.train.trainer import DONE_FILE, ExtraRows, build_model, train_split
 
 __all__ = ["DONE_FILE", "TrainConfig", "run_training"]
@@ -86,8 +94,10 @@ def check_options(config: TrainConfig) -> TrainConfig:
     return config
 
 
-def save_untrained(config: TrainConfig, records: list[Record], labels: np.ndarray, tokenizer: Any) -> None:
-    """``--max-steps 0``: the initial weights as a checkpoint (a hybrid head started from the feature regression)."""
+def save_untrained(config: TrainConfig, inputs: RunInputs, tokenizer: Any) -> dict[str, Any]:
+    """``--max-steps 0``: the initial weights as a checkpoint (a hybrid head started from the feature regression);
+    the summary the command prints."""
+    records, labels = inputs.records, inputs.labels
     torch.manual_seed(config.seed)
     model = build_model(config, pad_token_id=tokenizer.pad_token_id)
     if is_hybrid(model):
@@ -99,6 +109,7 @@ def save_untrained(config: TrainConfig, records: list[Record], labels: np.ndarra
             y = np.concatenate([labels, SWAP_CLASSES[labels]])
         init_from_logistic_regression(model, feats, y)
     start_train_output(config.output, overwrite=config.overwrite)
+    write_record(Path(config.output), config, inputs.fingerprint)
     save_checkpoint(model, tokenizer, config.output, CheckpointMeta(
         encoder=config.encoder, source=str(config.model), extra={"train_config": config.to_dict(),
                                                                  "trained": False}))
@@ -106,6 +117,7 @@ def save_untrained(config: TrainConfig, records: list[Record], labels: np.ndarra
         merge_lora_checkpoint(config.output)
     finish_train_output(config.output)
     log.info("--max-steps 0: saved the untrained model to %s", config.output)
+    return {"trained": False, "steps": 0, "rows": len(records), "output": str(config.output)}
 
 
 def summarise_run(config: TrainConfig, records: list[Record], labels: np.ndarray, results: list, out: Path
@@ -143,21 +155,55 @@ def summarise_run(config: TrainConfig, records: list[Record], labels: np.ndarray
     return summary
 
 
-def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Read, validate, encode and train every requested split; return the summary written to ``metrics.json``."""
-    path = resolve_csv(config.data, "train.csv")
-    check_train_config_output(config, path)  # no one else's files, no finished run, no input in --output
-    records = read_train(path)
-    if config.max_rows is not None:
-        records = records[: config.max_rows]
+@dataclass
+class RunInputs:
+    """What a run trains on, read and checked before any work: the rows of the training file (``training_file``:
+    all of them; ``records``: the first ``--max-rows``), their labels and soft targets, the extra rows, the
+    partition into splits, and the data fingerprint recorded with the run."""
+
+    path: Path
+    training_file: list[Record]
+    records: list[Record]
+    labels: np.ndarray
+    targets: np.ndarray | None
+    soft_found: int
+    extra: Extra | None
+    partition: Partition
+    fingerprint: dict[str, Any]
+
+
+def read_inputs(config: TrainConfig, path: Path) -> RunInputs:
+    """Read the training, teacher and extra files, partition the rows (:mod:`arena.train.partition`) and check
+    that the soft labels fit the data; raises :class:`ConfigError` / :class:`DataError` before any work."""
+    training_file = read_train(path)
+    records = training_file if config.max_rows is None else training_file[: config.max_rows]
     labels = labels_of(records)
-    config = check_options(config)  # fail before any compute on whatever the options get wrong
     soft = read_soft_labels(config.soft_labels) if config.soft_labels else None
     targets, found = training_targets(records, labels, soft, config.soft_weight)
-    extra = read_extra(config.extra, soft) if config.extra else None
+    part = partition_rows(config, labels, training_file, read_extra_files(config.extra, soft))
+    extra = extra_targets(part.extra, part.extra_sources, soft) if config.extra and soft is not None else None
     if soft is not None:
+        check_soft_coverage(str(config.soft_labels), found, len(records), soft, part.extra)
         log.info("soft labels for %d of %d labelled rows (weight %.2f)%s", found, len(records), config.soft_weight,
                  f"; {len(extra.records)} pseudo-labelled extra rows" if extra else "")
+    return RunInputs(path, training_file, records, labels, targets, found, extra, part,
+                     data_fingerprint(path, training_file, config))
+
+
+def _data_file(out: Path, recorded: dict[str, Any] | None, path: Path) -> str:
+    """The training file a checkpoint names: the one the run was started with (a resume may name a copy)."""
+    if recorded is None:
+        return str(path)
+    return str(((read_record(out)[1] or {}).get("data") or {}).get("file", path))
+
+
+def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Read, validate, encode and train every requested split; return the summary written to ``metrics.json``
+    (for ``--max-steps 0``, what was saved; under torchrun, an empty dict on ranks other than 0)."""
+    path = resolve_csv(config.data, "train.csv")
+    check_train_config_output(config, path)  # no one else's files, no finished run, no input in --output
+    config = check_options(config)  # fail before any compute on whatever the options get wrong
+    inputs = read_inputs(config, path)
     model_config = model_config_of(config.model, config.random_init)
     config = resolve_model_options(config, model_config)  # head (auto: hybrid / hf for decoders), LoRA, 4/8-bit
     if config.head == "hybrid" and not config.encoder.features:  # the hybrid head's third input
@@ -166,48 +212,44 @@ def run_training(config: TrainConfig, on_step: Callable[[int], None] | None = No
     tokenizer = load_tokenizer(config.tokenizer or config.model, tokenizer_option="--tokenizer")
     check_tokenizer(tokenizer, config.tokenizer or config.model, getattr(model_config, "vocab_size", None),
                     tokenizer_option="--tokenizer")
+    out = Path(config.output)
+    recorded = check_resume(out, config, inputs.fingerprint) if config.resume else None
     if config.max_steps == 0:  # no training: write the initial weights as a checkpoint (speed and export work)
-        save_untrained(config, records, labels, tokenizer)
-        return {}
+        return save_untrained(config, inputs, tokenizer)
     resolve_precision(config.precision, pick_device())
 
     encoder = ArenaEncoder(tokenizer, config.encoder)
     t0 = time.perf_counter()
-    encoded = encoder.encode(records)
-    swapped = encoder.encode(records, swap=True) if config.swap_augment else None
+    encoded = encoder.encode(inputs.records)
+    swapped = encoder.encode(inputs.records, swap=True) if config.swap_augment else None
+    extra = inputs.extra
     extra_rows = None if extra is None else ExtraRows(
         encoder.encode(extra.records), encoder.encode(extra.records, swap=True) if config.swap_augment else None,
         extra.targets)
     encode_s = time.perf_counter() - t0
-    log.info("encoded %d rows in %.1f s (%d exact fallbacks)", len(records), encode_s, encoded.fallbacks)
+    log.info("encoded %d rows in %.1f s (%d exact fallbacks)", len(inputs.records), encode_s, encoded.fallbacks)
 
-    out = Path(config.output)
-    if config.folds is None:
-        train_idx, val_idx = holdout_split(labels, config.val_fraction, config.seed)
-        splits = [("holdout", out, train_idx, val_idx)]
-    else:
-        fold_of = stratified_folds(labels, config.folds, config.seed)
-        which = [config.fold] if config.fold is not None else list(range(config.folds))
-        single = config.fold is not None
-        splits = [(f"fold{k}", out if single else out / f"fold_{k}", np.flatnonzero(fold_of != k),
-                   np.flatnonzero(fold_of == k)) for k in which]
     meta = CheckpointMeta(encoder=config.encoder, source=str(config.model),
-                          extra={"train_config": config.to_dict(), "data": str(path)})
+                          extra={"train_config": recorded or config.to_dict(), "data": _data_file(out, recorded, path)})
     start_train_output(out, overwrite=config.overwrite)  # marked unfinished until metrics.json is written
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "train_config.json", json.dumps(config.to_dict(), indent=2))
+    if recorded is None:  # a resume keeps the record of the run it continues
+        write_record(out, config, inputs.fingerprint)
 
     results = [
-        train_split(config, name=n, out_dir=d, tokenizer=tokenizer, encoded=encoded, labels=labels,
-                    train_idx=tr, val_idx=va, swapped=swapped, meta=meta, on_step=on_step, targets=targets,
-                    extra=extra_rows)
-        for n, d, tr, va in splits
+        train_split(config, name=s.name, out_dir=s.output, tokenizer=tokenizer, encoded=encoded,
+                    labels=inputs.labels, train_idx=s.train_index, val_idx=s.val_index, swapped=swapped, meta=meta,
+                    on_step=on_step, targets=inputs.targets, extra=extra_rows)
+        for s in inputs.partition.splits
     ]
     if int(os.environ.get("RANK", "0")) != 0:
         return {}
 
-    summary = summarise_run(config, records, labels, results, out)
+    summary = summarise_run(config, inputs.records, inputs.labels, results, out)
     summary["encode_seconds"] = encode_s
+    summary["soft_label_rows"] = inputs.soft_found
+    if config.extra:
+        summary["extra_rows"] = inputs.partition.summary(list(config.extra))
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2))
     finish_train_output(out)
     return summary

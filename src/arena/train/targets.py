@@ -4,14 +4,17 @@
   ``arena-infer --save-logits``, or any CSV with ``id, winner_model_a, winner_model_b, winner_tie``). A row's
   training target becomes ``(1 - soft_weight) * one_hot(label) + soft_weight * teacher``, and the loss the cross-entropy
   against it (with one-hot targets exactly the hard-label loss). Rows the file lacks keep their hard label.
-* ``--extra FILE``: unlabelled pairs (test layout) that train with their teacher probabilities alone; they join
-  the training rows of every split and never a validation fold. Every extra id needs a soft label.
+* ``--extra FILE`` (repeatable): unlabelled pairs (test layout) that train with their teacher probabilities alone;
+  they join the training rows of every split and never a validation fold (:mod:`arena.train.partition` drops
+  those that are rows of the training file). Every extra id kept needs a soft label.
+* A soft-label file must match at least half of the labelled rows, unless it holds the extra rows' ids only.
 
 Model selection and the reported log loss stay on the hard labels of the validation rows.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,12 @@ import numpy as np
 from arena import LABELS
 from arena.data import Record
 from arena.errors import ConfigError
+from arena.train.partition import ExtraFile
+
+log = logging.getLogger(__name__)
+
+MIN_SOFT_COVERAGE = 0.5
+"""The least share of the labelled rows a ``--soft-labels`` file must have an id for."""
 
 
 @dataclass
@@ -73,15 +82,40 @@ def training_targets(records: list[Record], labels: np.ndarray, soft: dict[str, 
     return targets.astype(np.float32), found
 
 
-def read_extra(path: str | Path, soft: dict[str, np.ndarray] | None) -> Extra:
-    """The ``--extra`` rows with their teacher probabilities from ``--soft-labels``."""
+def read_extra_files(paths: tuple[str, ...] | list[str], soft: dict[str, np.ndarray] | None) -> list[ExtraFile]:
+    """The rows of every ``--extra`` file, in the order given (checked to be readable; soft labels needed)."""
     from arena.data import read_records, resolve_csv
 
-    if soft is None:
+    if paths and soft is None:
         raise ConfigError("--extra rows train on teacher probabilities: give --soft-labels with their ids too")
-    records = read_records(resolve_csv(str(path), "train.csv"), labelled=False)
-    lacking = [r.id for r in records if str(r.id) not in soft]
+    return [ExtraFile(str(p), read_records(resolve_csv(str(p), "train.csv"), labelled=False)) for p in paths]
+
+
+def extra_targets(records: list[Record], sources: list[str], soft: dict[str, np.ndarray]) -> Extra:
+    """The kept extra rows with their teacher probabilities from ``--soft-labels``; every one needs one."""
+    lacking = [(src, r.id) for src, r in zip(sources, records, strict=True) if str(r.id) not in soft]
     if lacking:
-        raise ConfigError(f"--extra {path}: {len(lacking)} ids have no soft label in --soft-labels "
-                          f"(first: {lacking[0]})")
+        raise ConfigError(f"--extra {lacking[0][0]}: {len(lacking)} ids have no soft label in --soft-labels "
+                          f"(first: {lacking[0][1]})")
+    if not records:
+        return Extra([], np.zeros((0, 3), dtype=np.float32))
     return Extra(records, np.stack([soft[str(r.id)] for r in records]).astype(np.float32))
+
+
+def check_soft_coverage(path: str, found: int, rows: int, soft: dict[str, np.ndarray],
+                        extra: list[Record]) -> None:
+    """Refuse a ``--soft-labels`` file that matches fewer than :data:`MIN_SOFT_COVERAGE` of the labelled rows (a
+    file for other data, or a hold-out run's oof.csv) and would leave the run on hard labels without a word.
+
+    A file that holds teacher probabilities for the ``--extra`` rows only (pseudo-labelling) is meant for them, and
+    the labelled rows keep their hard labels."""
+    extra_ids = {str(r.id) for r in extra}
+    if extra_ids and set(soft) <= extra_ids:
+        log.info("--soft-labels %s: teacher probabilities for the %d --extra rows only; the labelled rows train on "
+                 "their hard labels", path, len(extra_ids))
+        return
+    if found < MIN_SOFT_COVERAGE * rows:
+        raise ConfigError(f"--soft-labels {path}: its ids match only {found} of the {rows} training rows (fewer than "
+                          f"{MIN_SOFT_COVERAGE:.0%}); it is for other data (or is a hold-out run's oof.csv, which "
+                          "covers its validation rows only): use a k-fold run's oof.csv or arena-infer --save-logits "
+                          "on the training file")

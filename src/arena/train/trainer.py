@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from arena.artifacts import TRAIN_DONE
 from arena.data import SWAP_CLASSES
 from arena.encode import Encoded, pad_batch
 from arena.errors import ConfigError, TrainingError
@@ -43,7 +44,7 @@ from arena.train.state import STATE_DIR, TrainState, load_state, save_state
 
 log = logging.getLogger(__name__)
 
-DONE_FILE = "train_done.json"
+DONE_FILE = TRAIN_DONE
 LOG_EVERY = 10
 """Optimizer steps between reads of the loss (each read synchronises with the GPU)."""
 PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -264,7 +265,7 @@ def build_trainer(config: TrainConfig, *, name: str, out_dir: Path, tokenizer: A
     model = torch.nn.parallel.DistributedDataParallel(raw) if dist.world > 1 else raw
     max_len = int(val.lengths.max()) if len(val) else 8
     trainer = Trainer(
-        config, name, out_dir, device, dist, dtype, raw, model, torch.compile(model) if config.compile else model,
+        config, name, out_dir, device, dist, dtype, raw, model, compiled(model) if config.compile else model,
         optimizer, scheduler, scaler, rows, val, val_labels, baselines(rows.labels[rows.labels >= 0], val_labels),
         max(default_max_tokens(device.type, max_len, raw.config.model_type), config.batch_size * 8),
         tokenizer.pad_token_id or 0, meta, tokenizer, steps_per_epoch, total_steps)
@@ -277,6 +278,13 @@ def build_trainer(config: TrainConfig, *, name: str, out_dir: Path, tokenizer: A
             trainer.say(f"[{name}] resuming at step {loaded.global_step} (epoch {loaded.epoch}, "
                         f"batch {loaded.batch_pos})")
     return trainer
+
+
+def compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """``--compile``: one ``torch.compile`` with dynamic shapes. Length-grouped batches change their sequence length
+    (and the last one its batch size) from batch to batch, so a static compile is followed by a recompile on the
+    second shape anyway (issue 23); marking the shapes dynamic from the start compiles once."""
+    return torch.compile(model, dynamic=True)
 
 
 def read_loss(t: Trainer) -> None:
@@ -397,7 +405,7 @@ def finish(t: Trainer, padding_efficiency: float) -> None:
     if t.dist.main:
         summary: dict[str, Any] = {"name": t.name, "steps": t.state.global_step,
                                    "padding_efficiency": padding_efficiency, "weights_sha256": weights_digest(t.raw),
-                                   "world_size": t.dist.world}
+                                   "world_size": t.dist.world, "best": t.state.best, "history": t.state.history}
         if digests is not None:
             summary["rank_weights_sha256"] = digests
             summary["ranks_agree"] = len(set(digests)) == 1
@@ -406,6 +414,23 @@ def finish(t: Trainer, padding_efficiency: float) -> None:
             shutil.rmtree(t.out_dir / STATE_DIR, ignore_errors=True)
     if t.dist.world > 1:
         torch.distributed.barrier()
+
+
+def finished_split(name: str, out_dir: Path, val_idx: np.ndarray) -> SplitResult:
+    """A split an interrupted run had finished (a k-fold run resumed in a later fold): its result as recorded in
+    ``train_done.json`` and ``val_logits.npy``, not trained again."""
+    done = json.loads((out_dir / DONE_FILE).read_text())
+    if "history" not in done or not (out_dir / "val_logits.npy").is_file():
+        raise ConfigError(f"{out_dir} was finished by an older arena that did not record its results; train the "
+                          "run again with --overwrite")
+    logits = np.load(out_dir / "val_logits.npy")
+    if len(logits) != len(val_idx):
+        raise ConfigError(f"{out_dir}/val_logits.npy has {len(logits)} rows, this split validates on {len(val_idx)}; "
+                          "the run's data changed: train it again with --overwrite")
+    history = [EvalResult(**h) for h in done["history"]]
+    best = EvalResult(**done["best"]) if done.get("best") else None
+    log.info("[%s] finished before the interruption (step %d): kept as it is", name, done["steps"])
+    return SplitResult(name, out_dir, best, history, val_idx, logits, done["padding_efficiency"], done["steps"])
 
 
 def train_split(config: TrainConfig, *, name: str, out_dir: Path, tokenizer: Any, encoded: Encoded,
@@ -417,8 +442,8 @@ def train_split(config: TrainConfig, *, name: str, out_dir: Path, tokenizer: Any
     ``on_step(global_step)`` is called after every optimizer step (tests use it to interrupt a run).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    if (out_dir / DONE_FILE).is_file() and config.resume:
-        raise ConfigError(f"{out_dir} already holds a finished run; nothing to resume (use a new --output)")
+    if config.resume and (out_dir / DONE_FILE).is_file():
+        return finished_split(name, out_dir, val_idx)
     rows = prepare_rows(encoded, labels, train_idx, swapped, targets, extra)
     val = Encoded([encoded.ids[i] for i in val_idx], features=encoded.feature_rows(val_idx))
     t = build_trainer(config, name=name, out_dir=out_dir, tokenizer=tokenizer, rows=rows, val=val,
