@@ -411,7 +411,7 @@ def unfinished_reason(folder: str | Path) -> str | None:
         if manifest.get("source_training") == "unfinished":
             return "it was exported from a checkpoint whose training run had not finished"
         return None
-    meta = _read_json(folder / "arena.json") or {}
+    meta = _read_json(folder / ARENA_META) or {}
     if "train_config" in meta and meta.get("trained") is not False and not (folder / DONE).is_file():
         return f"it has no {DONE}, so its training run may not have finished"
     return None

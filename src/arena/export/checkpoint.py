@@ -94,7 +94,7 @@ def export_ensemble(request: ExportRequest, config: ExportConfig,
                     build_trt: TrtBuilder | None = None) -> dict[str, Any]:
     """Export every member (each parity-checked on its own) into ``out/<member>/``, copy the training run's
     ``oof.csv`` / ``metrics.json`` (blend weights are fitted on them), and write one manifest over all of it."""
-    from arena.artifacts import write_manifest
+    from arena.artifacts import TRAIN_CONFIG, write_manifest
     from arena.export.precheck import check_export_request
     from arena.io import atomic_dir
     from arena.serving.ensemble import DEFAULT_COMBINE, ENSEMBLE_KIND
@@ -108,7 +108,7 @@ def export_ensemble(request: ExportRequest, config: ExportConfig,
             member_request = replace(check_export_request(member, tmp / member.name, member_config),
                                      source_training="finished")  # check_complete judged every fold
             summaries[member.name] = export_checkpoint(member_request, member_config, build_trt)
-        for name in ("oof.csv", "metrics.json", "train_config.json"):
+        for name in ("oof.csv", "metrics.json", TRAIN_CONFIG):
             if (source / name).is_file():
                 shutil.copy2(source / name, tmp / name)
         write_manifest(tmp, {

@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import json
 
-from arena.artifacts import SUBMISSION_HEADER
-
-PACK_FILE = "pack.json"
-"""The bundle's own record (what was packed, the options, every file's sha256): how the notebook finds the bundle
-and how ``arena-pack --overwrite`` knows a folder is a bundle it wrote."""
+from arena.artifacts import PACK_FILE, SUBMISSION_HEADER
 COMPETITION = "llm-classification-finetuning"
 SUBMISSION = "submission.csv"
 
