@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 from arena.artifacts import PACK_FILE, SUBMISSION_HEADER
+
 COMPETITION = "llm-classification-finetuning"
 SUBMISSION = "submission.csv"
 
