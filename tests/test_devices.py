@@ -15,7 +15,7 @@ import pytest
 
 from arena.artifacts import MANIFEST
 from arena.errors import BackendUnavailable
-from tests.conftest import TEST_CSV
+from tests.conftest import TRAIN_CSV
 
 CUDA_LISTED = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
@@ -118,8 +118,14 @@ def test_auto_takes_the_engine_built_for_this_gpu(folder_with_h100_engine, monke
 
 
 def _test_rows(tmp_path, n=40):
+    """``n`` real rows in the test layout: the first of ``train_sample.csv`` without their labels (the shared
+    ``test.csv`` has 3 rows)."""
+    from arena.data import TEST_COLUMNS
+
+    rows = pd.read_csv(TRAIN_CSV, nrows=n)[list(TEST_COLUMNS)]
+    assert len(rows) == n
     path = tmp_path / "t.csv"
-    pd.read_csv(TEST_CSV).head(n).to_csv(path, index=False)
+    rows.to_csv(path, index=False)
     return path
 
 

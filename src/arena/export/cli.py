@@ -82,8 +82,8 @@ def export(
 def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = False, optimize: bool = False,
                trt: bool = False, opset: int = 17, exporter: str = "torchscript", data: str | None = None,
                parity_shapes: str = "1x17,7x133,16x512", fp32_tol: float = 1e-4, fp16_prob_tol: float = 2e-2,
-               int8_prob_tol: float = 0.1, min_agreement: float = 0.97, trt_buckets: int = 4,
-               max_tokens: int | None = None, workspace_gib: float = 4.0, overwrite: bool = False,
+               int8_prob_tol: float = 0.1, min_agreement: float = 0.97, int8_log_loss_tol: float | None = None,
+               trt_buckets: int = 4, max_tokens: int | None = None, workspace_gib: float = 4.0, overwrite: bool = False,
                openvino: bool = True, int8_static: bool = False, calibration_rows: int = 64) -> dict[str, Any]:
     from dataclasses import replace
 
@@ -147,6 +147,8 @@ def run_export(checkpoint: Path, out: Path, *, fp16: bool = False, int8: bool = 
             artifacts = {"fp32": {"file": "model.onnx", "precision": "fp32",
                                   "parity": gate.check("fp32", OnnxBackend(tmp / "model.onnx", device="cpu"), fp32)}}
             int8_tol = replace(Tolerance.int8(), max_prob_diff=int8_prob_tol, min_argmax_agreement=min_agreement)
+            if int8_log_loss_tol is not None:  # None: Tolerance.int8()'s limit
+                int8_tol = replace(int8_tol, max_log_loss_change=int8_log_loss_tol)
             artifacts.update(derived_artifacts(
                 tmp, model.config, gate, fp16=fp16, int8=int8, optimize=optimize, fp32=fp32, int8_tol=int8_tol,
                 fp16_tol=replace(Tolerance.fp16(), max_prob_diff=fp16_prob_tol, min_argmax_agreement=min_agreement)))

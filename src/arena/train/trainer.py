@@ -263,8 +263,9 @@ def build_trainer(config: TrainConfig, *, name: str, out_dir: Path, tokenizer: A
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     model = torch.nn.parallel.DistributedDataParallel(raw) if dist.world > 1 else raw
     max_len = int(val.lengths.max()) if len(val) else 8
+    compiled = torch.compile(model, dynamic=True) if config.compile else model  # once for every batch shape
     trainer = Trainer(
-        config, name, out_dir, device, dist, dtype, raw, model, torch.compile(model) if config.compile else model,
+        config, name, out_dir, device, dist, dtype, raw, model, compiled,
         optimizer, scheduler, scaler, rows, val, val_labels, baselines(rows.labels[rows.labels >= 0], val_labels),
         max(default_max_tokens(device.type, max_len, raw.config.model_type), config.batch_size * 8),
         tokenizer.pad_token_id or 0, meta, tokenizer, steps_per_epoch, total_steps)
