@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one device check of the GPU half (issues 13 and 23), sized to end inside 8 minutes on one H100: the caps below
-# add up to 430 s (environment 15, wheels 30, tests 125, scoring 150, training 110), each step is cut at its cap,
-# and every result is written as it comes, so a cut step still returns what it measured:
+# add up to 400 s (environment 15, wheels 30, tests 110, scoring 140, training 105; a step that ignores the cut is
+# killed 10 s later), and every result is written as it comes, so a cut step still returns what it measured:
 #   1. the gpu- and tensorrt-marked tests: torch fp16/bf16/torch.compile against fp32 on CUDA, ONNX Runtime CUDA
 #      (fp32 and the FP16 graph TensorRT builds from) against torch fp32 when an onnxruntime-gpu wheel was carried,
 #      --devices cuda:0,cuda:0 against one device on 200 real rows, and TensorRT build/run/parity when TensorRT is
@@ -12,7 +12,7 @@
 #   3. benchmarks/gpu_train.sh at 40 timed steps per mode on 3,000 real rows: eager padded/grouped (cap 40 s,
 #      estimated 20 s), then grouped + torch.compile(dynamic=True) (cap 65 s, estimated 40-60 s of compiling).
 # Everything lands in $OUT (at most 8 files come back from the device): gpu_check.log (all output), env.txt,
-# gpu_tests.txt (pytest's summary), bench.md + bench.json (scoring), train.txt, summary.json (one entry per step:
+# gpu_tests.txt (pytest's summary), bench.md/json/html (scoring), train.txt, summary.json (one entry per step:
 # exit status, seconds, cap; rewritten after every step). A failing step does not stop the later ones; the exit
 # status is the first failure's (124: a step was cut at its cap).
 #
@@ -26,9 +26,10 @@
 #   installs every wheel there.
 # Run: device tool, command "bash benchmarks/gpu_check.sh", carry [".carry", ".whl"], timeout_s 540.
 # Dry run on a CPU (tests/test_gpu_check.py): a fake nvidia-smi on PATH and small sizes through the knobs of each
-# step: INFER_ROWS, INFER_CELLS, CELL_CAP, SCORING_CONFIG, MAX_LENGTH, TRAIN_ROWS, TRAIN_STEPS, TRAIN_COMPILE,
-# TEST_FILES, the caps CAP_TESTS, CAP_SCORING, CAP_TRAINING, and WHEELS / SITE (where wheels are joined and
-# installed; /tmp/wheels and /tmp/site on the device).
+# step: INFER_ROWS, INFER_CELLS, CELL_CAP, SCORING_CONFIG, MAX_LENGTH, ENCODE_WORKERS, BATCH_SIZE, TRAIN_ROWS,
+# TRAIN_STEPS, TRAIN_COMPILE, TEST_FILES, the caps CAP_TESTS, CAP_SCORING, CAP_TRAINING, TRAIN_RUN_CAP (the eager
+# training run's), and WHEELS / SITE (where
+# wheels are joined and installed; /tmp/wheels and /tmp/site on the device).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 if [ "${1:-}" = prepare ]; then
@@ -121,7 +122,8 @@ scoring() {
 
 # shellcheck disable=SC2329
 training() {
-  ROWS="$TRAIN_ROWS" STEPS="$TRAIN_STEPS" COMPILE="$TRAIN_COMPILE" RUN_CAP=40 COMPILE_CAP=$((CAP_TRAINING - 45)) \
+  ROWS="$TRAIN_ROWS" STEPS="$TRAIN_STEPS" COMPILE="$TRAIN_COMPILE" RUN_CAP="$TRAIN_RUN_CAP" \
+    COMPILE_CAP=$((CAP_TRAINING - TRAIN_RUN_CAP - 5)) \
     TRAIN_CONFIG="${SCORING_CONFIG:-$ARENA_SHARED/models/deberta-v3/configs/deberta-v3-small.json}" \
     bash benchmarks/gpu_train.sh 2>&1 | tee "$OUT/train.txt"
   return "${PIPESTATUS[0]}"
@@ -138,15 +140,15 @@ main() {
 tests/test_robustness.py}
   export INFER_ROWS=${INFER_ROWS:-6000} INFER_CELLS=${INFER_CELLS:-torch:fp32/notebook,torch:fp16/sorted,torch.compile:fp16/sorted}
   export CELL_CAP=${CELL_CAP:-60} TRAIN_ROWS=${TRAIN_ROWS:-3000} TRAIN_STEPS=${TRAIN_STEPS:-40}
-  export TRAIN_COMPILE=${TRAIN_COMPILE:-1} CAP_TRAINING=${CAP_TRAINING:-110}
+  export TRAIN_COMPILE=${TRAIN_COMPILE:-1} CAP_TRAINING=${CAP_TRAINING:-105} TRAIN_RUN_CAP=${TRAIN_RUN_CAP:-40}
   export -f environment carried_wheels gpu_tests scoring training
   echo "data: $ARENA_SHARED"
   timeout 15 bash -c environment > "$OUT/env.txt" 2>&1
   cat "$OUT/env.txt"
   step wheels 30 carried_wheels
   if [ -d "$SITE" ]; then export PYTHONPATH=$SITE:$PYTHONPATH; fi
-  step gpu-tests "${CAP_TESTS:-125}" gpu_tests
-  step scoring "${CAP_SCORING:-150}" scoring
+  step gpu-tests "${CAP_TESTS:-110}" gpu_tests
+  step scoring "${CAP_SCORING:-140}" scoring
   "$PY" benchmarks/gpu_bench_merge.py "$WORK/infer/cells" "$OUT" "$INFER_CELLS" "GPU scoring (cells that finished)" \
     >/dev/null 2>&1 || true  # bench.md/json from the cells that finished, also when the step was cut
   step training "$CAP_TRAINING" training

@@ -7,12 +7,13 @@
 # Each cell is its own arena-bench run under its own cap (CELL_CAP s), so a cut cell loses only its own numbers;
 # benchmarks/gpu_bench_merge.py then writes $OUT/bench.md + bench.json from the cells that finished. The model lives
 # in $WORK (never in $OUT, whose files are what comes back from the device).
-# Budget at the defaults, estimated from ../shared/reference/GPU.md (H200, small, 64 x 512: fp32 58 ms, fp16 42 ms;
-# compile dynamic=True ~40 s once): notebook fp32 ~2 x 15 s, fp16 sorted ~2 x 6 s, compile ~40 s + 2 x 5 s, plus
-# ~10 s start-up per cell and ~15 s for the random model: about 2 minutes; gpu_check.sh gives it 150 s.
+# Budget, estimated from ../shared/reference/GPU.md (H200, small, 64 x 512: fp32 58 ms, fp16 42 ms; compile with
+# dynamic=True ~40 s once) for the 6,000 rows gpu_check.sh asks for: notebook fp32 ~2 x 12 s, fp16 sorted ~2 x 5 s,
+# compile ~40 s + 2 x 4 s, plus ~10 s start-up per cell and ~15 s for the random model: about 2 minutes;
+# gpu_check.sh gives it 140 s and each cell 60 s.
 #
 # Knobs (the CPU dry run in tests/test_gpu_check.py sets them small): ARENA_SHARED (models/ and data/ as in
-# ../shared), ROWS, CELLS, CELL_CAP, MAX_LENGTH, SCORING_CONFIG (a model config.json), OUT, WORK, PY.
+# ../shared), ROWS, CELLS, CELL_CAP, MAX_LENGTH, SCORING_CONFIG (a model config.json), ENCODE_WORKERS, OUT, WORK, PY.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${ARENA_SHARED:-.carry/shared}
@@ -37,7 +38,7 @@ for cell in ${CELLS//,/ }; do
   folder="$WORK/cells/${cell//[:\/]/_}"
   echo "--- cell $cell (cap ${CELL_CAP}s)"
   timeout --kill-after=5 "$CELL_CAP" "$PY" -m arena.bench.cli --model "$WORK/model" --data "$DATA" --rows "$ROWS" \
-    --cells "$cell" --baseline "$cell" --repeats 1 --warmup 1 --encode-workers 8 --out "$folder" \
+    --cells "$cell" --baseline "$cell" --repeats 1 --warmup 1 --encode-workers "${ENCODE_WORKERS:-8}" --out "$folder" \
     --title "$TITLE" || { rc=$?; echo "--- cell $cell: exit $rc"; [ "$status" -ne 0 ] || status=$rc; }
 done
 "$PY" benchmarks/gpu_bench_merge.py "$WORK/cells" "$OUT" "$CELLS" "$TITLE" || [ "$status" -ne 0 ] || status=$?
