@@ -1,8 +1,8 @@
 """The tiny models every parity test compares against say something: on the real rows their heads were fitted
 on, each class's logit varies from row to row by more than 0.5 (more than 0.3 on rows they never saw) and the
-argmax takes at least two classes, each on a tenth of the rows or more. A random tiny model fails this (every logit within 0.01
-of the others, every argmax class 0), and against it all-zero logits or rows in reverse order pass any parity
-check."""
+argmax takes at least two classes, each on a tenth of the rows or more. A random tiny model fails this (every
+logit within 0.01 of the others, every argmax class 0), and against it all-zero logits or rows in reverse order
+pass any parity check."""
 
 from __future__ import annotations
 
