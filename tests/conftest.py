@@ -51,7 +51,8 @@ def logit_spread(logits: np.ndarray) -> float:
 FP16_REL = 0.05
 """FP16 (11 mantissa bits, fp32 accumulation): every logit within 5% of the reference's row-to-row spread."""
 BF16_REL = 0.15
-"""bf16 keeps 8 mantissa bits: three fewer than FP16, so about 8x its rounding, bounded at 15% of the spread."""
+"""bf16 keeps 8 mantissa bits, three fewer than FP16: the tiny checkpoint's bf16 logits on the CPU differ from fp32
+by up to 6% of the spread (measured), so 15% leaves room for other kernels and still rejects a wrong number."""
 
 
 def assert_logits_close(ref: np.ndarray, got: np.ndarray, *, rel: float, min_spread: float = 0.5) -> None:
