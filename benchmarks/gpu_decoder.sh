@@ -16,26 +16,27 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${ARENA_SHARED:-.carry/shared}
 OUT=${OUT:-runs/gpu-decoder}
+WORK=${WORK:-runs/gpu-decoder-work}  # the 1.1B model (4.4 GB) and the LoRA run: never in $OUT, whose files come back
 DATA="$SHARED/data/arena/lmsys_kaggle"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-mkdir -p "$OUT/config"
-python3 - "$OUT/config" <<'EOF'
+mkdir -p "$OUT" "$WORK/config"
+python3 - "$WORK/config" <<'EOF'
 import sys
 from transformers import LlamaConfig
 LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
             num_key_value_heads=4, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2).save_pretrained(sys.argv[1])
 EOF
-python3 -m arena.train.cli --data "$DATA" --model "$OUT/config/config.json" --random-init \
+python3 -m arena.train.cli --data "$DATA" --model "$WORK/config/config.json" --random-init \
   --tokenizer tests/fixtures/mistral-tokenizer --max-steps 0 --head hf --lora-r 0 --max-length 1024 \
-  --output "$OUT/model"
-timeout 300 python3 -m arena.bench.cli --model "$OUT/model" --data "$DATA/train_sample.csv" --rows 3000 \
+  --no-calibrate --overwrite --output "$WORK/model"
+timeout 300 python3 -m arena.bench.cli --model "$WORK/model" --data "$DATA/train_sample.csv" --rows 3000 \
   --cells torch:bf16/notebook,torch:bf16/sorted --baseline torch:bf16/notebook --repeats 1 --warmup 1 \
   --encode-workers 8 --out "$OUT/bench" --title "GPU: 1.1B Llama-shape decoder (random), 3,000 real rows, 1,024 tokens, bf16"
 if python3 -c "import peft" 2>/dev/null; then
-  timeout 150 python3 -m arena.train.cli --data "$DATA" --model "$OUT/model" --max-length 1024 --lora-r 16 \
+  timeout 150 python3 -m arena.train.cli --data "$DATA" --model "$WORK/model" --max-length 1024 --lora-r 16 \
     --lr 1e-4 --batch-size 8 --gradient-checkpointing --precision bf16 --max-steps 30 --max-rows 400 \
-    --no-calibrate --output "$OUT/lora"
+    --no-calibrate --overwrite --output "$WORK/lora"
 else
   echo "peft is not installed here: LoRA training step skipped"
 fi

@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +40,37 @@ def pytest_collection_modifyitems(config, items):
         if "tensorrt" in item.keywords and not has_trt:
             item.add_marker(pytest.mark.skip(
                 reason="needs TensorRT >= 10.12 and an NVIDIA GPU; no machine here has both (see README)"))
+
+
+def logit_spread(logits: np.ndarray) -> float:
+    """How much a model's logits differ from row to row: each class's standard deviation over the rows, averaged.
+    Tolerances are stated as a fraction of it, so a check means the same for any model's scale."""
+    return float(np.asarray(logits, dtype=np.float64).std(axis=0).mean())
+
+
+FP16_REL = 0.05
+"""FP16 (11 mantissa bits, fp32 accumulation): every logit within 5% of the reference's row-to-row spread."""
+BF16_REL = 0.15
+"""bf16 keeps 8 mantissa bits, three fewer than FP16: the tiny checkpoint's bf16 logits on the CPU differ from fp32
+by up to 6% of the spread (measured), so 15% leaves room for other kernels and still rejects a wrong number."""
+
+
+def assert_logits_close(ref: np.ndarray, got: np.ndarray, *, rel: float, min_spread: float = 0.5) -> None:
+    """``got`` is ``ref`` up to numerical noise: every logit within ``rel`` x the reference's row-to-row spread.
+
+    The reference must be informative (spread above ``min_spread``): against near-constant logits, zeros or rows
+    in another order would pass. Within ``rel`` x spread of every logit, no row whose top two classes are more
+    than 2 x ``rel`` x spread apart can change its argmax, so this also checks the decisions. Raises
+    AssertionError with the largest difference and where it is."""
+    ref, got = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
+    assert got.shape == ref.shape, f"shape {got.shape} != reference {ref.shape}"
+    assert np.isfinite(got).all(), "non-finite logits"
+    spread = logit_spread(ref)
+    assert spread > min_spread, f"the reference is uninformative (logit spread {spread:.3g}): it proves nothing"
+    diff = np.abs(got - ref)
+    row, col = np.unravel_index(int(diff.argmax()), diff.shape)
+    assert diff.max() <= rel * spread, (f"max |logit diff| {diff.max():.3g} (row {row}, class {col}) > "
+                                        f"{rel} x spread {spread:.3g}")
 
 
 @pytest.fixture(scope="session")
@@ -77,16 +109,78 @@ def tiny_config(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, tiny_config) -> Path:
-    """An untrained tiny DeBERTa-v3 checkpoint (random weights, real tokenizer), max length 128."""
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny DeBERTa-v3 checkpoint (random weights, real tokenizer, max length 128) whose head is rescaled by
+    :func:`make_informative`, so its logits on real rows spread over several units and their argmaxes vary."""
     from arena.encode import EncoderConfig
     from arena.train.loop import TrainConfig, run_training
 
     out = tmp_path_factory.mktemp("tiny-ckpt") / "model"
-    run_training(TrainConfig(data=str(TRAIN_CSV), model=str(tiny_config), tokenizer=str(TOKENIZER),
+    config = write_tiny_config(out.parent / "config", initializer_range=0.2)  # why 0.2: see TINY_DECODER
+    run_training(TrainConfig(data=str(TRAIN_CSV), model=str(config), tokenizer=str(TOKENIZER),
                              random_init=True, output=str(out), max_steps=0, head="hf",
                              encoder=EncoderConfig(max_length=128)))
+    make_informative(out)
     return out
+
+
+INFORMATIVE_ROWS = 64
+"""Real rows (the first of ``train_sample.csv``) the fixtures' heads are fitted on and checked against."""
+INFORMATIVE_STD = 1.0
+"""Each class's logit standard deviation over those rows after :func:`make_informative`."""
+
+
+def informative_batch(folder: Path, rows: int = INFORMATIVE_ROWS):
+    """The first ``rows`` real rows encoded as the checkpoint in ``folder`` encodes them:
+    (input_ids, attention_mask, features or None)."""
+    from arena.data import read_train
+    from arena.encode import ArenaEncoder, pad_batch
+    from arena.models.modeling import load_tokenizer, read_meta
+
+    meta, tokenizer = read_meta(folder), load_tokenizer(folder)
+    encoded = ArenaEncoder(tokenizer, meta.encoder).encode(read_train(TRAIN_CSV)[:rows])
+    ids, mask = pad_batch(encoded.ids, tokenizer.pad_token_id or 0)
+    return ids, mask, encoded.features
+
+
+def make_informative(folder: Path, std: float = INFORMATIVE_STD) -> None:
+    """Replace the classification head of the checkpoint in ``folder`` so its logits say something.
+
+    A random tiny model's logits on real rows sit within 0.01 of each other (every argmax the same class): a
+    comparison that accepts all-zero logits or rows in reverse order passes against it. The backbone should be
+    built with ``initializer_range`` 0.2: at 0.02 the rows' head inputs differ by little more than bf16 rounding,
+    which the rescaled head would then amplify into disagreements no trained model shows. The head's input on
+    :data:`INFORMATIVE_ROWS` real rows is centred; its three principal directions, made orthogonal to the mean
+    (so the head needs no bias, as a decoder's ``score`` has none), scaled to give each class a logit standard
+    deviation of ``std`` over those rows, become the head's weights. The principal directions are those along
+    which the rows differ most, so reduced-precision noise moves them least."""
+    import torch
+
+    from arena.models.modeling import load_classifier
+
+    model = load_classifier(folder).eval()
+    head = next(m for name, m in model.named_modules() if name in ("classifier", "score", "head"))
+    seen: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach().double()))
+    ids, mask, features = informative_batch(folder)
+    extra = {} if features is None else {"features": torch.from_numpy(features)}
+    with torch.no_grad():
+        model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), **extra)
+    hook.remove()
+    h = seen[0]
+    if h.dim() == 3:  # a decoder scores every position and keeps each row's last real token
+        last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
+        h = h[torch.arange(len(ids)), torch.from_numpy(last)]
+    mean = h.mean(0)
+    directions = torch.linalg.svd(h - mean, full_matrices=False).Vh[:3]
+    unit = mean / mean.norm()
+    directions = directions - (directions @ unit)[:, None] * unit[None, :]
+    weight = directions * (std / (h @ directions.T).std(0))[:, None]
+    with torch.no_grad():
+        head.weight.copy_(weight.to(head.weight.dtype))
+        if head.bias is not None:
+            head.bias.zero_()
+    model.save_pretrained(folder, safe_serialization=True)
 
 
 @pytest.fixture(scope="session")
@@ -94,8 +188,31 @@ def tiny_export(tmp_path_factory, tiny_checkpoint) -> Path:
     from arena.export.cli import run_export
 
     out = tmp_path_factory.mktemp("tiny-export") / "export"
-    run_export(tiny_checkpoint, out, int8=True, data=str(TRAIN_CSV), parity_shapes="1x17,7x64,16x128")
+    run_export(tiny_checkpoint, out, int8=True, data=str(TRAIN_CSV), parity_shapes="1x17,7x64,16x128",
+               int8_log_loss_tol=TINY_INT8_LOG_LOSS_TOL)
     return out
+
+
+TINY_INT8_LOG_LOSS_TOL = 0.1
+"""The INT8 gate's log-loss limit for the tiny exports (the product's: 0.02). Dynamic INT8 moves the tiny random
+model's logits by up to ~20% of their spread; on the parity shapes' 1 to 16 labelled rows that changes the log loss
+by 0.04-0.06 (measured), which says more about a random 2-layer model than about the quantiser. Probability and
+argmax limits stay the product's."""
+
+
+@pytest.fixture(scope="session")
+def hybrid_checkpoint(tmp_path_factory, tiny_config):
+    """A tiny DeBERTa-v3 hybrid model trained for a few steps on real rows: (checkpoint folder, run summary). Its
+    feature path starts as a logistic regression on the rows' features, so its logits already vary by row."""
+    from arena.encode import EncoderConfig
+    from arena.train.loop import TrainConfig, run_training
+
+    out = tmp_path_factory.mktemp("hybrid") / "model"
+    summary = run_training(TrainConfig(
+        data=str(TRAIN_CSV), model=str(tiny_config), tokenizer=str(TOKENIZER), random_init=True, output=str(out),
+        max_rows=240, epochs=1, batch_size=8, max_steps=6, head="hybrid", swap_augment=True,
+        encoder=EncoderConfig(max_length=96)))
+    return out, summary
 
 
 # ------------------------------------------------------------------------------------------------ decoders
@@ -106,11 +223,17 @@ def tiny_export_int8_static(tmp_path_factory, tiny_checkpoint) -> Path:
     """The tiny export with OpenVINO's checks and an NNCF static INT8 model (needs openvino and nncf)."""
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
+    from arena.errors import ParityError
     from arena.export.cli import run_export
 
     out = tmp_path_factory.mktemp("tiny-export-int8s") / "export"
-    run_export(tiny_checkpoint, out, int8=True, int8_static=True, calibration_rows=16, data=str(TRAIN_CSV),
-               parity_shapes="1x17,7x64,16x128")
+    try:
+        run_export(tiny_checkpoint, out, int8=True, int8_static=True, calibration_rows=16, data=str(TRAIN_CSV),
+                   parity_shapes="1x17,7x64,16x128", int8_log_loss_tol=TINY_INT8_LOG_LOSS_TOL)
+    except ParityError as exc:  # a known failure, kept visible: the gate is right to refuse it
+        pytest.xfail("issue 23: NNCF static INT8 of the informative tiny checkpoint fails the INT8 gate (max prob "
+                     f"diff up to 0.43, argmax agreement 0.82 on 16 calibration rows); it passed only while the "
+                     f"fixture's logits were all alike. {str(exc).splitlines()[0][:300]}")
     return out
 MISTRAL_TOKENIZER = ROOT / "tests" / "fixtures" / "mistral-tokenizer"
 """Mistral-7B's real SentencePiece model (from the PyPI package mistral-common), loaded as a LlamaTokenizer."""

@@ -22,7 +22,7 @@ from arena.models.hybrid import (
     is_hybrid,
 )
 from arena.models.modeling import load_classifier, read_meta
-from tests.conftest import TEST_CSV, TOKENIZER, TRAIN_CSV
+from tests.conftest import TEST_CSV, TRAIN_CSV
 
 N = len(PER_RESPONSE)
 
@@ -86,19 +86,6 @@ def test_hybrid_head_parameters_exclude_the_encoder(hybrid_parts):
     assert {g["lr"] for g in groups} == {5e-5, 1e-3}
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     assert all(id(p) in head for g in groups if g["lr"] == 1e-3 for p in g["params"])
-
-
-@pytest.fixture(scope="module")
-def hybrid_checkpoint(tmp_path_factory, tiny_config):
-    """A tiny DeBERTa-v3 hybrid model trained for a few steps on real rows."""
-    from arena.train.loop import TrainConfig, run_training
-
-    out = tmp_path_factory.mktemp("hybrid") / "model"
-    summary = run_training(TrainConfig(
-        data=str(TRAIN_CSV), model=str(tiny_config), tokenizer=str(TOKENIZER), random_init=True, output=str(out),
-        max_rows=240, epochs=1, batch_size=8, max_steps=6, head="hybrid", swap_augment=True,
-        encoder=EncoderConfig(max_length=96)))
-    return out, summary
 
 
 def test_hybrid_training_writes_a_hybrid_checkpoint(hybrid_checkpoint):

@@ -29,7 +29,7 @@ from arena.export.tensorrt import DEFAULT_MAX_BATCH, plan_profiles, planned_budg
 from arena.machine.gpu import check_tensorrt_version, parse_version, tensorrt_available
 from arena.serving.backends.tensorrt import engine_profiles, limits_for_profiles
 from arena.serving.batching import default_max_tokens, plan_batches, resolve_budget, round_up, token_budget_batches
-from tests.conftest import TRAIN_CSV
+from tests.conftest import FP16_REL, TRAIN_CSV, assert_logits_close, informative_batch
 
 # ------------------------------------------------------------------------------------------------ the planner
 
@@ -286,12 +286,13 @@ def test_build_and_run_engine_matches_onnx(tmp_path, tiny_checkpoint):  # pragma
     assert info["strongly_typed"]
     runner, ref = TensorRTRunner(engine.read_bytes()), OnnxBackend(export / "model.onnx", device="cpu")
     assert runner.profiles == profiles  # read back from the engine
-    rng = np.random.default_rng(0)
-    for batch, seq in ((1, 5), (4, 64), (32, 120), (2, 128)):  # several profiles, switched back and forth
-        ids = rng.integers(5, 1000, size=(batch, seq))
-        mask = np.ones_like(ids)
-        mask[0, seq // 2:] = 0
-        assert np.abs(runner(ids, mask) - ref(ids, mask)).max() < 5e-2
+    ids, mask, _ = informative_batch(tiny_checkpoint)  # real rows, on which the fixture's logits spread
+    want, got = [], []
+    for batch, seq in ((1, 5), (4, 64), (32, 120), (2, 128), (16, 17)):  # several profiles, back and forth
+        rows = slice(8, 8 + batch)
+        want.append(ref(ids[rows, :seq], mask[rows, :seq]))
+        got.append(runner(ids[rows, :seq], mask[rows, :seq]))
+    assert_logits_close(np.concatenate(want), np.concatenate(got), rel=FP16_REL)  # a strongly typed FP16 engine
 
 
 @pytest.mark.tensorrt

@@ -97,7 +97,7 @@ def main_command(
     for mode in modes.split(","):
         torch.manual_seed(0)
         model = load_classifier(None, random_init_from=config).to(device)
-        fwd = torch.compile(model) if compile else model
+        fwd = torch.compile(model, dynamic=True) if compile else model
         res = measure(fwd, encoded.ids, tok.pad_token_id or 0, batch_size=batch_size, mode=mode,
                       max_length=max_length, device=device, dtype=dtype, max_steps=max_steps)
         if device.type == "cuda":

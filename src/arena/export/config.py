@@ -36,6 +36,8 @@ class ExportConfig:
     fp32_tol: float = 1e-4
     fp16_prob_tol: float = 2e-2
     int8_prob_tol: float = 0.1
+    int8_log_loss_tol: float | None = None
+    """Max log-loss change for INT8 on labelled rows; None: :meth:`Tolerance.int8`'s limit."""
     min_agreement: float = 0.97
     trt_buckets: int = 4
     max_tokens: int | None = None
@@ -65,7 +67,8 @@ class ExportConfig:
         return replace(Tolerance.fp16(), max_prob_diff=self.fp16_prob_tol, min_argmax_agreement=self.min_agreement)
 
     def int8_tolerance(self) -> Tolerance:
-        return replace(Tolerance.int8(), max_prob_diff=self.int8_prob_tol, min_argmax_agreement=self.min_agreement)
+        tol = replace(Tolerance.int8(), max_prob_diff=self.int8_prob_tol, min_argmax_agreement=self.min_agreement)
+        return tol if self.int8_log_loss_tol is None else replace(tol, max_log_loss_change=self.int8_log_loss_tol)
 
     def tolerance_flags(self) -> dict[str, float]:
         """The tolerance options by flag name, for the up-front checks."""
