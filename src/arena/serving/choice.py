@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,16 +36,17 @@ class Choice:
 
 
 def _auto_gpu_choice(folder: Path, manifest: dict[str, Any] | None, *, has_onnx: bool,
-                     has_torch: bool) -> Choice | None:
+                     has_torch: bool, device: str | Sequence[str] = "auto") -> Choice | None:
     """The GPU part of ``auto``: a TensorRT engine built for this GPU and TensorRT > ONNX Runtime CUDA > torch CUDA.
-    None without a GPU. An engine built elsewhere (an H100 engine on Kaggle's T4) is skipped, and the choice says
-    why and how to rebuild it."""
-    if not gpu_present():
+    None without a GPU, or when ``device`` names only CPUs. An engine built elsewhere (an H100 engine on Kaggle's T4,
+    or on one of two different GPUs) is skipped, and the choice says why and how to rebuild it."""
+    devices = [device] if isinstance(device, str) else list(device)
+    if not gpu_present() or all(d.startswith("cpu") for d in devices):
         return None
     skipped = ""
     if ((manifest or {}).get("tensorrt") or {}).get("engines"):
 
-        ok, why = engine_usable(folder, manifest)
+        ok, why = engine_usable(folder, manifest, devices)
         if ok:
             return Choice("tensorrt", f"a GPU is present and {why}")
         log.warning("not using the TensorRT engine: %s", why)
@@ -56,8 +58,12 @@ def _auto_gpu_choice(folder: Path, manifest: dict[str, Any] | None, *, has_onnx:
     return None
 
 
-def choose_backend(requested: str, folder: Path, *, precision: str = "auto") -> Choice:
+def choose_backend(requested: str, folder: Path, *, precision: str = "auto",
+                   device: str | Sequence[str] = "auto") -> Choice:
     """Pick a backend from what the folder holds and what the machine has, and say why.
+
+    ``device``: ``--device``, or every device of ``--devices``: a TensorRT engine is chosen only when it was built
+    for each of those GPUs.
 
     Order for ``auto``: TensorRT engine and a GPU > ONNX Runtime CUDA > torch CUDA > the fastest CPU option of an
     export (:func:`choose_cpu`; the choice carries its precision in ``options``) > torch CPU.
@@ -75,7 +81,7 @@ def choose_backend(requested: str, folder: Path, *, precision: str = "auto") -> 
             raise BackendUnavailable(f"{folder} has no TensorRT engine; build one with "
                                      f"`{rebuild_command(manifest, folder)}`")
 
-        ok, why = engine_usable(folder, manifest)
+        ok, why = engine_usable(folder, manifest, device)
         if not ok:
             raise BackendUnavailable(f"--backend tensorrt: {why}")
         return Choice("tensorrt", "asked for")
@@ -93,7 +99,7 @@ def choose_backend(requested: str, folder: Path, *, precision: str = "auto") -> 
         if not has_torch:
             raise BackendUnavailable(f"{folder} has no model.safetensors for the torch backend")
         return Choice("torch", "asked for")
-    on_gpu = _auto_gpu_choice(folder, manifest, has_onnx=has_onnx, has_torch=has_torch)
+    on_gpu = _auto_gpu_choice(folder, manifest, has_onnx=has_onnx, has_torch=has_torch, device=device)
     if on_gpu is not None:
         return on_gpu
     if has_onnx and manifest is None:  # a foreign or hand-made folder: its one ONNX model, on ONNX Runtime

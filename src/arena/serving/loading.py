@@ -52,9 +52,11 @@ def _onnx_artifact(folder: Path, manifest: dict[str, Any] | None, precision: str
 
 
 def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "auto", threads: int | None = None,
-               compile: bool = False, device: str = "auto", load_runner: bool = True) -> LoadedModel:
+               compile: bool = False, device: str = "auto", load_runner: bool = True,
+               devices: Sequence[str] | None = None) -> LoadedModel:
     """The folder's encoder, settings and backend. ``load_runner=False``: everything but the backend (``runner``
-    None), for a parent process whose workers each load their own (:mod:`arena.serving.sharded`)."""
+    None), for a parent process whose workers each load their own (:mod:`arena.serving.sharded`); ``devices``: the
+    workers' devices, which the backend choice must suit (default: ``device``)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(f"model folder {folder} does not exist")
@@ -74,7 +76,7 @@ def open_model(folder: str | Path, *, backend: str = "auto", precision: str = "a
         meta = read_meta(folder)
         encoder_cfg, temperature = meta.encoder, meta.temperature
     model_type = (manifest or {}).get("model", {}).get("model_type") or _config_model_type(folder)
-    choice = choose_backend(backend, folder, precision=precision)
+    choice = choose_backend(backend, folder, precision=precision, device=devices or device)
     if precision == "auto":
         precision = choice.options.get("precision", "auto")
     tokenizer = load_tokenizer(folder)
