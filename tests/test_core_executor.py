@@ -253,7 +253,7 @@ def test_timings_summary_reports_rates_and_latency_percentiles():
 
 
 def test_round_up_and_the_default_budgets():
-    assert [round_up(n, 8) for n in (0, 1, 8, 9)] == [0, 8, 8, 16]
+    assert [round_up(n, 8) for n in (0, 1, 8, 9)] == [0, 8, 8, 16] and round_up(3, 2) == 4
     assert round_up(13, 1) == 13 and round_up(13, 0) == 13
     assert default_max_tokens("cuda:0", 500) == 64 * 504 and default_max_tokens("cpu", 500) == 2 * 504
     assert resolve_budget(None, device="cuda", max_length=512) == 64 * 512
