@@ -20,13 +20,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from arena.artifacts import Profile
 from arena.errors import ConfigError, ModelError, ParityError
 from arena.serving.batching import resolve_budget, round_up
+
+if TYPE_CHECKING:  # the real 11.4 API, as stubs generated from NVIDIA's bindings describe it (tests/tensorrt_api.py)
+    import tensorrt as trt
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,24 @@ def plan_profiles(lengths: np.ndarray, *, max_length: int, max_tokens: int, max_
     return profiles
 
 
+def use_timing_cache(config: trt.IBuilderConfig, path: Path | None) -> bool:
+    """Give the build ``path``'s timing cache; True when the saved one was taken.
+
+    TensorRT refuses (``set_timing_cache`` returns False) a cache recorded on another GPU or TensorRT version; the
+    build then starts from an empty cache, with a warning, and :func:`build_engine` writes the new one over the
+    stale file. Raises :class:`ModelError` when even an empty cache is refused.
+    """
+    saved = path.read_bytes() if path is not None and path.is_file() else b""
+    if saved and config.set_timing_cache(config.create_timing_cache(saved), ignore_mismatch=False):
+        return True
+    if saved:
+        log.warning("%s was recorded on another GPU or TensorRT version; building without it (it will be "
+                    "replaced)", path)
+    if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+        raise ModelError("TensorRT refused an empty timing cache")
+    return False
+
+
 # --------------------------------------------------------------------------------------------------- GPU only
 
 
@@ -105,8 +126,7 @@ def build_engine(onnx_path: Path, engine_path: Path, profiles: list[Profile], *,
         raise ModelError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
-    config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
+    use_timing_cache(config, timing_cache)
     for p in profiles:
         prof = builder.create_optimization_profile()
         for name, (lo, opt, hi) in p.input_shapes(n_features).items():

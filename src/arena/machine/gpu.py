@@ -9,6 +9,7 @@ importing a backend (and the backends need not import :mod:`arena.serving.choice
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def parse_version(text: str) -> tuple[int, ...]:
 
 def check_tensorrt_version(version: str | None) -> None:
     """Refuse a TensorRT that cannot build or run strongly typed engines (older than 10.12), or a ``tensorrt``
-    module that is not the real one (the ``tensorrt-stubs`` wheel installs type stubs under that name)."""
+    module that is not the real one (no ``__version__``: a folder of type stubs, a broken install)."""
     if not version:
         raise BackendUnavailable("the importable `tensorrt` module is not TensorRT's Python package (no version: "
                                  f"type stubs or a broken install); {INSTALL}")
@@ -111,21 +112,31 @@ def gpu_identity(device: str = "cuda") -> tuple[str, str]:
     return torch.cuda.get_device_name(device), f"{major}.{minor}"
 
 
-def engine_usable(folder: Path, manifest: dict[str, Any] | None, device: str = "cuda") -> tuple[bool, str]:
-    """(usable, reason) without deserialising anything: TensorRT is here and one of the folder's engines was built
-    for this GPU, compute capability and TensorRT version from the folder's ONNX file. The reason names the
-    rebuild command when the engines were built elsewhere."""
+def engine_usable(folder: Path, manifest: dict[str, Any] | None,
+                  device: str | Sequence[str] = "cuda") -> tuple[bool, str]:
+    """(usable, reason) without deserialising anything: TensorRT is here and, for every GPU in ``device``
+    (``--device``, or each of ``--devices``; ``auto``/``cuda``: the current GPU), one of the folder's engines was
+    built for that GPU, compute capability and TensorRT version from the folder's ONNX file. A CPU device is not
+    usable. The reason names the device and the rebuild command when the engines were built elsewhere."""
     ok, why = tensorrt_available()
     if not ok:
         return False, why
     import tensorrt as trt
 
-    gpu, cc = gpu_identity(device)
-    try:
-        entry = select_engine(manifest or {}, gpu_name=gpu, compute_capability=cc, trt_version=trt.__version__,
-                              folder=folder)
-    except BackendUnavailable as exc:
-        return False, str(exc)
-    return True, f"{entry['file']} was built for this {gpu} and TensorRT {trt.__version__}"
-
-
+    devices = [device] if isinstance(device, str) else list(device)
+    several = len(set(devices)) > 1
+    reasons = []
+    for name in dict.fromkeys("cuda" if d == "auto" else d for d in devices):
+        if not name.startswith("cuda"):
+            return False, f"TensorRT engines run on an NVIDIA GPU, not on --device {name}"
+        gpu, cc = gpu_identity(name)
+        try:
+            entry = select_engine(manifest or {}, gpu_name=gpu, compute_capability=cc,
+                                  trt_version=trt.__version__, folder=folder)
+        except BackendUnavailable as exc:
+            return False, f"{name}: {exc}" if several else str(exc)
+        where = f" on {name}" if several else ""
+        reasons.append(f"{entry['file']} was built for this {gpu}{where} and TensorRT {trt.__version__}")
+    if not reasons:
+        return False, "no device to run a TensorRT engine on"
+    return True, "; ".join(reasons)

@@ -13,6 +13,7 @@ The choice says why, and what it passed over.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +41,8 @@ def _device_kind(device: str) -> str | None:
     return None if device == "auto" else ("cuda" if device.startswith("cuda") else "cpu")
 
 
-def _candidates(folder: ModelFolder, backend: str, precision: str) -> list[Variant]:
-    variants = folder.variants()
+def _candidates(folder: ModelFolder, backend: str, precision: str, devices: Sequence[str]) -> list[Variant]:
+    variants = folder.variants(devices)
     if backend != "auto":
         variants = [v for v in variants if v.backend == backend]
         if not variants:
@@ -52,14 +53,17 @@ def _candidates(folder: ModelFolder, backend: str, precision: str) -> list[Varia
 
 
 def choose_variant(folder: ModelFolder, backend: str = "auto", precision: str = "auto",
-                   device: str = "auto") -> Choice:
+                   device: str | Sequence[str] = "auto") -> Choice:
     """The variant that runs for this request, and why; :class:`BackendUnavailable` listing what each candidate
-    lacks when none can."""
+    lacks when none can. ``device``: ``--device``, or every device of ``--devices`` (the variant must suit each:
+    a TensorRT engine built for an H100 is no variant on a T4)."""
     if backend not in backend_names():
         raise ConfigError(f"--backend must be one of {', '.join(backend_names())}; got {backend!r}")
-    candidates = _candidates(folder, backend, precision)
+    devices = (device,) if isinstance(device, str) else tuple(device)
+    candidates = _candidates(folder, backend, precision, devices)
     asked = backend != "auto" or precision != "auto"
-    kind = _device_kind(device)
+    kinds = {_device_kind(d) for d in devices}
+    kind = kinds.pop() if len(kinds) == 1 else "cuda"  # cpu,cuda:0 mixes are refused at the CLI
     if kind is None:
         on_gpu = [v for v in candidates if v.device == "cuda" and v.usable and (v.checked or asked)]
         kind = "cuda" if on_gpu and gpu_present() else "cpu"
@@ -104,7 +108,8 @@ def _nothing_runs(folder: ModelFolder, backend: str, precision: str, kind: str, 
     return f"{folder.path}: no {'GPU' if kind == 'cuda' else 'CPU'} backend can run {what or 'it'} ({reasons})"
 
 
-def choose_backend(requested: str, folder: Any, *, precision: str = "auto", device: str = "auto") -> Choice:
+def choose_backend(requested: str, folder: Any, *, precision: str = "auto",
+                   device: str | Sequence[str] = "auto") -> Choice:
     """:func:`choose_variant` for a folder path or a :class:`ModelFolder`."""
     if not isinstance(folder, ModelFolder):
         folder = read_folder(folder)

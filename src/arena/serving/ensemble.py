@@ -50,7 +50,7 @@ def combine(probs: Sequence[np.ndarray], weights: Sequence[float] | None = None,
         raise ValueError("no member probabilities to combine")
     w = np.asarray(weights if weights is not None else [1.0] * len(probs), dtype=np.float64)
     if len(w) != len(probs) or np.any(w < 0) or w.sum() <= 0:
-        raise ConfigError(f"--weights needs {len(probs)} non-negative numbers with a positive sum; got {list(w)}")
+        raise ConfigError(f"--weights needs {len(probs)} non-negative numbers with a positive sum; got {w.tolist()}")
     w = w / w.sum()
     stack = np.stack([np.asarray(p, dtype=np.float64) for p in probs])
     if method == "probs":

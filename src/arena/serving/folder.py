@@ -11,6 +11,7 @@ folder to a running backend goes one way: read -> choose a variant (:mod:`arena.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,11 +72,12 @@ class ModelFolder:
         if self.manifest is not None:
             verify_files(self.path, self.manifest, names)
 
-    def variants(self) -> list[Variant]:
-        """Every variant the registered backends find in this folder, runnable or not (``why_not`` says)."""
+    def variants(self, devices: Sequence[str] = ("auto",)) -> list[Variant]:
+        """Every variant the registered backends find in this folder for ``devices``, runnable or not (``why_not``
+        says)."""
         from arena.serving.backends import specs
 
-        return [v for spec in specs().values() for v in spec.variants(self)]
+        return [v for spec in specs().values() for v in spec.variants(self, tuple(devices))]
 
     def describe(self) -> str:
         return {CHECKPOINT: "arena-train checkpoint", LORA: "LoRA adapter checkpoint", EXPORT: "arena-export folder",

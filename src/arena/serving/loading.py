@@ -36,11 +36,12 @@ class LoadedModel:
 
 def open_model(folder: str | Path | ModelFolder, *, backend: str = "auto", precision: str = "auto",
                threads: int | None = None, compile: bool = False, device: str = "auto",
-               load_runner: bool = True) -> LoadedModel:
+               load_runner: bool = True, devices: Sequence[str] | None = None) -> LoadedModel:
     """The folder's encoder, settings and backend. ``load_runner=False``: everything but the backend (``runner``
-    None), for a parent process whose workers each load their own (:mod:`arena.serving.sharded`)."""
+    None), for a parent process whose workers each load their own (:mod:`arena.serving.sharded`); ``devices``: the
+    workers' devices, which the chosen variant must suit (default: ``device``)."""
     source = folder if isinstance(folder, ModelFolder) else read_folder(folder)
-    choice = choose_variant(source, backend, precision, device)
+    choice = choose_variant(source, backend, precision, devices or device)
     tokenizer = load_tokenizer(source.path, manifest=source.manifest)
     encoder = ArenaEncoder(tokenizer, source.encoder)
     loaded = LoadedModel(source.path, None, encoder, source.temperature, choice, choice.backend, source.model_type,

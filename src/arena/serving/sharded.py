@@ -87,7 +87,7 @@ def open_sharded(folder: str | Path, devices: Sequence[str], *, backend: str = "
 
     from arena.serving.loading import attach_runner, open_model
 
-    loaded = open_model(folder, backend=backend, precision=precision, load_runner=False)
+    loaded = open_model(folder, backend=backend, precision=precision, load_runner=False, devices=devices)
     if devices[0] == "cpu" and not threads:
         threads = max(1, (os.cpu_count() or 2) // len(devices))
     # the workers open the variant the parent chose, not their own "auto" (a named backend's default differs)

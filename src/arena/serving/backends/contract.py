@@ -157,8 +157,10 @@ class BackendSpec:
     devices: tuple[str, ...]
     reads: str
     """``checkpoint`` (PyTorch weights) or ``export`` (an arena-export folder): the folder arena-bench gives it."""
-    variants: Callable[[Any], list[Variant]]
-    """The variants a :class:`~arena.serving.folder.ModelFolder` offers this backend (empty: none)."""
+    variants: Callable[[Any, Sequence[str]], list[Variant]]
+    """``(folder, devices)``: the variants a :class:`~arena.serving.folder.ModelFolder` offers this backend (empty:
+    none) for the devices the command runs on (``("auto",)``, ``--device``, or every device of ``--devices``: an
+    engine built for one GPU is no variant on another)."""
     open: Callable[[Any, Variant, OpenOptions], Backend]
     """Open one variant of a folder; raises :class:`~arena.errors.ArenaError` subclasses only."""
     absent: Callable[[Any], str] = lambda folder: f"{folder.path} has no files for this backend"

@@ -11,12 +11,13 @@ plus an honest ``cpu`` label under ``--device auto``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from arena.artifacts import FEATURES, LOGITS, feed_arrays, numpy_dtype
+from arena.artifacts import FEATURES, LOGITS, feed_arrays
 from arena.errors import BackendUnavailable, ConfigError, ModelError
 from arena.machine.gpu import gpu_present
 from arena.serving.backends.contract import BackendSpec, Limits, OpenOptions, Variant
@@ -24,7 +25,9 @@ from arena.serving.backends.contract import BackendSpec, Limits, OpenOptions, Va
 log = logging.getLogger(__name__)
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+              "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+"""ONNX Runtime's type names -> numpy types, for binding each graph input and output in its declared type."""
 
 
 def onnx_device(device: str = "auto") -> str:
@@ -112,6 +115,8 @@ class OnnxBackend:
         self.device = device
         self.threads = self.session.get_session_options().intra_op_num_threads
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self._input_types = {i.name: _ORT_TYPES.get(i.type, np.float32 if i.name == FEATURES else np.int64)
+                             for i in self.session.get_inputs()}
         self.needs_features = FEATURES in self.input_names
         self.precision = precision
         self.limits = limits
@@ -129,35 +134,53 @@ class OnnxBackend:
         feeds = feed_arrays(self.input_names, input_ids, attention_mask, features)  # the one tensor spec
         if self._stream is not None:  # pragma: no cover - needs onnxruntime-gpu and a GPU
             return self._run_bound(feeds)
-        arrays = {k: np.ascontiguousarray(_host(v), dtype=numpy_dtype(k)) for k, v in feeds.items()}
+        arrays = {k: np.ascontiguousarray(_host(v), dtype=self._input_types[k])  # as the graph declares
+                  for k, v in feeds.items()}
         return np.asarray(self.session.run([LOGITS], arrays)[0], dtype=np.float32)
 
-    def _run_bound(self, feeds: dict[str, Any]) -> np.ndarray:  # pragma: no cover - needs onnxruntime-gpu and a GPU
-        """IO binding on the session's own stream: copy in, run, copy out, one synchronisation."""
+    def _bound_device(self) -> Any:
+        """The torch device buffers live on for IO binding (this backend's GPU)."""
         import torch
 
-        device = torch.device("cuda", _device_id(self.device))
-        out_dtype = torch.float16 if self._output_type is np.float16 else torch.float32
+        return torch.device("cuda", _device_id(self.device))
+
+    def _run_bound(self, feeds: dict[str, Any]) -> np.ndarray:
+        """IO binding on the session's own stream: copy in, run, copy out, one synchronisation.
+
+        Every input is bound in the type the graph declares (an optimum BERT export's ``token_type_ids`` too),
+        the output in the graph's output type; inputs that are already tensors on this device are not copied."""
+        import torch
+
+        device = self._bound_device()
+        out_dtype = getattr(torch, np.dtype(self._output_type).name)  # numpy and torch share these type names
         self._stream.wait_stream(torch.cuda.current_stream(device))  # CUDA tensors handed in are ready first
         with torch.cuda.device(device), torch.cuda.stream(self._stream):
             binding = self.session.io_binding()
             kept = []
             for name, value in feeds.items():
+                np_type = self._input_types[name]
                 tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
-                dtype = numpy_dtype(name)
-                tensor = tensor.to(device, dtype=getattr(torch, np.dtype(dtype).name), non_blocking=True)
-                tensor = tensor.contiguous()
-                binding.bind_input(name, "cuda", device.index, dtype, tuple(tensor.shape), tensor.data_ptr())
+                tensor = tensor.to(device, dtype=getattr(torch, np.dtype(np_type).name),
+                                   non_blocking=True).contiguous()
+                binding.bind_input(name, device.type, device.index or 0, np_type, tuple(tensor.shape),
+                                   tensor.data_ptr())
                 kept.append(tensor)
             batch = int(kept[0].shape[0])
             shape = [d if isinstance(d, int) else batch for d in self._output_shape]
             out = torch.empty(shape, dtype=out_dtype, device=device)
-            binding.bind_output(LOGITS, "cuda", device.index, self._output_type, tuple(shape), out.data_ptr())
+            binding.bind_output(LOGITS, device.type, device.index or 0, self._output_type, tuple(shape),
+                                out.data_ptr())
             self.session.run_with_iobinding(binding)
             host = out.float().to("cpu", non_blocking=True)
             self._stream.synchronize()
         del kept
         return host.numpy()
+
+
+def _zeros_like(value: Any) -> Any:
+    """Zeros of ``value``'s shape and type where ``value`` lives: a numpy array, or a torch tensor on its device
+    (``np.zeros_like`` of a CUDA tensor fails: numpy cannot read GPU memory)."""
+    return value.new_zeros(value.shape) if hasattr(value, "new_zeros") else np.zeros_like(value)
 
 
 def _host(value: Any) -> Any:
@@ -178,7 +201,7 @@ GPU_SPEED = {"fp16": 2.0, "fp32": 1.5, "fp32_fused": 1.5}
 """On a GPU: ranked above torch (1.0) and below a TensorRT engine, as the GPU design orders them; not measured yet."""
 
 
-def _variants(folder: Any) -> list[Variant]:
+def _variants(folder: Any, devices: Sequence[str] = ("auto",)) -> list[Variant]:
     artifacts = folder.onnx_artifacts
     if not artifacts:
         return []

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,7 @@ CPU_SPEED = {"int8": 2.00, "bf16": 1.56, "fp32": 1.01}
 BF16/VNNI (``benchmarks/RESULTS.md``, "The fastest CPU path")."""
 
 
-def _variants(folder: Any) -> list[Variant]:
+def _variants(folder: Any, devices: Sequence[str] = ("auto",)) -> list[Variant]:
     """Every OpenVINO precision of an arena export; only those whose parity check passed at export may run."""
     if folder.manifest is None:
         return []

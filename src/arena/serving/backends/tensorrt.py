@@ -33,10 +33,27 @@ from arena.errors import BackendUnavailable, ConfigError, ModelError
 from arena.machine.gpu import check_tensorrt_version, gpu_identity, tensorrt_available
 from arena.serving.backends.contract import BackendSpec, Limits, OpenOptions, ShapeRange, Variant
 
-if TYPE_CHECKING:  # the real API, as the tensorrt-stubs wheel describes it (tests/test_tensorrt_static.py)
+if TYPE_CHECKING:  # the real 11.4 API, as stubs generated from NVIDIA's bindings describe it (tests/tensorrt_api.py)
     import tensorrt as trt
 
 log = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"INT64": "int64", "INT32": "int32", "INT8": "int8", "UINT8": "uint8", "BOOL": "bool",
+                "FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16"}
+"""TensorRT ``DataType`` member name -> the torch dtype of the buffer bound to a tensor of that type (an engine
+built from a bf16 graph, or one taking a boolean mask). FP8/FP4/INT4 I/O has no torch buffer type here."""
+
+
+def torch_dtype(name: str, trt_type: trt.DataType) -> Any:
+    """The torch dtype for I/O tensor ``name`` of TensorRT type ``trt_type``; :class:`ModelError` naming both when
+    arena has no buffer type for it."""
+    import torch
+
+    kind = getattr(trt_type, "name", str(trt_type))
+    if kind not in TORCH_DTYPES:
+        raise ModelError(f"the engine's tensor {name} has TensorRT type {kind}, which arena cannot bind (it binds "
+                         f"{', '.join(TORCH_DTYPES)}); rebuild the engine from arena-export's ONNX file")
+    return getattr(torch, TORCH_DTYPES[kind])
 
 def engine_profiles(engine: trt.ICudaEngine) -> list[Profile]:
     """The optimisation profiles as the engine holds them (min / opt / max of ``input_ids``, per profile)."""
@@ -75,9 +92,7 @@ class TensorRTRunner:  # pragma: no cover - needs TensorRT and a GPU
             self.context: trt.IExecutionContext = engine.create_execution_context()
             self.stream = torch.cuda.Stream(device=self.device)
         self.names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        kinds = {trt.DataType.INT64: torch.int64, trt.DataType.INT32: torch.int32,
-                 trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
-        self.dtypes = {name: kinds[engine.get_tensor_dtype(name)] for name in self.names}
+        self.dtypes = {name: torch_dtype(name, engine.get_tensor_dtype(name)) for name in self.names}
         self.profiles = engine_profiles(engine)
         self.n_features = engine.get_tensor_shape(FEATURES)[1] if FEATURES in self.names else 0
         self.needs_features = self.n_features > 0
@@ -167,13 +182,15 @@ class TensorRTBackend:  # pragma: no cover - needs TensorRT and a GPU
 # ----------------------------------------------------------------------------------------------- declaration
 
 
-def _variants(folder: Any) -> list[Variant]:
-    """One fp16 variant when the export holds engines; runnable only where one was built for this GPU/TensorRT."""
+def _variants(folder: Any, devices: Sequence[str] = ("auto",)) -> list[Variant]:
+    """One fp16 variant when the export holds engines; runnable only where one was built for every GPU of
+    ``devices`` and this TensorRT."""
     if not ((folder.manifest or {}).get("tensorrt") or {}).get("engines"):
         return []
     from arena.machine.gpu import engine_usable
 
-    ok, why = engine_usable(folder.path, folder.manifest)
+    gpus = [d for d in devices if d != "auto"] or ["cuda"]
+    ok, why = engine_usable(folder.path, folder.manifest, gpus)
     return [Variant("tensorrt", "fp16", "cuda", speed=3.0, why_not=None if ok else why)]
 
 

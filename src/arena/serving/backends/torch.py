@@ -10,6 +10,7 @@ under autocast in fp16 (bf16 where the GPU has it). Attention is SDPA where tran
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -139,7 +140,7 @@ CPU_SPEED = {"fp32": 0.70, "bf16": 1.22}
 admits it."""
 
 
-def _variants(folder: Any) -> list[Variant]:
+def _variants(folder: Any, devices: Sequence[str] = ("auto",)) -> list[Variant]:
     """fp32 / bf16 on the CPU; fp16 / bf16 / fp32 on a GPU; 4-bit / 8-bit weights for a decoder on a GPU."""
     if not folder.has_weights:
         return []
