@@ -28,7 +28,12 @@ PAD = 0
 
 
 class RowEcho:
-    """A backend: logits (first id, mask sum, padded width) per row; records every batch's shape."""
+    """A backend: logits (first id, mask sum, padded width) per row; records every batch's shape. It states what
+    the backend contract asks (name, device, needs_features, limits, description)."""
+
+    name = "echo"
+    needs_features = False
+    description = "echo (cpu)"
 
     def __init__(self, limits: Limits = Limits(), device: str = "cpu", **attrs) -> None:
         self.limits, self.device, self.shapes, self.features = limits, device, [], []
