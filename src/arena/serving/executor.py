@@ -109,7 +109,8 @@ class BatchExecutor:
         self.max_length = max_length
         self.limits: Limits = getattr(backend, "limits", UNLIMITED)
         if self.limits.max_length is not None and max_length > self.limits.max_length:
-            raise ConfigError(f"the encoder's max length {max_length} is beyond what {_name(backend)} takes "
+            raise ConfigError(f"the encoder's max length {max_length} is beyond what "
+                              f"{getattr(backend, 'description', type(backend).__name__)} takes "
                               f"({self.limits.max_length} tokens); use --max-length {self.limits.max_length}")
         self.budget = resolve_budget(max_tokens, device=str(getattr(backend, "device", "cpu")),
                                      max_length=max_length, limit=self.limits.max_tokens, model_type=model_type)
@@ -165,5 +166,3 @@ class BatchExecutor:
         return self.run(self.prepare(encoded), timings)
 
 
-def _name(backend: Any) -> str:
-    return str(getattr(backend, "description", getattr(backend, "name", type(backend).__name__)))
