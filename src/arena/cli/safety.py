@@ -25,7 +25,7 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -137,18 +137,27 @@ def check_export_out(out: str | Path, *, checkpoint: str | Path, data: str | Pat
     folder (``checkpoint``: a checkpoint, k-fold run or foreign ONNX export, named ``what`` in the message), a folder
     inside it or holding it, nor a folder holding files arena-export did not write. Every source kind comes here
     (:func:`arena.export.precheck.check_export_request`)."""
+    check_folder_out(out, inputs={what: checkpoint, "parity data file": data}, overwrite=overwrite,
+                     command="arena-export", product="export", foreign_files=export_foreign_files)
+
+
+def check_folder_out(out: str | Path, *, inputs: Mapping[str, str | Path | None], overwrite: bool, command: str,
+                     product: str, foreign_files: Callable[[Path], list[str]]) -> None:
+    """The one rule for a command that writes a whole folder (an export, a bundle): ``out`` is a new or empty
+    folder, or with ``--overwrite`` one this command wrote before (``foreign_files`` lists what it did not write:
+    any is a refusal); never one of ``inputs``, a folder inside one or holding one."""
     out = Path(out)
-    check_not_input(out, "--out", {what: checkpoint, "parity data file": data}, folder=True)
+    check_not_input(out, "--out", inputs, folder=True)
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; --out takes the folder to write the export into")
+        raise ConfigError(f"--out {out} is a file; --out takes the folder to write the {product} into")
     if out.is_dir() and _entries(out):
         if not overwrite:
             raise ConfigError(f"--out {out} already exists and is not empty; choose a new folder, or pass --overwrite "
-                              "to replace an earlier arena-export folder")
-        foreign = export_foreign_files(out)
+                              f"to replace an earlier {command} {product}")
+        foreign = foreign_files(out)
         if foreign:
-            raise ConfigError(f"--out {out} holds files arena-export did not write ({_listing(foreign)}); "
-                              "--overwrite replaces only an earlier export: choose a new folder")
+            raise ConfigError(f"--out {out} holds files {command} did not write ({_listing(foreign)}); "
+                              f"--overwrite replaces only an earlier {product}: choose a new folder")
     check_writable(out, "--out", in_parent=True)
 
 
@@ -170,20 +179,9 @@ def bundle_foreign_files(folder: str | Path) -> list[str]:
 def check_pack_out(out: str | Path, *, models: Iterable[str | Path], overwrite: bool) -> None:
     """``arena-pack --out``: a new or empty folder, or with ``--overwrite`` an earlier bundle; never a model
     folder, a folder inside one or a folder holding one, nor a folder with files arena-pack did not write."""
-    out = Path(out)
-    for model in models:
-        check_not_input(out, "--out", {"model folder": model}, folder=True)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; --out takes the folder to write the bundle into")
-    if out.is_dir() and _entries(out):
-        if not overwrite:
-            raise ConfigError(f"--out {out} already exists and is not empty; choose a new folder, or pass --overwrite "
-                              "to replace an earlier arena-pack bundle")
-        foreign = bundle_foreign_files(out)
-        if foreign:
-            raise ConfigError(f"--out {out} holds files arena-pack did not write ({_listing(foreign)}); "
-                              "--overwrite replaces only an earlier bundle: choose a new folder")
-    check_writable(out, "--out", in_parent=True)
+    inputs = {f"model folder {i + 1}" if i else "model folder": m for i, m in enumerate(models)}
+    check_folder_out(out, inputs=inputs, overwrite=overwrite, command="arena-pack", product="bundle",
+                     foreign_files=bundle_foreign_files)
 
 
 # --------------------------------------------------------------------------------------------------- files
