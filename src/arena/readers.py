@@ -107,8 +107,8 @@ def _zstd(path: Path) -> Any:
         try:
             from compression import zstd  # Python 3.14+
         except ImportError:
-            raise DataError("the file is zstd-compressed and this Python cannot read zstd: pip install 'arena-toolkit[zstd]', "
-                            "or decompress it (zstd -d)", path=str(path)) from None
+            raise DataError("the file is zstd-compressed and this Python cannot read zstd: pip install "
+                            "'arena-toolkit[zstd]', or decompress it (zstd -d)", path=str(path)) from None
         return zstd.open(path, "rb")
     return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
 
