@@ -42,7 +42,7 @@ class ToyBackend:
         return np.stack([real * self.scale, np.zeros_like(real), -real * self.scale], axis=1)
 
 
-def _toy_variants(folder):
+def _toy_variants(folder, devices=("auto",)):
     if not (folder.path / TOY_FILE).is_file():
         return []
     return [Variant("toy", "fp32", "cpu", TOY_FILE, speed=100.0)]
@@ -139,7 +139,7 @@ def test_every_real_backend_declares_itself():
     assert declared["tensorrt"].devices == ("cuda",)
     assert {s.reads for s in declared.values()} <= {"checkpoint", "export"}
     with pytest.raises(ValueError, match="already registered"):
-        register(BackendSpec(name="onnx", precisions=(), devices=(), reads="export", variants=lambda f: [],
+        register(BackendSpec(name="onnx", precisions=(), devices=(), reads="export", variants=lambda f, d: [],
                              open=lambda *a: None))
 
 
