@@ -49,7 +49,7 @@ def test_auto_falls_back_to_cpu_with_a_warning_and_an_honest_label(tiny_export, 
         onnx_backend.OnnxBackend(tiny_export / "model.onnx", device="cuda")
 
 
-def test_auto_means_a_gpu_is_present_not_a_provider_installed(cuda_provider_listed, monkeypatch):
+def test_auto_means_a_gpu_is_present_not_a_provider_installed(cuda_provider_listed, monkeypatch, tiny_export):
     import arena.serving.backends.onnx as onnx_backend
     import arena.serving.choice as base
 
@@ -60,7 +60,7 @@ def test_auto_means_a_gpu_is_present_not_a_provider_installed(cuda_provider_list
 
     assert not ort_cuda()
     monkeypatch.setattr(base, "gpu_present", lambda: False)
-    assert base._auto_gpu_choice(None, None, has_onnx=True, has_torch=True) is None
+    assert base.choose_backend("auto", tiny_export).variant.device == "cpu"
 
 
 # ------------------------------------------------------------------------------ engines built for another GPU
@@ -84,7 +84,7 @@ def folder_with_h100_engine(tmp_path, tiny_export, monkeypatch):
     monkeypatch.setattr(gpu, "tensorrt_available", lambda: (True, "ok"))
     monkeypatch.setattr(gpu, "gpu_identity", lambda device="cuda": ("Tesla T4", "7.5"))
     monkeypatch.setattr(base, "gpu_present", lambda: True)
-    monkeypatch.setattr(base, "ort_cuda", lambda: True)
+    monkeypatch.setattr(gpu, "ort_cuda", lambda: True)
     return folder
 
 
@@ -93,10 +93,10 @@ def test_auto_skips_an_engine_built_on_another_gpu_and_says_why(folder_with_h100
 
     choice = choose_backend("auto", folder_with_h100_engine)
     assert choice.backend == "onnx"
-    assert "the TensorRT engine is not used" in choice.reason and "Tesla T4" in choice.reason
+    assert "passed over: tensorrt fp16 cuda (" in choice.reason and "Tesla T4" in choice.reason
     assert f"arena-export {json.loads((folder_with_h100_engine / MANIFEST).read_text())['source_checkpoint']}" \
            in choice.reason
-    assert "not using the TensorRT engine" in caplog.text
+    assert "not using tensorrt fp16 cuda" in caplog.text
 
 
 def test_backend_tensorrt_stops_with_the_rebuild_command(folder_with_h100_engine):

@@ -76,6 +76,9 @@ def choose_variant(folder: ModelFolder, backend: str = "auto", precision: str = 
     if not usable:
         raise BackendUnavailable(_nothing_runs(folder, backend, precision, kind, ranked))
     chosen = usable[0]
+    for v in ranked[:ranked.index(chosen)]:
+        if v.checked and v.file and not asked:  # a faster option the folder holds that cannot run here: say so
+            log.warning("not using %s: %s", v.name, v.why_not)
     return Choice(chosen.backend, _reason(folder, chosen, ranked, asked, kind), {"precision": chosen.precision},
                   chosen)
 

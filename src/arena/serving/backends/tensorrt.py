@@ -191,7 +191,8 @@ def _variants(folder: Any, devices: Sequence[str] = ("auto",)) -> list[Variant]:
 
     gpus = [d for d in devices if d != "auto"] or ["cuda"]
     ok, why = engine_usable(folder.path, folder.manifest, gpus)
-    return [Variant("tensorrt", "fp16", "cuda", speed=3.0, why_not=None if ok else why)]
+    engines = folder.manifest["tensorrt"]["engines"]
+    return [Variant("tensorrt", "fp16", "cuda", engines[0].get("file"), speed=3.0, why_not=None if ok else why)]
 
 
 def _open(folder: Any, variant: Variant, options: OpenOptions) -> Any:  # pragma: no cover - needs TensorRT
