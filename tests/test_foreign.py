@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from arena.export.cli import app as export_app
 from arena.infer.cli import app as infer_app
 from arena.infer.cli import run_infer
-from tests.conftest import TEST_CSV, TOKENIZER, TRAIN_CSV, write_tiny_config
+from tests.conftest import TEST_CSV, TINY_INT8_LOG_LOSS_TOL, TOKENIZER, TRAIN_CSV, write_tiny_config
 
 TOKENIZER_NAMES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spm.model")
 
@@ -126,7 +126,8 @@ def test_arena_export_from_a_foreign_export_is_checked_against_it(tmp_path, fore
 
     out = tmp_path / "export"
     result = CliRunner().invoke(export_app, [str(foreign_export), "--out", str(out), "--int8", "--data",
-                                             str(TRAIN_CSV), "--parity-shapes", "1x17,7x64"])
+                                             str(TRAIN_CSV), "--parity-shapes", "1x17,7x64",
+                                             "--int8-log-loss-tol", str(TINY_INT8_LOG_LOSS_TOL)])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["source"] == "foreign_onnx"

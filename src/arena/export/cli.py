@@ -56,6 +56,8 @@ def export(
     fp32_tol: Annotated[float, typer.Option(help="Max |logit diff| for fp32 artefacts")] = 1e-4,
     fp16_prob_tol: Annotated[float, typer.Option(help="Max |prob diff| for FP16")] = 2e-2,
     int8_prob_tol: Annotated[float, typer.Option(help="Max |prob diff| for INT8")] = 0.1,
+    int8_log_loss_tol: Annotated[float | None, typer.Option(
+        help="Max log-loss change for INT8 on labelled rows (default: the gate's 0.02)")] = None,
     min_agreement: Annotated[float, typer.Option(help="Min argmax agreement for FP16/INT8")] = 0.97,
     trt_buckets: Annotated[int, typer.Option(help="TensorRT optimisation profiles (length buckets)")] = 4,
     max_tokens: Annotated[int | None, typer.Option(
@@ -75,7 +77,8 @@ def export(
     config = ExportConfig(data=data, fp16=fp16, int8=int8, optimize=optimize, trt=trt, openvino=openvino,
                           int8_static=int8_static, calibration_rows=calibration_rows, opset=opset, exporter=exporter,
                           parity_shapes=parity_shapes, fp32_tol=fp32_tol, fp16_prob_tol=fp16_prob_tol,
-                          int8_prob_tol=int8_prob_tol, min_agreement=min_agreement, trt_buckets=trt_buckets,
+                          int8_prob_tol=int8_prob_tol, int8_log_loss_tol=int8_log_loss_tol,
+                          min_agreement=min_agreement, trt_buckets=trt_buckets,
                           max_tokens=max_tokens, workspace_gib=workspace_gib, overwrite=overwrite,
                           allow_partial=allow_partial)
     typer.echo(json.dumps(export_folder(checkpoint, out, config)))
