@@ -156,7 +156,10 @@ def test_devices_with_one_value_is_used_not_ignored(tmp_path, tiny_export, monke
     import arena.machine.devices
     from arena.infer.cli import check_infer_request
 
+    import arena.machine.gpu
+
     monkeypatch.setattr(arena.machine.devices, "torch_gpus", lambda: 2)
+    monkeypatch.setattr(arena.machine.gpu, "torch_gpus", lambda: 2)  # the torch backend's own request check
     kwargs = dict(backend="torch", precision="auto", tta="none", policy="sorted", max_tokens=None, batch_size=64,
                   chunk_rows=100, threads=None, encode_workers=0, compile=False, device="auto")
     out = tmp_path / "s.csv"
