@@ -154,9 +154,8 @@ def test_a_gpu_asked_for_on_a_cpu_machine_is_an_error(tmp_path, tiny_export, no_
 
 def test_devices_with_one_value_is_used_not_ignored(tmp_path, tiny_export, monkeypatch):
     import arena.machine.devices
-    from arena.infer.cli import check_infer_request
-
     import arena.machine.gpu
+    from arena.infer.cli import check_infer_request
 
     monkeypatch.setattr(arena.machine.devices, "torch_gpus", lambda: 2)
     monkeypatch.setattr(arena.machine.gpu, "torch_gpus", lambda: 2)  # the torch backend's own request check
