@@ -128,17 +128,18 @@ class FoldSet:
                 "unfinished": self.unfinished, "complete": self.complete, "describe": self.describe()}
 
 
-def fold_set(folder: str | Path) -> FoldSet | None:
+def fold_set(folder: str | Path, manifest: dict[str, Any] | None = None) -> FoldSet | None:
     """The completeness rule of fold ensembles, in one place; None when ``folder`` is not an ensemble.
 
     A training output's fold ``fold_k/`` is finished when it holds a checkpoint and ``train_done.json`` (or the
     whole run finished: ``metrics.json`` and no ``train_running.json``); the number of folds comes from
     ``train_config.json``. An export's members are those its manifest lists; one whose own manifest says it came
     from an unfinished run counts as unfinished; the number of folds comes from the manifest's ``folds`` section
-    (an export made with ``--allow-partial``) or the copied ``train_config.json``."""
+    (an export made with ``--allow-partial``) or the copied ``train_config.json``. ``manifest``: the folder's,
+    when the caller has read it (so it is read once)."""
     folder = Path(folder)
-    if (folder / MANIFEST).is_file():
-        return _export_folds(folder)
+    if manifest is not None or (folder / MANIFEST).is_file():
+        return _export_folds(folder, manifest)
     if (folder / "config.json").is_file() or not folder.is_dir():
         return None
     present = sorted((p for p in folder.glob("fold_*") if p.is_dir() and p.name[5:].isdigit()),
@@ -152,9 +153,9 @@ def fold_set(folder: str | Path) -> FoldSet | None:
     return _fold_set(folder, present, expected, unfinished, export=False)
 
 
-def _export_folds(folder: Path) -> FoldSet | None:
+def _export_folds(folder: Path, manifest: dict[str, Any] | None = None) -> FoldSet | None:
     try:
-        body = read_manifest(folder) or {}
+        body = manifest if manifest is not None else read_manifest(folder) or {}
     except ConfigError:
         return None  # a broken manifest is reported by the single-model loader
     if body.get("kind") != ENSEMBLE_KIND:
@@ -213,11 +214,11 @@ def check_complete(folder: str | Path, *, allow_partial: bool) -> FoldSet | None
     return folds
 
 
-def member_folders(folder: Path) -> list[Path] | None:
+def member_folders(folder: Path, manifest: dict[str, Any] | None = None) -> list[Path] | None:
     """The folders to score when ``folder`` is an ensemble (a k-fold training output or an ensemble export): its
     finished folds, in fold order; None for a single model. Whether a partial ensemble may be used at all is
     :func:`check_complete`'s decision, taken at the command's edge before anything is loaded."""
-    folds = fold_set(folder)
+    folds = fold_set(folder, manifest)
     return None if folds is None else folds.members
 
 

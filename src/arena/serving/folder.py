@@ -94,10 +94,10 @@ def read_folder(folder: str | Path) -> ModelFolder:
     if not folder.is_dir():
         raise ModelError(f"model folder {folder} does not exist" if not folder.exists()
                          else f"{folder} is a file; pass a model folder")
-    members = member_folders(folder)
+    manifest = read_manifest(folder)  # the one read of the manifest
+    members = member_folders(folder, manifest)
     if members:
-        return ModelFolder(folder, ENSEMBLE, read_manifest(folder), members=tuple(members))
-    manifest = read_manifest(folder)
+        return ModelFolder(folder, ENSEMBLE, manifest, members=tuple(members))
     if manifest is not None:
         return ModelFolder(folder, EXPORT, manifest, EncoderConfig.from_dict(manifest.get("encoder", {})),
                            float(manifest.get("temperature", 1.0)),
