@@ -266,17 +266,23 @@ def _main(cli: str):
     return {"train": train, "export": export, "infer": infer, "report": report, "bench": bench}[cli]
 
 
-@pytest.mark.parametrize(("cli", "args", "says"), list(CASES.values()), ids=list(CASES))
-def test_mistake_is_one_error_line_and_touches_nothing(ws, monkeypatch, capsys, cli, args, says):
-    monkeypatch.chdir(ws)
-    monkeypatch.setattr(sys, "argv", [f"arena-{cli}", *args])
-    before = tree(ws)
+def run_cli(monkeypatch, capsys, folder, cli: str, args: list) -> tuple[int, str, str]:
+    """Run ``arena-<cli> args`` in ``folder`` through its console entry point: (exit code, stdout, stderr)."""
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(sys, "argv", [f"arena-{cli}", *map(str, args)])
     try:
         _main(cli)()
         code = 0
     except SystemExit as exc:
         code = exc.code
     out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(("cli", "args", "says"), list(CASES.values()), ids=list(CASES))
+def test_mistake_is_one_error_line_and_touches_nothing(ws, monkeypatch, capsys, cli, args, says):
+    before = tree(ws)
+    code, out, err = run_cli(monkeypatch, capsys, ws, cli, args)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2, f"exit {code}\nstdout: {out[-1500:]}\nstderr: {err[-1500:]}"
     assert len(errors) == 1, err

@@ -100,16 +100,15 @@ def test_a_bert_export_with_token_type_ids_runs_on_the_bound_path(bound_backend)
     assert stream.waits == 1 and stream.syncs == 1
 
 
-def test_tensors_handed_in_get_tensor_zeros_for_token_type_ids(bound_backend):
-    """The executor may hand device tensors over; their segment ids must be made as tensors, not via numpy."""
-    from arena.serving.backends.onnx import _zeros_like
+def test_tensors_handed_in_get_zeros_for_token_type_ids(bound_backend):
+    """The executor may hand device tensors over; their segment ids are made from the shape alone
+    (:func:`arena.artifacts.feed_arrays`), never by numpy reading the tensor, and bound like the other inputs."""
+    from arena.artifacts import TOKEN_TYPE_IDS, feed_arrays
 
     backend, _ = bound_backend
     ids = torch.from_numpy(IDS)
-    zeros = _zeros_like(ids)
-    assert isinstance(zeros, torch.Tensor) and zeros.dtype == ids.dtype and zeros.device == ids.device
-    assert zeros.shape == ids.shape and not zeros.any()
-    assert isinstance(_zeros_like(IDS), np.ndarray)
+    zeros = feed_arrays([*backend.input_names], ids, torch.from_numpy(MASK))[TOKEN_TYPE_IDS]
+    assert zeros.shape == tuple(ids.shape) and not zeros.any()
     np.testing.assert_array_equal(backend(ids, torch.from_numpy(MASK)), EXPECTED)
 
 

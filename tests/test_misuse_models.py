@@ -9,29 +9,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import pandas as pd
 import pytest
 
 from arena.errors import ModelError
 from tests.conftest import MISTRAL_TOKENIZER, TEST_CSV, TRAIN_CSV, lora_config
-from tests.test_cli_misuse import _main
+from tests.test_cli_misuse import run_cli
 from tests.test_decoder import tiny_decoder_config
 from tests.test_safety import copy_model, tree
-
-
-def run_cli(monkeypatch, capsys, folder, cli: str, args: list[str]) -> tuple[int, str, str]:
-    """Run ``arena-<cli> args`` in ``folder`` through its console entry point: (exit code, stdout, stderr)."""
-    monkeypatch.chdir(folder)
-    monkeypatch.setattr(sys, "argv", [f"arena-{cli}", *map(str, args)])
-    try:
-        _main(cli)()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def refused(monkeypatch, capsys, folder, cli: str, args: list[str], *says: str) -> str:

@@ -77,17 +77,10 @@ def check_precision(flag: str, backend: str, precision: str, device: str = "auto
     one_of("--backend", backend, allowed)
     one_of(f"{flag} for backend {backend}", precision, allowed[backend])
     declared = specs()
-    for spec in ([declared[backend]] if backend != "auto" else
-                 [s for s in declared.values() if precision in s.precisions]):
-        if spec.check_request is not None and (backend != "auto" or len(_serving(precision)) == 1):
-            spec.check_request(precision, device)
-
-
-def _serving(precision: str) -> list[str]:
-    """The backends that serve ``precision``: with ``--backend auto`` a request check applies only when one does."""
-    from arena.serving.backends import specs
-
-    return [name for name, s in specs().items() if precision in s.precisions]
+    # a named backend's own checks; with --backend auto only where one backend alone serves the precision (4bit)
+    serving = [declared[backend]] if backend != "auto" else [s for s in declared.values() if precision in s.precisions]
+    if len(serving) == 1 and serving[0].check_request is not None:
+        serving[0].check_request(precision, device)
 
 
 def backend_help() -> str:

@@ -177,11 +177,6 @@ class OnnxBackend:
         return host.numpy()
 
 
-def _zeros_like(value: Any) -> Any:
-    """Zeros of ``value``'s shape and type where ``value`` lives: a numpy array, or a torch tensor on its device
-    (``np.zeros_like`` of a CUDA tensor fails: numpy cannot read GPU memory)."""
-    return value.new_zeros(value.shape) if hasattr(value, "new_zeros") else np.zeros_like(value)
-
 
 def _host(value: Any) -> Any:
     """A CPU array for a numpy array or a torch tensor (the CPU session takes host memory)."""
