@@ -71,7 +71,7 @@ bench-ci: install
 	$(BIN)/arena-export runs/ci/xsmall --out runs/ci/xsmall-export --int8 --int8-static \
 	    --parity-shapes 1x17,4x133,4x512 --overwrite
 	$(BIN)/arena-bench --model runs/ci/xsmall --export runs/ci/xsmall-export --data $(DATA)/train_sample.csv \
-	    --rows 40 --repeats 1 --warmup 1 \
+	    --rows 40 --repeats 3 --warmup 1 \
 	    --cells torch:fp32/notebook,torch:fp32/sorted,onnx:fp32/sorted,onnx:int8/sorted,openvino:fp32/sorted,openvino:int8/sorted \
 	    --out runs/ci/bench --check benchmarks/thresholds.json \
 	    --title "CI: DeBERTa-v3-xsmall architecture, CPU"

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ from typer.testing import CliRunner
 from arena.bench.cli import app
 from arena.bench.data_report import app as report_app
 from arena.bench.data_report import summarize
-from arena.bench.runner import CellResult, check_thresholds, compute_speedups, repeat_to
+from arena.bench.runner import CellResult, check_thresholds, compute_speedups, repeat_to, rule_min
 from tests.conftest import TOKENIZER, TRAIN_CSV
 
 
@@ -62,7 +63,8 @@ def test_check_mode_fails_below_threshold(tmp_path, tiny_checkpoint, tiny_export
         "--cells", "onnx:fp32/sorted", "--repeats", "1", "--warmup", "0", "--out", str(tmp_path / "b"),
         "--check", str(thresholds)])
     assert result.exit_code == 5
-    assert "impossible (1.00x, needs >= 2.0x)" in result.output
+    assert "impossible (1.00x, needs >= 2.0x, the min for every CPU kind measured)" in result.output
+    assert "CPU cores (" in result.output  # the failure names the machine it was measured on
 
 
 def _cell(name, rps):
@@ -81,6 +83,30 @@ def test_ratio_checks_and_speedups():
     result = {c["name"]: c for c in check_thresholds(cells, rules)}
     assert result["ok"]["passed"] and result["ok"]["value"] == pytest.approx(2.5)
     assert not result["low"]["passed"] and not result["missing"]["passed"]
+
+
+def test_a_ratio_is_raised_only_on_the_cpu_kind_that_was_measured_to_do_better():
+    cells = [_cell("fp32", 2.0), _cell("int8", 2.2)]
+    zen4 = {"flags_all": ["avx512_vnni", "avx512_bf16"], "flags_none": ["amx_tile"], "min": 1.2, "kind": "Zen 4"}
+    rules = {"ratios": [{"name": "int8", "numerator": "int8", "denominator": "fp32", "min": 0.9, "where_cpu": [zen4]}]}
+    on = {name: check_thresholds(cells, rules, flags=frozenset(flags))[0] for name, flags in {
+        "avx2": {"avx2"}, "zen4": {"avx2", "avx512_vnni", "avx512_bf16"},
+        "amx": {"avx2", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8"}}.items()}
+    assert on["avx2"]["passed"] and on["avx2"]["min"] == 0.9 and on["avx2"]["min_for"] == "every CPU kind measured"
+    assert not on["zen4"]["passed"] and on["zen4"]["min"] == 1.2 and on["zen4"]["min_for"] == "Zen 4"
+    assert on["amx"]["passed"] and on["amx"]["min"] == 0.9  # a kind not measured keeps the floor
+    assert "where_cpu" not in on["zen4"]
+
+
+def test_the_shipped_thresholds_hold_on_every_cpu_kind_they_name():
+    """Every recorded CPU kind's ratios pass the floor; each where_cpu min is at or below that kind's measurement."""
+    rules = json.loads((Path(__file__).parents[1] / "benchmarks" / "thresholds.json").read_text())["ratios"]
+    seen = {"avx2": [1.67, 1.31, 1.14, 2.49, 1.10, 0.95], "ci": [2.44, 1.30, 1.01, 3.19, 0.86, 0.97],
+            "zen4": [2.65, 1.46, 1.31, 5.06, 1.38, 1.66]}
+    zen4_flags = frozenset({"avx2", "avx512_vnni", "avx512_bf16"})
+    for rule, avx2, ci, zen4 in zip(rules, *seen.values(), strict=True):
+        assert rule["min"] <= min(avx2, ci) * 0.9, rule["name"]  # room for one noisy pass
+        assert rule_min(rule, zen4_flags)[0] <= zen4 * 0.9, rule["name"]
 
 
 def test_repeat_keeps_ids_unique_and_the_length_mix(train_records):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import shlex
 import sys
@@ -22,15 +21,9 @@ app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=F
 
 
 def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}"
+    from arena.machine.cpu import allowed_cores, cpu_kind
+
+    text = f"{allowed_cores()} CPU cores ({cpu_kind()}), Python {platform.python_version()}"
     try:
         import torch
 
@@ -146,12 +139,12 @@ def bench(
     typer.echo(json.dumps(final))
     if checks and not final["ok"]:
         failed = ", ".join(_describe(c) for c in checks if not c["passed"])
-        raise BenchmarkCheckFailed(f"ratio check(s) below threshold: {failed}")
+        raise BenchmarkCheckFailed(f"ratio check(s) below threshold on {payload['machine']}: {failed}")
 
 
 def _describe(check: dict) -> str:
     value = "not measured" if check["value"] is None else f"{check['value']:.2f}x"
-    return f"{check['name']} ({value}, needs >= {check['min']}x)"
+    return f"{check['name']} ({value}, needs >= {check['min']}x, the min for {check.get('min_for', 'every CPU')})"
 
 
 def main() -> None:

@@ -60,6 +60,11 @@ def read_thresholds(check: Path, cell_names: list[str]) -> dict[str, Any]:
         if missing or not isinstance(rule["min"], int | float):
             raise ConfigError(f"--check {check}: ratio {rule.get('name', rule)!r} needs name, numerator, "
                               "denominator and a numeric min")
+        for entry in rule.get("where_cpu", []):
+            if not isinstance(entry, dict) or not isinstance(entry.get("min"), int | float) or not (
+                    entry.get("flags_all") or entry.get("flags_none")):
+                raise ConfigError(f"--check {check}: ratio {rule['name']!r} has a where_cpu entry without a numeric "
+                                  "min and a flags_all or flags_none list")
         for side in ("numerator", "denominator"):
             if rule[side] not in cell_names:
                 raise ConfigError(f"--check {check}: ratio {rule['name']!r} compares cell {rule[side]}, which this "

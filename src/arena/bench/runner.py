@@ -227,17 +227,40 @@ def compute_speedups(results: list[CellResult], baseline: str) -> None:
         r.speedup = (r.rows_per_s / base.rows_per_s) if base else None
 
 
-def check_thresholds(results: list[CellResult], thresholds: dict[str, Any]) -> list[dict[str, Any]]:
-    """Evaluate each ``{"name", "numerator", "denominator", "metric", "min"}`` ratio; cells missing are failures."""
+def rule_min(rule: dict[str, Any], flags: frozenset[str]) -> tuple[float, str]:
+    """The threshold a ratio must meet on a CPU with ``flags``, and where it came from.
+
+    ``min`` holds on every CPU kind measured; a ``where_cpu`` entry (``{"flags_all": [...], "flags_none": [...],
+    "min": x, "kind": "..."}``) raises it on the CPU kind it names, where that kind was measured to do better.
+    """
+    best, source = float(rule["min"]), "every CPU kind measured"
+    for entry in rule.get("where_cpu", []):
+        if set(entry.get("flags_all", [])) <= flags and not set(entry.get("flags_none", [])) & flags:
+            if entry["min"] > best:
+                best, source = float(entry["min"]), entry.get("kind", "this CPU kind")
+    return best, source
+
+
+def check_thresholds(results: list[CellResult], thresholds: dict[str, Any],
+                     flags: frozenset[str] | None = None) -> list[dict[str, Any]]:
+    """Evaluate each ``{"name", "numerator", "denominator", "metric", "min"}`` ratio; cells missing are failures.
+
+    The threshold is :func:`rule_min`'s for this machine's CPU flags (``/proc/cpuinfo`` unless ``flags`` is given).
+    """
+    from arena.machine.cpu import cpu_flags
+
+    flags = cpu_flags() if flags is None else flags
     by_name = {r.name: asdict(r) for r in results}
     checks = []
     for rule in thresholds.get("ratios", []):
         num, den = by_name.get(rule["numerator"]), by_name.get(rule["denominator"])
         metric = rule.get("metric", "rows_per_s")
+        least, source = rule_min(rule, flags)
+        rule = {k: v for k, v in rule.items() if k != "where_cpu"} | {"min": least, "min_for": source}
         if num is None or den is None:
             checks.append({**rule, "value": None, "passed": False,
                            "why": f"cell {rule['numerator'] if num is None else rule['denominator']} not measured"})
             continue
         value = num[metric] / den[metric]
-        checks.append({**rule, "value": value, "passed": value >= rule["min"]})
+        checks.append({**rule, "value": value, "passed": value >= least})
     return checks

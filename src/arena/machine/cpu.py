@@ -16,6 +16,11 @@ CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
 CGROUP_V1 = (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+AMX_FLAGS = frozenset({"amx_tile", "amx_bf16", "amx_int8"})
+FP16_FLAGS = frozenset({"avx512_fp16"})
+# The flags that decide which precision runs fastest here, in the order reports list them.
+MATMUL_FLAGS = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+                "amx_int8")
 
 
 def cgroup_cpu_limit(v2: Path = CGROUP_V2, v1: tuple[Path, Path] = CGROUP_V1) -> float | None:
@@ -79,3 +84,26 @@ def has_native_bf16(flags: frozenset[str] | None = None) -> bool:
 def has_int8_dot(flags: frozenset[str] | None = None) -> bool:
     """True where INT8 dot-product instructions exist (AVX-512 VNNI, AVX-VNNI or AMX)."""
     return bool((cpu_flags() if flags is None else flags) & INT8_FLAGS)
+
+
+def has_amx(flags: frozenset[str] | None = None) -> bool:
+    """True where Intel AMX tiles exist (``amx_tile`` with bf16 or int8): bf16 and INT8 matrix products in hardware."""
+    found = (cpu_flags() if flags is None else flags) & AMX_FLAGS
+    return "amx_tile" in found and len(found) > 1
+
+
+def has_avx512_fp16(flags: frozenset[str] | None = None) -> bool:
+    """True where AVX-512 FP16 arithmetic exists (Sapphire Rapids and later)."""
+    return bool((cpu_flags() if flags is None else flags) & FP16_FLAGS)
+
+
+def matmul_flags(flags: frozenset[str] | None = None) -> list[str]:
+    """The flags of :data:`MATMUL_FLAGS` this CPU has, in that order (``["avx2", "avx512f", "avx512_vnni", ...]``)."""
+    found = cpu_flags() if flags is None else flags
+    return [f for f in MATMUL_FLAGS if f in found]
+
+
+def cpu_kind(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU model and its matmul flags in one line, the way reports and caches name a machine's CPU."""
+    flags = matmul_flags(cpu_flags(cpuinfo))
+    return f"{cpu_model_name(cpuinfo)} [{' '.join(flags) or 'no AVX2'}]"
