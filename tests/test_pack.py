@@ -249,22 +249,30 @@ def _test_ids() -> list[str]:
     return pd.read_csv(TEST_CSV, dtype={"id": str})["id"].tolist()
 
 
-def test_notebook_runs_offline_in_a_fresh_kernel(kaggle, tmp_path, monkeypatch):
+def run_notebook_offline(notebook: Path, *, python: Path, input_root: Path, working: Path, tmp_path: Path,
+                         monkeypatch) -> str:
+    """Execute a bundle's ``submit.ipynb`` in a real kernel of ``python`` with no package index, its paths set the
+    way papermill's ``-p`` would; returns everything the cells printed."""
     import nbformat
     from nbclient import NotebookClient
 
-    python = kaggle_like_venv(tmp_path / "venv", kaggle["dists"])
-    assert subprocess.run([python, "-c", f"import {MISSING}"], capture_output=True).returncode != 0
     _offline_env(monkeypatch, tmp_path / "jupyter", python)
-    working = tmp_path / "working"
-    nb = nbformat.read(kaggle["bundle"] / "submit.ipynb", as_version=4)
+    nb = nbformat.read(notebook, as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
-    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(  # what papermill does with -p
-        f"INPUT_ROOT = {str(kaggle['root'] / 'input')!r}\nWORKING = {str(working)!r}"))
+    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(f"INPUT_ROOT = {str(input_root)!r}\nWORKING = {str(working)!r}"))
     NotebookClient(nb, kernel_name="kaggle-test", timeout=600, resources={"metadata": {"path": str(tmp_path)}}) \
         .execute()
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_notebook_runs_offline_in_a_fresh_kernel(kaggle, tmp_path, monkeypatch):
+    python = kaggle_like_venv(tmp_path / "venv", kaggle["dists"])
+    assert subprocess.run([python, "-c", f"import {MISSING}"], capture_output=True).returncode != 0
+    working = tmp_path / "working"
+    printed = run_notebook_offline(kaggle["bundle"] / "submit.ipynb", python=python,
+                                   input_root=kaggle["root"] / "input", working=working, tmp_path=tmp_path,
+                                   monkeypatch=monkeypatch)
     check_submission(working / "submission.csv", _test_ids())
-    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "projected run time" in printed and "submission:" in printed
     assert subprocess.run([python, "-c", f"import {MISSING}, arena.pack"], capture_output=True).returncode == 0
 
@@ -351,7 +359,10 @@ def test_repack_needs_overwrite_and_replaces_only_a_bundle(ws, monkeypatch, caps
     shutil.rmtree(ws / "bundle")
 
 
-def test_lora_checkpoint_is_packed_with_its_base_and_loads_from_the_bundle(tmp_path, decoder_base, ws):
+def test_lora_checkpoint_is_packed_with_its_base_and_its_notebook_scores_offline(tmp_path, decoder_base, ws,
+                                                                                   monkeypatch):
+    """The bundle carries the base beside the adapter (relative path), scores like the source in this process, and
+    its ``submit.ipynb`` scores the competition's test.csv in a fresh offline kernel."""
     import numpy as np
 
     from arena.data import read_test
@@ -363,15 +374,30 @@ def test_lora_checkpoint_is_packed_with_its_base_and_loads_from_the_bundle(tmp_p
 
     lora = tmp_path / "lora"
     run_training(lora_config(decoder_base, lora, max_steps=1))
-    run_pack([lora], tmp_path / "bundle", dataset_id="tester/lora-bundle", target_freeze=ws / "freeze.txt",
-             no_index=True)
-    packed = tmp_path / "bundle" / "models" / "lora"
+    inputs = tmp_path / "input"
+    (inputs / "llm-classification-finetuning").mkdir(parents=True)
+    shutil.copy2(TEST_CSV, inputs / "llm-classification-finetuning" / "test.csv")
+    bundle = inputs / "lora-bundle"
+    run_pack([lora], bundle, dataset_id="tester/lora-bundle", target_freeze=ws / "freeze.txt", no_index=True,
+             infer_options=["--backend", "torch", "--precision", "fp32"])
+    packed = bundle / "models" / "lora"
     meta = json.loads((packed / "arena.json").read_text())
     assert not Path(meta["head"]["base"]).is_absolute()
-    assert (packed / meta["head"]["base"]).resolve() == (tmp_path / "bundle" / "models" / "base-model").resolve()
+    assert (packed / meta["head"]["base"]).resolve() == (bundle / "models" / "base-model").resolve()
     records = read_test(TEST_CSV)
     probs = []
     for folder in (lora, packed):
         ensemble = open_models([folder], backend="torch", precision="fp32", device="cpu")
         probs.append(scorer_for(ensemble, ScoreConfig()).score(records))
     assert np.allclose(probs[0], probs[1], atol=1e-6)
+
+    python = kaggle_like_venv(tmp_path / "venv", kaggle_like_dists(set()))
+    working = tmp_path / "working"
+    printed = run_notebook_offline(bundle / "submit.ipynb", python=python, input_root=inputs, working=working,
+                                   tmp_path=tmp_path, monkeypatch=monkeypatch)
+    check_submission(working / "submission.csv", _test_ids())
+    assert "submission:" in printed
+    scored = pd.read_csv(working / "submission.csv", dtype={"id": str}).set_index("id")
+    ids = [r.id for r in records]
+    assert np.allclose(scored.loc[ids, ["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy(), probs[0],
+                       atol=1e-5)  # the notebook's numbers are the source model's
