@@ -262,3 +262,14 @@ def test_arena_infer_calibrates_once_then_reads_the_cache(tmp_path, tiny_export,
     declared = choose_variant(read_folder(tiny_export)).variant.name
     assert (static["source"], static["chosen"], static["measured"]) == ("static", declared, {})
     assert not (tmp_path / "empty" / CACHE_FILE).exists()
+
+
+def test_arena_pack_passes_no_calibrate_to_the_notebook():
+    from arena.pack.cli import infer_options
+    from arena.pack.notebook import render_script
+
+    common = dict(backend="auto", precision="auto", tta="none", devices=None, weights=None, combine="probs",
+                  rules=None, max_tokens=None, time_limit=None, time_limit_action="error")
+    assert "--no-calibrate" not in infer_options(1, **common)  # the notebook calibrates by default
+    options = infer_options(1, **common, calibrate=False)
+    assert "--no-calibrate" in options and '"--no-calibrate"' in render_script(options)
