@@ -94,7 +94,8 @@ class CalibrationRequest:
 class Calibration:
     """Where an automatic CPU choice came from: ``measured`` now, the ``cache``, or the declared order
     (``static``, with ``why`` nothing was measured). ``measured``: rows/s per variant name; ``seconds``: the time
-    the measurement took here (0 for the cache and the static order), part of the run's wall time."""
+    the measurement took here, opening every candidate included (the winner's open is not repeated; 0 for the cache
+    and the static order), part of the run's wall time."""
 
     source: str
     chosen: str
