@@ -73,6 +73,20 @@ def assert_logits_close(ref: np.ndarray, got: np.ndarray, *, rel: float, min_spr
                                         f"{rel} x spread {spread:.3g}")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def arena_cache_dir(tmp_path_factory):
+    """What arena caches about the machine (``--backend auto``'s calibration) goes to this session's own folder,
+    never the user's ~/.cache; a test that needs an empty cache points ARENA_CACHE_DIR elsewhere itself."""
+    folder = tmp_path_factory.mktemp("arena-cache")
+    previous = os.environ.get("ARENA_CACHE_DIR")
+    os.environ["ARENA_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("ARENA_CACHE_DIR", None)
+    else:
+        os.environ["ARENA_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def shared_available() -> None:
     if not TRAIN_CSV.is_file():

@@ -31,7 +31,11 @@ def test_real_test_csv_gives_a_valid_submission_matching_sample_submission(tmp_p
     summary = run_infer(TEST_CSV, tiny_export, out)
     sample = pd.read_csv(DATA / "sample_submission.csv", dtype={"id": str})
     check_submission(out, sample["id"].tolist())
-    assert summary["rows"] == 3 and summary["backend"].startswith(choose_backend("auto", tiny_export).backend)
+    from arena.serving.folder import read_folder
+
+    chosen = summary["calibration"]["members"][0]["chosen"]  # measured on this CPU, or the declared order
+    checked = {v.name for v in read_folder(tiny_export).variants() if v.device == "cpu" and v.usable and v.checked}
+    assert summary["rows"] == 3 and chosen in checked and summary["backend"].startswith(chosen.split()[0])
 
 
 def test_backends_agree_and_order_is_restored(tmp_path, tiny_checkpoint, tiny_export):
@@ -189,12 +193,16 @@ def test_encode_workers_after_torch_has_run_do_not_hang(tmp_path, tiny_checkpoin
     assert np.abs(check_submission(tmp_path / "w.csv", ids) - check_submission(tmp_path / "one.csv", ids)).max() < 1e-6
 
 
-def test_two_processes_give_the_same_submission(tmp_path, tiny_export):
+def test_two_processes_give_the_same_submission(tmp_path, tiny_export, monkeypatch):
     """--devices shards batches over one process per device (2 CPU processes here); output is identical."""
+    monkeypatch.setenv("ARENA_CACHE_DIR", str(tmp_path / "cache"))  # nothing measured: --no-calibrate's order
     frame = pd.read_csv(TRAIN_CSV).iloc[:120][["id", "prompt", "response_a", "response_b"]]
     frame.to_csv(tmp_path / "t.csv", index=False)
-    one = run_infer(tmp_path / "t.csv", tiny_export, tmp_path / "one.csv")
+    # --devices runs the declared order (its workers' thread counts differ from one process's: no measurement of
+    # one process holds for them), so the one-process run takes it too: the same variant, the same numbers
+    one = run_infer(tmp_path / "t.csv", tiny_export, tmp_path / "one.csv", calibrate=False)
     two = run_infer(tmp_path / "t.csv", tiny_export, tmp_path / "two.csv", devices="cpu,cpu")
+    assert two["calibration"]["members"] == []  # --devices is never calibrated
     assert "2 processes" in two["backend"] and one["rows"] == two["rows"] == 120
     ids = frame["id"].astype(str).tolist()
     assert np.allclose(check_submission(tmp_path / "one.csv", ids), check_submission(tmp_path / "two.csv", ids),

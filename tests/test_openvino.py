@@ -77,7 +77,7 @@ def test_static_int8_is_written_checked_and_hashed(tiny_export_int8_static):
 def test_auto_picks_static_int8_and_infer_says_why_and_how_many_threads(tmp_path, tiny_export_int8_static):
     from arena.infer.cli import run_infer
 
-    summary = run_infer(TEST_CSV, tiny_export_int8_static, tmp_path / "s.csv")
+    summary = run_infer(TEST_CSV, tiny_export_int8_static, tmp_path / "s.csv", calibrate=False)  # declared order
     assert summary["backend"].startswith("openvino (model.int8.xml, int8")
     assert "openvino int8 is the fastest" in summary["reason"] and "RESULTS.md" in summary["reason"]
     assert summary["threads"] >= 1 and f"{summary['threads']} threads" in summary["backend"]

@@ -117,6 +117,13 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
 
 
+def manifest_sha256(manifest: dict[str, Any]) -> str:
+    """An export's identity: the sha256 of its manifest as read (keys sorted), which records the sha256 of every
+    file and how each was built and checked, so any change to the export's files changes it. Keys what arena learns
+    about an export on a machine (:mod:`arena.serving.calibration`) without hashing gigabytes of weights."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
 def copy_model_files(src: Path, dst: Path) -> list[str]:
     """Copy the :data:`MODEL_FILES` that ``src`` has into ``dst``; return their names.
 

@@ -39,6 +39,19 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         fh.write(text)
 
 
+CACHE_ENV = "ARENA_CACHE_DIR"
+
+
+def user_cache_dir() -> Path:
+    """Where arena keeps what it learns about this machine (the backend calibration, compiled OpenVINO models):
+    ``$ARENA_CACHE_DIR``, else ``$XDG_CACHE_HOME/arena``, else ``~/.cache/arena``. Never a model folder: folders
+    may be read-only Kaggle datasets, and an export's manifest hashes every file in it."""
+    own = os.environ.get(CACHE_ENV, "").strip()
+    if own:
+        return Path(own).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "arena"
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Build a folder under a temporary name and move it to ``path`` only when the block succeeds.

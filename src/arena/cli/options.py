@@ -83,6 +83,13 @@ def check_precision(flag: str, backend: str, precision: str, device: str = "auto
         serving[0].check_request(precision, device)
 
 
+CALIBRATE_HELP = ("--backend auto on a CPU: the first time an export runs on this machine, time its parity-checked "
+                  "variants on a few batches of this input (seconds) and cache the fastest; --no-calibrate uses "
+                  "the cached choice, else the declared order (a named --backend or a GPU never measures)")
+"""``--calibrate/--no-calibrate``'s help, the same wherever ``--backend auto`` scores
+(:mod:`arena.serving.calibration`)."""
+
+
 def backend_help() -> str:
     """``--backend``'s help, from the declarations."""
     from arena.serving.backends import backend_names

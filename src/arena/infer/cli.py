@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from arena.cli.app import run_app, setup_logging
-from arena.cli.options import backend_help, precision_help
+from arena.cli.options import CALIBRATE_HELP, backend_help, precision_help
 from arena.errors import ConfigError, cli_errors
 
 log = logging.getLogger("arena.infer")
@@ -32,6 +32,7 @@ def infer(
     backend: Annotated[str, typer.Option(help=backend_help())] = "auto",
     precision: Annotated[str, typer.Option(help=precision_help() + " (torch 4bit/8bit: decoders on a GPU)")]
     = "auto",
+    calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help=CALIBRATE_HELP)] = True,
     tta: Annotated[str, typer.Option(help="none or swap (score A/B-swapped too and average)")] = "none",
     policy: Annotated[str, typer.Option(help="sorted (token budget), notebook or padded")] = "sorted",
     rules: Annotated[str | None, typer.Option(help="Post-processing: identical-tie, empty-loses (comma list)")]
@@ -68,12 +69,13 @@ def infer(
                         threads=threads, encode_workers=encode_workers, compile=compile, device=device,
                         devices=devices, rules=rules, weights=parse_weights(weights, len(model)),
                         combine=combine, save_logits=save_logits, allow_partial=allow_partial,
-                        time_limit=time_limit, time_limit_action=time_limit_action)
+                        time_limit=time_limit, time_limit_action=time_limit_action, calibrate=calibrate)
     if "projection" in summary:
         typer.echo(summary["projection"]["line"])
     typer.echo(f"wrote {summary['rows']} rows to {out} with {summary['backend']} in {summary['wall_s']:.2f} s: "
                f"{summary['rows_per_s']:.1f} rows/s end to end, {summary['model_rows_per_s']:.1f} rows/s model "
-               f"only (encode {summary['encode_s']:.2f} s, model {summary['model_s']:.2f} s, "
+               f"only (calibration {summary['calibration']['seconds']:.2f} s, encode {summary['encode_s']:.2f} s, "
+               f"model {summary['model_s']:.2f} s, "
                f"write {summary['write_s']:.2f} s; padding efficiency {summary['padding_efficiency']:.2f})"
                + "".join(f"; {m}: {d}" for m, d in summary.get("folds", {}).items()))
     typer.echo(json.dumps(summary))
@@ -197,7 +199,12 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
               chunk_rows: int = 8192, threads: int | None = None, encode_workers: int = 0, compile: bool = False,
               device: str = "auto", devices: str | None = None, rules: str | None = None,
               weights: list[float] | None = None, combine: str = "probs", save_logits: Path | None = None,
-              allow_partial: bool = False, time_limit: str | None = None, time_limit_action: str = "error") -> dict:
+              allow_partial: bool = False, time_limit: str | None = None, time_limit_action: str = "error",
+              calibrate: bool = True) -> dict:
+    """Score ``test_csv`` into ``out``; the summary arena-infer prints. ``calibrate``: with ``--backend auto`` on a
+    CPU, settle the choice by timing the export's checked variants on this file's first rows once per machine
+    (False: the cached choice, else the declared order; :mod:`arena.serving.calibration`). The calibration's
+    seconds are part of ``wall_s``."""
     from tqdm.auto import tqdm
 
     from arena.cli.safety import warn_if_unfinished
@@ -225,9 +232,10 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
             warn_if_unfinished(m)
     config = ScoreConfig(policy=policy, batch_size=batch_size, max_tokens=max_tokens, chunk_rows=chunk_rows,
                          tta=tta, encode_workers=encode_workers, rules=parse_rules(rules))
-    scorer, description, reason, close = _open_scorer(models, config, backend=backend, precision=precision,
-                                                      threads=threads, compile=compile, device=device,
-                                                      shards=shards, weights=weights, combine=combine)
+    calibration = _calibration_request(test_csv, config, backend=backend, calibrate=calibrate)
+    scorer, description, reason, close, calibrated = _open_scorer(
+        models, config, backend=backend, precision=precision, threads=threads, compile=compile, device=device,
+        shards=shards, weights=weights, combine=combine, calibration=calibration)
     log.info("backend %s: %s", description, reason)
     timings = Timings()
     projection = None
@@ -245,7 +253,7 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
                 timings.write_s += time.perf_counter() - tw
                 bar.update(len(records))
                 bar.set_postfix(rows_s=f"{timings.rows / max(time.perf_counter() - t0, 1e-9):.1f}")
-            timings.wall_s = time.perf_counter() - t0
+            timings.wall_s = time.perf_counter() - t0 + calibrated["seconds"]
             writer.commit(timings.rows)
             extra.commit(timings.rows)
     finally:
@@ -253,7 +261,22 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
     return {"backend": description, "reason": reason, "threads": getattr(scorer.runner, "threads", None),
             "models": len(scorer.members), **({"folds": folds} if folds else {}), "tta": tta,
             "policy": policy, "rules": list(config.rules), "max_tokens": scorer.executor.budget,
-            **timings.summary(), **({"projection": projection} if projection else {})}
+            "calibration": calibrated, **timings.summary(), **({"projection": projection} if projection else {})}
+
+
+def _calibration_request(test_csv: Path, config, *, backend: str, calibrate: bool):
+    """What ``--backend auto`` needs to settle a CPU choice: the file's first rows (their length mix) and the run's
+    batch settings. A named backend reads no rows (it is never measured)."""
+    from contextlib import closing
+
+    from arena.data import iter_records
+    from arena.serving.calibration import SAMPLE_ROWS, CalibrationRequest
+
+    rows: list = []
+    if backend == "auto":
+        with closing(iter_records(test_csv, labelled=False, chunk_rows=SAMPLE_ROWS)) as chunks:
+            rows = next(chunks, [])
+    return CalibrationRequest(tuple(rows), calibrate, config.policy, config.batch_size, config.max_tokens)
 
 
 def _project(scorer, test_csv: Path, limit_s: float, action: str, started: float) -> dict:
@@ -268,8 +291,11 @@ def _project(scorer, test_csv: Path, limit_s: float, action: str, started: float
 
 
 def _open_scorer(models: list[Path], config, *, backend: str, precision: str, threads: int | None, compile: bool,
-                 device: str, shards: list[str] | None, weights: list[float] | None, combine: str):
-    """The scorer for one model or an ensemble; (scorer, description, why this backend, close)."""
+                 device: str, shards: list[str] | None, weights: list[float] | None, combine: str, calibration=None):
+    """The scorer for one model or an ensemble; (scorer, description, why this backend, close, what calibration
+    settled: the CPU, its seconds and each member's record). ``--devices`` is never calibrated: its workers each
+    open the declared choice."""
+    from arena.machine.cpu import cpu_kind
     from arena.serving.ensemble import member_folders
     from arena.serving.loading import LoadedEnsemble, open_models
     from arena.serving.scoring import scorer_for
@@ -277,7 +303,7 @@ def _open_scorer(models: list[Path], config, *, backend: str, precision: str, th
 
     if shards is None:
         ensemble = open_models(models, weights=weights, combine=combine, backend=backend, precision=precision,
-                               threads=threads, compile=compile, device=device)
+                               threads=threads, compile=compile, device=device, calibration=calibration)
     else:  # the workers load the model, the parent does not (cuda:0 would hold it twice)
         if len(models) > 1 or member_folders(models[0]):
             raise ConfigError("--devices runs one model per device; score an ensemble on one device at a time")
@@ -291,7 +317,10 @@ def _open_scorer(models: list[Path], config, *, backend: str, precision: str, th
         if shards is not None:
             first.runner.close()
 
-    return scorer, ensemble.description, first.choice.reason, close
+    records = [{"model": str(m.folder), **m.choice.calibration.to_dict()} for m in ensemble.members
+               if m.choice.calibration is not None]
+    calibrated = {"cpu": cpu_kind(), "seconds": round(sum(r["seconds"] for r in records), 3), "members": records}
+    return scorer, ensemble.description, first.choice.reason, close, calibrated
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from arena.cli.app import run_app, setup_logging
+from arena.cli.options import CALIBRATE_HELP
 from arena.errors import ConfigError, cli_errors
 
 log = logging.getLogger("arena.pack")
@@ -46,6 +47,8 @@ def pack(
                                                               "configured find-links (no package index)")] = False,
     backend: Annotated[str, typer.Option(help="arena-infer --backend in the notebook")] = "auto",
     precision: Annotated[str, typer.Option(help="arena-infer --precision in the notebook")] = "auto",
+    calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate",
+                                            help="arena-infer's in the notebook: " + CALIBRATE_HELP)] = True,
     tta: Annotated[str, typer.Option(help="arena-infer --tta: none or swap")] = "none",
     devices: Annotated[str | None, typer.Option(help="arena-infer --devices (e.g. cuda:0,cuda:1 on 2x T4)")]
     = None,
@@ -65,7 +68,7 @@ def pack(
     setup_logging(verbose)
     options = infer_options(len(models), backend=backend, precision=precision, tta=tta, devices=devices,
                             weights=weights, combine=combine, rules=rules, max_tokens=max_tokens,
-                            time_limit=time_limit, time_limit_action=time_limit_action)
+                            time_limit=time_limit, time_limit_action=time_limit_action, calibrate=calibrate)
     summary = run_pack(models, out, dataset_id=dataset_id, title=title, license=license, target=target,
                        target_freeze=target_freeze, python_version=python_version, platform=platform,
                        extras=tuple(extra or ()), with_torch=with_torch, find_links=find_links or [],
@@ -80,9 +83,10 @@ def pack(
 
 def infer_options(n_models: int, *, backend: str, precision: str, tta: str, devices: str | None,
                   weights: str | None, combine: str, rules: str | None, max_tokens: int | None,
-                  time_limit: str | None, time_limit_action: str) -> list[str]:
+                  time_limit: str | None, time_limit_action: str, calibrate: bool = True) -> list[str]:
     """The arena-infer options the notebook passes, each checked as arena-infer would check it (except what
-    depends on the machine, such as whether it has a GPU)."""
+    depends on the machine, such as whether it has a GPU). ``calibrate`` False: ``--no-calibrate`` (the notebook
+    then runs the declared order: a fresh Kaggle kernel has no cached choice)."""
     from arena.cli.options import at_least, backend_precisions, one_of
     from arena.serving.ensemble import COMBINE
     from arena.serving.projection import check_time_limit
@@ -96,6 +100,8 @@ def infer_options(n_models: int, *, backend: str, precision: str, tta: str, devi
     at_least("--max-tokens", max_tokens, 1)
     parse_rules(rules)
     options = ["--backend", backend, "--precision", precision, "--tta", tta, "--combine", combine]
+    if not calibrate:
+        options.append("--no-calibrate")
     if weights is not None:
         parts = weights.split(",")
         try:

@@ -5,9 +5,16 @@ each declared by its backend with its measured speed and, where it cannot run he
 them by what the command line asked (backend, precision, device), keeps the usable ones, and takes the fastest;
 ``--backend auto`` with ``--precision auto`` only takes *checked* variants (exact, or admitted by a parity check at
 export), so it never changes the numbers unasked. With a GPU present the GPU variants come first (a TensorRT engine
-built for this GPU > ONNX Runtime CUDA > torch CUDA), else the CPU ones, fastest first (OpenVINO int8 > bf16 >
-ONNX Runtime int8 > OpenVINO fp32 > ONNX Runtime fp32 > torch fp32, as measured in ``benchmarks/RESULTS.md``).
-The choice says why, and what it passed over.
+built for this GPU > ONNX Runtime CUDA > torch CUDA), else the CPU ones in their declared order (OpenVINO int8 >
+bf16 > ONNX Runtime int8 > OpenVINO fp32 > ONNX Runtime fp32 > torch fp32, as measured on one CPU in
+``benchmarks/RESULTS.md``). The choice says why, and what it passed over.
+
+That CPU order is one machine's: on Intel AMX bf16 runs ~8x fp32, on an AVX2-only CPU INT8 gains nothing. So an
+automatic CPU choice also lists its *candidates* (the usable checked variants, declared order), and
+:mod:`arena.serving.calibration` settles it on this machine when scoring opens an export: it times the candidates
+on the input's own rows once and caches the fastest (``--no-calibrate``: the cached choice, else this order). This
+module stays the pure, static part: it reads no cache and times nothing. A named ``--backend`` and a GPU choice have
+no candidates: they are never measured.
 """
 
 from __future__ import annotations
@@ -28,12 +35,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Choice:
-    """The variant that runs and why. ``backend`` and ``options["precision"]`` name it for summaries."""
+    """The variant that runs and why. ``backend`` and ``options["precision"]`` name it for summaries.
+
+    ``candidates``: for ``--backend auto`` on a CPU, every usable checked variant in the declared order (what a
+    calibration may time; empty for a named backend or a GPU). ``calibration``: where a calibrated choice came from
+    (:class:`arena.serving.calibration.Calibration`; None when none was asked for)."""
 
     backend: str
     reason: str
     options: dict[str, Any] = field(default_factory=dict)
     variant: Variant | None = None
+    candidates: tuple[Variant, ...] = ()
+    calibration: Any = None
 
 
 def _device_kind(device: str) -> str | None:
@@ -79,8 +92,9 @@ def choose_variant(folder: ModelFolder, backend: str = "auto", precision: str = 
     for v in ranked[:ranked.index(chosen)]:
         if v.checked and v.file and not asked:  # a faster option the folder holds that cannot run here: say so
             log.warning("not using %s: %s", v.name, v.why_not)
+    candidates = tuple(v for v in usable if v.checked) if backend == "auto" and kind == "cpu" else ()
     return Choice(chosen.backend, _reason(folder, chosen, ranked, asked, kind), {"precision": chosen.precision},
-                  chosen)
+                  chosen, candidates)
 
 
 def _reason(folder: ModelFolder, chosen: Variant, ranked: list[Variant], asked: bool, kind: str) -> str:
@@ -92,7 +106,7 @@ def _reason(folder: ModelFolder, chosen: Variant, ranked: list[Variant], asked: 
         held = "export" if folder.manifest is not None else "folder"
         text = (f"{where}; {chosen.backend} {chosen.precision} is the fastest "
                 f"{'GPU' if kind == 'cuda' else 'CPU'} option this {held} holds that passed its parity check "
-                "(order measured in benchmarks/RESULTS.md)")
+                "(declared order, measured in benchmarks/RESULTS.md)")
     faster = ranked[:ranked.index(chosen)]
     passed_over = [f"{v.name} ({v.why_not or 'unchecked: ask for it with --precision'})" for v in faster
                    if v.checked or asked]

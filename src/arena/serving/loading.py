@@ -15,6 +15,7 @@ from arena.errors import ConfigError
 from arena.models.modeling import check_pad_token, load_tokenizer
 from arena.serving.backends import spec
 from arena.serving.backends.contract import OpenOptions
+from arena.serving.calibration import CalibrationRequest, calibrated_choice
 from arena.serving.choice import Choice, choose_variant
 from arena.serving.ensemble import DEFAULT_COMBINE
 from arena.serving.folder import ModelFolder, read_folder
@@ -36,19 +37,26 @@ class LoadedModel:
 
 def open_model(folder: str | Path | ModelFolder, *, backend: str = "auto", precision: str = "auto",
                threads: int | None = None, compile: bool = False, device: str = "auto",
-               load_runner: bool = True, devices: Sequence[str] | None = None) -> LoadedModel:
+               load_runner: bool = True, devices: Sequence[str] | None = None,
+               calibration: CalibrationRequest | None = None) -> LoadedModel:
     """The folder's encoder, settings and backend. ``load_runner=False``: everything but the backend (``runner``
     None), for a parent process whose workers each load their own (:mod:`arena.serving.sharded`); ``devices``: the
-    workers' devices, which the chosen variant must suit (default: ``device``)."""
+    workers' devices, which the chosen variant must suit (default: ``device``). ``calibration``: settle an automatic
+    CPU choice on this machine (:func:`arena.serving.calibration.calibrated_choice`: cached, measured on these
+    rows, or the declared order); None: the declared order. Never with ``devices`` or without a runner."""
     source = folder if isinstance(folder, ModelFolder) else read_folder(folder)
     choice = choose_variant(source, backend, precision, devices or device)
     tokenizer = load_tokenizer(source.path, manifest=source.manifest)
     encoder = ArenaEncoder(tokenizer, source.encoder)
+    options, runner = OpenOptions(device, threads, compile), None
+    if calibration is not None and load_runner and devices is None:
+        choice, runner = calibrated_choice(source, choice, encoder, options, calibration, source.model_type)
     loaded = LoadedModel(source.path, None, encoder, source.temperature, choice, choice.backend, source.model_type,
                          source)
     if not load_runner:
         return loaded
-    runner = spec(choice.backend).open(source, choice.variant, OpenOptions(device, threads, compile))
+    if runner is None:
+        runner = spec(choice.backend).open(source, choice.variant, options)
     if choice.backend == "torch":
         check_pad_token(runner.model.config, encoder.pad_id, source.path)  # a decoder pools by the pad id
     attach_runner(loaded, runner)

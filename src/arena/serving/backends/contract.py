@@ -170,3 +170,6 @@ class BackendSpec:
     :class:`~arena.errors.ConfigError`."""
     summary: str = ""
     """One line for the README's backend table and ``--help``."""
+    runtime: str = ""
+    """The Python module the backend runs on (``onnxruntime``, ``openvino``, ...): its version is part of the key a
+    measured choice is cached under (:mod:`arena.serving.calibration`); empty: none to name."""

@@ -248,4 +248,5 @@ SPEC = BackendSpec(
     check_request=_check_request,
     absent=lambda folder: f"{folder.path} has no ONNX model; run arena-export first",
     summary="ONNX Runtime: the export's fp32 / fused / INT8 models on CPU, fp32 / FP16 with IO binding on CUDA",
+    runtime="onnxruntime",
 )

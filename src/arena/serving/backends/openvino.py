@@ -50,12 +50,14 @@ def supports_bf16() -> bool:
 
 
 def default_cache_dir() -> Path | None:
-    """``$ARENA_OPENVINO_CACHE`` (``off``/``none``/empty: no cache), else ``$XDG_CACHE_HOME/arena/openvino``."""
+    """``$ARENA_OPENVINO_CACHE`` (``off``/``none``/empty: no cache), else ``openvino`` in arena's cache folder
+    (:func:`arena.io.user_cache_dir`: ``$ARENA_CACHE_DIR``, else ``$XDG_CACHE_HOME/arena``)."""
     env = os.environ.get(CACHE_ENV)
     if env is not None:
         return None if env.strip().lower() in ("", "off", "none", "0") else Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "arena" / "openvino"
+    from arena.io import user_cache_dir
+
+    return user_cache_dir() / "openvino"
 
 
 def _cache_folder(root: Path | None, key: str) -> Path | None:
@@ -229,4 +231,5 @@ SPEC = BackendSpec(
     check_request=_check_request,
     absent=lambda folder: f"{folder.path} has no arena export for OpenVINO; run arena-export first",
     summary="OpenVINO on the CPU: the export's model.onnx at fp32 / bf16, NNCF static INT8 (--int8-static)",
+    runtime="openvino",
 )

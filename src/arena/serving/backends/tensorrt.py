@@ -220,4 +220,5 @@ SPEC = BackendSpec(
     name="tensorrt", precisions=("fp16",), devices=("cuda",), reads="export", variants=_variants, open=_open,
     check_request=_check_request, absent=_absent,
     summary="TensorRT: strongly typed FP16 engines built at export for one GPU and TensorRT version",
+    runtime="tensorrt",
 )

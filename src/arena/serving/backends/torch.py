@@ -202,4 +202,5 @@ SPEC = BackendSpec(
     absent=lambda folder: f"{folder.path} has no model.safetensors for the torch backend (an export folder holds "
                           "ONNX models: use --backend onnx or openvino, or pass the checkpoint)",
     summary="PyTorch eager (or torch.compile), fp32/bf16 on CPU, fp16/bf16 autocast on GPU, 4/8-bit decoders",
+    runtime="torch",
 )
