@@ -44,7 +44,11 @@ TOKEN_TYPE_IDS = "token_type_ids"
 """An input some other exporters (optimum, for BERT-like models) keep; arena feeds zeros there, as arena-train
 never passes segment ids (and never exports this input itself)."""
 FORMAT_VERSION = 1
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+TOKENIZER_JSON = "tokenizer.json"
+"""The ``tokenizers`` library's own file: all arena-infer needs to encode an export's rows without transformers."""
+TOKENIZER_CONFIG = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+TOKENIZER_FILES = (TOKENIZER_JSON, TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, "added_tokens.json",
                    "spm.model", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
                    "sentencepiece.bpe.model", "chat_template.jinja", "chat_template.json")
 """Every file a Hugging Face tokenizer may be saved as (DeBERTa-v3's ``spm.model``, T5's ``spiece.model``,
@@ -138,7 +142,7 @@ def copy_model_files(src: Path, dst: Path) -> list[str]:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
             copied.append(name)
-    config_path = dst / "tokenizer_config.json"
+    config_path = dst / TOKENIZER_CONFIG
     if config_path.is_file():
         config = json.loads(config_path.read_text())
         if isinstance(config.get("extra_special_tokens"), list):

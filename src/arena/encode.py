@@ -28,15 +28,18 @@ string ``prompt: ... response_a: ... response_b: ...`` cut at the end, which los
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from arena.artifacts import SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG, TOKENIZER_JSON
 from arena.data import Record, swap_ab
-from arena.errors import ConfigError
+from arena.errors import ConfigError, ModelError
 
 STRATEGIES = ("segments", "notebook")
 
@@ -399,18 +402,140 @@ def _raw_encoder(tokenizer: Any) -> Any:
     Some tokenizer.json files (sentence-transformers models) switch on fixed-length padding, which the Python
     wrapper overrides per call but the Rust object applies, so the copy turns both off.
     """
+    if isinstance(tokenizer, JsonTokenizer):  # already a private copy without padding or truncation
+        return tokenizer.encode_batch
     backend = getattr(tokenizer, "_tokenizer", None)
     if backend is None or not hasattr(backend, "to_str"):
         return None
     try:
         from tokenizers import Tokenizer
 
-        raw = Tokenizer.from_str(backend.to_str())
-        raw.no_padding()
-        raw.no_truncation()
+        raw = without_padding(Tokenizer.from_str(backend.to_str()))
     except Exception:  # pragma: no cover - an exotic tokenizer: use the Python wrapper
         return None
     return getattr(raw, "encode_batch_fast", None) or raw.encode_batch
+
+
+def without_padding(backend: Any) -> Any:
+    """``backend`` (a ``tokenizers.Tokenizer``) with padding and truncation off, returned for chaining: the encoder
+    cuts and pads rows itself, and some ``tokenizer.json`` files (sentence-transformers models) switch both on."""
+    backend.no_padding()
+    backend.no_truncation()
+    return backend
+
+
+SPECIAL_TOKENS = ("cls", "sep", "bos", "eos", "pad", "unk")
+"""The special tokens the encoder reads from a tokenizer (:class:`Frame`, :func:`ensure_pad_token`)."""
+
+
+def _token_id(name: str) -> property:
+    return property(lambda self: self.token_id(getattr(self, f"{name}_token")),
+                    doc=f"The id of ``{name}_token`` (None when there is none; see :meth:`JsonTokenizer.token_id`).")
+
+
+class JsonTokenizer:
+    """A ``tokenizer.json`` read with the ``tokenizers`` library, offering what :class:`ArenaEncoder` (and the
+    checks around it) use of a Hugging Face tokenizer and nothing more, so that serving an export imports neither
+    transformers nor torch (:func:`arena.models.modeling.load_tokenizer` picks it for export folders).
+
+    The ids are those of the transformers tokenizer the export was made with: the encoder tokenizes with that
+    tokenizer's Rust backend in both cases (padding and truncation off, no special tokens added), and arena-export
+    writes that backend as the folder's ``tokenizer.json`` (:func:`arena.models.modeling.write_serving_tokenizer`).
+    The special tokens come from ``special_tokens_map.json``, else ``tokenizer_config.json``, else the
+    ``tokenizer.json`` itself (:func:`json_special_tokens`); arena-export checks that they are transformers' own.
+    """
+
+    def __init__(self, backend: Any, tokens: dict[str, str | None]) -> None:
+        self.backend = without_padding(backend)
+        self.padding_side = "right"
+        for name in SPECIAL_TOKENS:
+            setattr(self, f"{name}_token", tokens.get(name))
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> JsonTokenizer:
+        """The folder's ``tokenizer.json`` and special tokens; :class:`ModelError` when the file is unreadable."""
+        from tokenizers import Tokenizer
+
+        path = Path(folder) / TOKENIZER_JSON
+        try:
+            backend = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises plain Exceptions for malformed files
+            detail = " ".join(str(exc).split())[:200]
+            raise ModelError(f"{path} is not a tokenizer the tokenizers library can read ({detail}); export "
+                             "again") from None
+        return cls(backend, json_special_tokens(Path(folder), backend))
+
+    cls_token_id = _token_id("cls")
+    sep_token_id = _token_id("sep")
+    bos_token_id = _token_id("bos")
+    eos_token_id = _token_id("eos")
+    pad_token_id = _token_id("pad")
+    unk_token_id = _token_id("unk")
+
+    def token_id(self, token: str | None) -> int | None:
+        """``token``'s id; UNK's for a token the vocabulary lacks (as transformers converts it)."""
+        if token is None:
+            return None
+        found = self.backend.token_to_id(token)
+        return found if found is not None or token == self.unk_token else self.token_id(self.unk_token)
+
+    def __len__(self) -> int:
+        """The vocabulary with added tokens, as ``len()`` of a transformers tokenizer counts it."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[Any]:
+        """The ``tokenizers`` encodings of ``texts`` (``.ids`` holds the token ids)."""
+        run = getattr(self.backend, "encode_batch_fast", None) or self.backend.encode_batch
+        return run(texts, add_special_tokens=add_special_tokens)
+
+    def __call__(self, text: str | list[str], add_special_tokens: bool = True, **_: Any) -> dict[str, Any]:
+        """``{"input_ids": ...}`` for one text or a list, as a transformers tokenizer's call returns them (other
+        options, such as ``return_attention_mask``, change nothing here: only ids are returned)."""
+        encoded = [e.ids for e in self.encode_batch([text] if isinstance(text, str) else list(text),
+                                                   add_special_tokens)]
+        return {"input_ids": encoded[0] if isinstance(text, str) else encoded}
+
+
+def json_special_tokens(folder: Path, backend: Any) -> dict[str, str | None]:
+    """The :data:`SPECIAL_TOKENS` of a tokenizer folder. ``tokenizer.json`` gives what it records (a BERT/RoBERTa
+    post-processor's CLS and SEP, or a template's tokens around the text, its padding token, its model's UNK);
+    ``tokenizer_config.json`` overrides that and ``special_tokens_map.json`` overrides both (the order in which
+    transformers reads them)."""
+    found: dict[str, str | None] = _backend_tokens(backend)
+    for name in (TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ModelError(f"{path} is not valid JSON: {exc}") from None
+        for key in SPECIAL_TOKENS:
+            value = data.get(f"{key}_token")
+            value = value.get("content") if isinstance(value, dict) else value
+            if isinstance(value, str):
+                found[key] = value
+    return found
+
+
+def _backend_tokens(backend: Any) -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    unk = getattr(backend.model, "unk_token", None)
+    if isinstance(unk, str):
+        found["unk"] = unk
+    if backend.padding:
+        found["pad"] = backend.padding.get("pad_token")
+    processor = backend.post_processor
+    if processor is None:
+        return found
+    state = json.loads(processor.__getstate__())
+    if state.get("type") in ("BertProcessing", "RobertaProcessing"):
+        found["cls"], found["sep"] = state["cls"][0], state["sep"][0]
+    elif state.get("type") == "TemplateProcessing":
+        items = [next(iter(i.values())).get("id") if "SpecialToken" in i else None for i in state.get("single", [])]
+        if len(items) >= 3 and items[0] is not None and items[-1] is not None and None in items:
+            found["cls"], found["sep"] = items[0], items[-1]
+    return found
 
 
 _ALIGN = 24  # how far a cut may move to land on white space, so that no word is split at the cut

@@ -16,12 +16,18 @@ def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("arena").setLevel(logging.DEBUG if verbose else logging.INFO)
-    try:  # transformers' own progress bars ("Loading weights", "Writing model shards") are noise here
+    # transformers' own progress bars ("Loading weights", "Writing model shards") are noise here. transformers reads
+    # this variable (through huggingface_hub) when it is first imported, so commands that never load it (serving an
+    # export) do not import it to switch them off; where it is already loaded, it is told directly.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
+    elif "huggingface_hub" in sys.modules:  # it read the variable already: transformers would ask it later
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
     for noisy in ("transformers", "onnxruntime", "torch", "matplotlib", "urllib3", "filelock", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")

@@ -30,7 +30,13 @@ def export_checkpoint(request: ExportRequest, config: ExportConfig,
     from arena.export.parity import ParityGate, parity_batches, parity_records, parse_shapes
     from arena.io import atomic_dir, sha256_file
     from arena.models.hybrid import is_hybrid
-    from arena.models.modeling import check_pad_token, load_classifier, load_tokenizer, read_meta
+    from arena.models.modeling import (
+        check_pad_token,
+        load_classifier,
+        load_tokenizer,
+        read_meta,
+        write_serving_tokenizer,
+    )
     from arena.serving.backends.torch import TorchBackend
     from arena.serving.executor import BatchExecutor
 
@@ -55,6 +61,7 @@ def export_checkpoint(request: ExportRequest, config: ExportConfig,
             built = build_derived(tmp, gate, config, source, records=records, data=request.data,
                                   build_trt=build_trt)
             copy_model_files(checkpoint, tmp)  # the export folder is self-contained: infer encodes from it
+            write_serving_tokenizer(tokenizer, tmp)  # and encodes without transformers
             write_manifest(tmp, _manifest_body(request, config, model, meta, tokenizer, info, shapes, built,
                                                reference.limits.max_length, sha256_file(tmp / "model.onnx")))
     except OSError as exc:

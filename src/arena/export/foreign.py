@@ -35,7 +35,7 @@ def export_foreign(request: ExportRequest, config: ExportConfig, build_trt: TrtB
     from arena.encode import ArenaEncoder
     from arena.export.parity import ParityGate, parity_batches, parity_records, parse_shapes
     from arena.io import atomic_dir, sha256_file
-    from arena.models.modeling import load_tokenizer
+    from arena.models.modeling import load_tokenizer, write_serving_tokenizer
     from arena.serving.backends.contract import Limits
     from arena.serving.backends.onnx import OnnxBackend
     from arena.serving.executor import BatchExecutor
@@ -58,6 +58,7 @@ def export_foreign(request: ExportRequest, config: ExportConfig, build_trt: TrtB
             built = build_derived(tmp, gate, config, source, records=records, data=request.data,
                                   build_trt=build_trt)
             copy_model_files(request.source, tmp)
+            write_serving_tokenizer(tokenizer, tmp)
             write_manifest(tmp, _manifest_body(foreign, config, tokenizer, request.data, shapes, built,
                                                sha256_file(tmp / "model.onnx")))
     except OSError as exc:

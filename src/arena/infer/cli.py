@@ -139,12 +139,15 @@ def check_lora_base(folder: Path) -> None:
     """A LoRA checkpoint's base is there and is the one it was trained on, before any model loads. (An export's
     ``arena.json`` may still name the adapter it was merged from: exports are skipped.)"""
     from arena.artifacts import MANIFEST
-    from arena.models.lora import KIND, check_adapter
     from arena.models.modeling import read_meta
 
     is_checkpoint = (folder / "config.json").is_file() and not (folder / MANIFEST).is_file()
     head = read_meta(folder).head if is_checkpoint else None
-    if head is not None and head.get("kind") == KIND:
+    if head is None:
+        return
+    from arena.models.lora import KIND, check_adapter  # imports torch: only for a checkpoint with a head
+
+    if head.get("kind") == KIND:
         check_adapter(folder, head)
 
 

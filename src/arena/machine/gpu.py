@@ -9,6 +9,7 @@ importing a backend (and the backends need not import :mod:`arena.serving.choice
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,21 @@ def torch_gpus() -> int:
 
 
 def gpu_present() -> bool:
-    """An NVIDIA GPU is here: PyTorch sees one, or the driver lists one (a CPU build of PyTorch beside
-    onnxruntime-gpu). An installed CUDA provider alone is not a GPU."""
-    if torch_cuda():
-        return True
+    """An NVIDIA GPU is here: the driver lists one, or PyTorch sees one (a CPU build of PyTorch beside
+    onnxruntime-gpu still counts the driver's). An installed CUDA provider alone is not a GPU. On Linux, where CUDA
+    reaches a GPU only through ``/dev/nvidia*`` (WSL 2: ``/dev/dxg``), a machine without those device files has
+    none, and PyTorch is not imported to be told so: serving an export on a CPU imports no torch."""
     gpus = Path("/proc/driver/nvidia/gpus")
-    return gpus.is_dir() and any(gpus.iterdir())
+    if gpus.is_dir() and any(gpus.iterdir()):
+        return True
+    if sys.platform.startswith("linux") and not _gpu_device_files():
+        return False
+    return torch_cuda()
+
+
+def _gpu_device_files() -> bool:
+    dev = Path("/dev")
+    return (dev / "dxg").exists() or any(dev.glob("nvidia[0-9]*"))
 
 
 def ort_cuda() -> bool:

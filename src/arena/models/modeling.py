@@ -19,13 +19,23 @@ Safety: weights load from safetensors only (a pickle-only folder is refused, sin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from arena.artifacts import ARENA_META, CONFIG, FORMAT_VERSION, MANIFEST, TOKENIZER_FILES, read_manifest
+from arena.artifacts import (
+    ARENA_META,
+    CONFIG,
+    FORMAT_VERSION,
+    MANIFEST,
+    SPECIAL_TOKENS_MAP,
+    TOKENIZER_FILES,
+    TOKENIZER_JSON,
+    read_manifest,
+)
 from arena.encode import EncoderConfig
 from arena.errors import ConfigError, ModelError
 from arena.models.hub import is_local, label_maps, offline_hint
@@ -125,38 +135,95 @@ def load_tokenizer(name_or_path: str | Path, *, manifest: dict[str, Any] | None 
     """The tokenizer of a local folder or hub name, checked (:func:`check_tokenizer`): a folder without its
     tokenizer files must not turn every word into ``[UNK]`` (transformers builds an empty vocabulary from
     ``config.json`` alone), and an export's tokenizer files must match its manifest.
+    An export folder with a ``tokenizer.json`` gets a :class:`arena.encode.JsonTokenizer` (the ``tokenizers``
+    library alone: serving an export imports neither transformers nor torch); anything else, transformers'
+    ``AutoTokenizer`` (checkpoints, foreign folders, hub names, exports written before exports carried one).
     A tokenizer without a pad token (decoders) gets one (:func:`arena.encode.ensure_pad_token`), padding right.
     ``manifest``: the folder's manifest when the caller has read it (None: it has none), so it is read once.
     ``tokenizer_option``: the command's option that names another tokenizer (``--tokenizer``), offered in the error
     only where the command has one."""
-    from transformers import AutoTokenizer
-
-    from arena.encode import ensure_pad_token
+    from arena.encode import JsonTokenizer, ensure_pad_token
 
     name = str(name_or_path)
-    if is_local(name) and not Path(name).exists():
+    local = is_local(name)
+    if local and not Path(name).exists():
         raise ModelError(f"tokenizer folder {name} does not exist")
-    if is_local(name) and not Path(name).is_dir():
+    if local and not Path(name).is_dir():
         raise ModelError(f"{name} is a file; pass the folder that holds the tokenizer files")
-    if is_local(name):
-        verify_tokenizer_files(name, read_manifest(Path(name)) if manifest == "read" else manifest)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
-    except (OSError, ValueError, TypeError) as exc:
-        if is_local(name):
-            detail = " ".join(str(exc).split())[:300]
-            raise ModelError(f"{name} does not hold a tokenizer that transformers can load ({detail}); pass the "
-                             "folder with the tokenizer files") from None
-        raise offline_hint(name, exc) from None
+    recorded = (read_manifest(Path(name)) if manifest == "read" else manifest) if local else None
+    if local:
+        verify_tokenizer_files(name, recorded)
+    if recorded is not None and (Path(name) / TOKENIZER_JSON).is_file():
+        tokenizer = JsonTokenizer.from_folder(name)
+    else:
+        tokenizer = _auto_tokenizer(name, local)
     vocab_size = None
-    if is_local(name) and (Path(name) / "config.json").is_file():
+    if local and (Path(name) / CONFIG).is_file():
         try:
-            vocab_size = json.loads((Path(name) / "config.json").read_text()).get("vocab_size")
+            vocab_size = json.loads((Path(name) / CONFIG).read_text()).get("vocab_size")
         except ValueError:
             vocab_size = None
     check_tokenizer(tokenizer, name, vocab_size, tokenizer_option=tokenizer_option)
     ensure_pad_token(tokenizer)
     return tokenizer
+
+
+def _auto_tokenizer(name: str, local: bool) -> Any:
+    """transformers' tokenizer for ``name``; :class:`ModelError` saying what is wrong when it cannot load."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+    except (OSError, ValueError, TypeError) as exc:
+        if local:
+            detail = " ".join(str(exc).split())[:300]
+            raise ModelError(f"{name} does not hold a tokenizer that transformers can load ({detail}); pass the "
+                             "folder with the tokenizer files") from None
+        raise offline_hint(name, exc) from None
+
+
+def write_serving_tokenizer(tokenizer: Any, folder: Path) -> None:
+    """Make an export folder's tokenizer files serve without transformers, as ``tokenizer`` (transformers', the one
+    the export was checked with) encodes. ``tokenizer.json`` is written from ``tokenizer``'s own Rust backend where
+    the folder lacks one (a source with only ``spm.model`` or ``tokenizer.model``) or holds another (a file
+    transformers changes as it loads it); padding and truncation settings do not count, the encoder turns them off.
+    Where the special tokens read from the files (:func:`arena.encode.json_special_tokens`) are not transformers'
+    (a folder that leaves them to the tokenizer class's defaults), ``special_tokens_map.json`` is written with
+    transformers' ones. Raises :class:`ModelError` when they still differ. A tokenizer without a Rust backend
+    (Python only) leaves the folder as it is: the export is then served with transformers."""
+    from tokenizers import Tokenizer
+
+    from arena.encode import SPECIAL_TOKENS, JsonTokenizer, ensure_pad_token, without_padding
+    from arena.io import atomic_write_text
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "to_str"):
+        log.warning("%s: the tokenizer has no tokenizer.json form; arena-infer will load it with transformers",
+                    folder)
+        return
+    runtime = without_padding(Tokenizer.from_str(backend.to_str()))
+    path = folder / TOKENIZER_JSON
+    if not path.is_file() or without_padding(Tokenizer.from_file(str(path))).to_str() != runtime.to_str():
+        runtime.save(str(path))
+    wanted = {name: getattr(tokenizer, f"{name}_token_id") for name in SPECIAL_TOKENS}
+
+    def served() -> dict[str, int | None]:
+        adapter = JsonTokenizer.from_folder(folder)
+        with contextlib.suppress(ConfigError):  # no pad candidate in the files: its pad id stays None, not wanted
+            ensure_pad_token(adapter)
+        return {name: getattr(adapter, f"{name}_token_id") for name in SPECIAL_TOKENS}
+
+    if served() == wanted:
+        return
+    map_path = folder / SPECIAL_TOKENS_MAP
+    tokens = json.loads(map_path.read_text(encoding="utf-8")) if map_path.is_file() else {}
+    tokens.update({f"{name}_token": str(getattr(tokenizer, f"{name}_token")) for name in SPECIAL_TOKENS
+                   if getattr(tokenizer, f"{name}_token") is not None})
+    atomic_write_text(map_path, json.dumps(tokens, indent=2, ensure_ascii=False) + "\n")
+    got = served()
+    if got != wanted:
+        raise ModelError(f"{folder}: the special token ids read without transformers ({got}) are not "
+                         f"transformers' ({wanted}); this tokenizer cannot be exported for serving")
 
 
 MIN_VOCABULARY = 100
