@@ -3,13 +3,14 @@
     python benchmarks/relpos_gather.py --repeats 7
 
 The xsmall architecture (its config in ../shared/models/deberta-v3/configs; random weights, since speed does not
-depend on trained values) is traced twice by arena's exporter: the plain trace, whose c2p/p2c gathers are ONNX
-GatherElements, and the trace arena-export ships (:mod:`arena.export.relpos`: Gather on the position table, MatMul,
-a Pad/Reshape/Slice shift). ONNX Runtime fp32 and OpenVINO fp32 each run both graphs on the same (batch, length)
-token ids (default 2 x 512: the CPU batch arena-infer packs, at DeBERTa's trained length). Each repeat visits the
-four cells in an order rotated per repeat, so a burst of load from another process hits all alike; a cell's time in
-one repeat is the mean of ``--iters`` calls after a warm-up. Reported per cell: ms per batch (min / median / max
-over repeats); per runtime, the rewrite's speed-up as the median of per-repeat ratios. Run it on a quiet machine.
+depend on trained values) is traced by arena's exporter plain, whose c2p/p2c gathers are ONNX GatherElements, and
+in each form of the rewrite (:mod:`arena.export.relpos`: ``rows``, the one arena-export ships, one Gather over the
+flattened scores; ``table``, Gather on the position table, MatMul, a Pad/Reshape/Slice shift). ONNX Runtime fp32 and
+OpenVINO fp32 each run every graph on the same (batch, length) token ids (default 2 x 512: the CPU batch arena-infer
+packs, at DeBERTa's trained length). Each repeat visits the cells in an order rotated per repeat, so a burst of load
+from another process hits all alike; a cell's time in one repeat is the mean of ``--iters`` calls after a warm-up.
+Reported per cell: ms per batch (min / median / max over repeats) and, for a rewritten graph, its speed-up over the
+plain one on the same runtime (the median of per-repeat ratios). Run it on a quiet machine.
 
 Prints a Markdown table, then one line of JSON.
 """
@@ -28,12 +29,11 @@ import numpy as np
 
 CONFIG = (Path(__file__).resolve().parents[1].parent / "shared" / "models" / "deberta-v3" / "configs"
           / "deberta-v3-xsmall.json")
-GRAPHS = ("plain", "rewritten")
 RUNTIMES = ("onnx", "openvino")
 
 
-def export_both(config: Path, folder: Path) -> dict[str, Path]:
-    """The architecture in ``config`` with random weights, traced plain and with the relative-position rewrite."""
+def export_graphs(config: Path, folder: Path, forms: list[str]) -> dict[str, Path]:
+    """The architecture in ``config`` with random weights, traced plain and in each rewrite form of ``forms``."""
     import torch
     from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
@@ -43,12 +43,13 @@ def export_both(config: Path, folder: Path) -> dict[str, Path]:
     torch.manual_seed(0)
     model = DebertaV2ForSequenceClassification(DebertaV2Config(**{**json.loads(config.read_text()),
                                                                   "num_labels": 3})).eval()
-    paths = {graph: folder / f"{graph}.onnx" for graph in GRAPHS}
+    paths = {graph: folder / f"{graph}.onnx" for graph in ("plain", *forms)}
     export_onnx(model, paths["plain"])
-    with relpos_rewrite(model) as swapped:
-        if not swapped:
-            raise SystemExit(f"{config} has no DeBERTa-v2/v3 relative-position attention to rewrite")
-        export_onnx(model, paths["rewritten"])
+    for form in forms:
+        with relpos_rewrite(model, form) as swapped:
+            if not swapped:
+                raise SystemExit(f"{config} has no DeBERTa-v2/v3 relative-position attention to rewrite")
+            export_onnx(model, paths[form])
     return paths
 
 
@@ -87,14 +88,15 @@ def measure(cells: dict, ids: np.ndarray, mask: np.ndarray, *, repeats: int, ite
 
 
 def report(times: dict[str, list[float]]) -> tuple[str, dict]:
-    """The Markdown table and the per-cell results (speed-up: plain / rewritten, median of per-repeat ratios)."""
+    """The Markdown table and the per-cell results (speed-up of a rewritten graph: plain / rewritten, the median of
+    per-repeat ratios)."""
     lines = ["| runtime | graph | ms per batch min / median / max | rewrite speed-up |", "|---|---|---|---|"]
     result: dict[str, dict] = {}
     for name, ms in times.items():
         runtime, graph = name.split(":")
         plain = times.get(f"{runtime}:plain")
         speedup = (statistics.median(p / m for p, m in zip(plain, ms, strict=True))
-                   if graph == "rewritten" and plain else None)
+                   if graph != "plain" and plain else None)
         s = sorted(ms)
         result[name] = {"ms": ms, "min": s[0], "median": statistics.median(s), "max": s[-1], "speedup": speedup}
         lines.append(f"| {runtime} fp32 | {graph} | {s[0]:.1f} / {statistics.median(s):.1f} / {s[-1]:.1f} | "
@@ -112,17 +114,21 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="default: every core this process may use")
     ap.add_argument("--runtimes", default=",".join(RUNTIMES))
+    ap.add_argument("--forms", default=None, help="rewrite forms to time (default: all of arena.export.relpos.FORMS)")
     args = ap.parse_args()
 
-    from arena.export.relpos import gather_elements_count
+    from arena.export.relpos import DEFAULT_FORM, FORMS, gather_elements_count
     from arena.machine.cpu import allowed_cores, cpu_kind
 
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    forms = [f.strip() for f in (args.forms or ",".join(FORMS)).split(",") if f.strip()]
+    if set(forms) - set(FORMS):
+        ap.error(f"--forms takes {', '.join(FORMS)}")
     rng = np.random.default_rng(0)
     ids = rng.integers(5, 120000, size=(args.batch, args.length), dtype=np.int64)
     mask = np.ones_like(ids)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = export_both(args.config, Path(tmp))
+        paths = export_graphs(args.config, Path(tmp), forms)
         gathers = {graph: gather_elements_count(path) for graph, path in paths.items()}
         cells = open_cells(paths, runtimes, args.threads)
         times, logits = measure(cells, ids, mask, repeats=args.repeats, iters=args.iters, warmup=args.warmup)
@@ -131,13 +137,15 @@ def main() -> None:
     agreement = {n: float(np.abs(v - logits[first]).max()) for n, v in logits.items()}
     threads = args.threads or allowed_cores()
     print(f"{args.config.stem}, random weights, {args.batch} x {args.length} tokens; {cpu_kind()}, {threads} "
-          f"threads; {args.repeats} interleaved repeats of {args.iters} calls; GatherElements nodes: "
+          f"threads; {args.repeats} interleaved repeats of {args.iters} calls; arena-export ships {DEFAULT_FORM}; "
+          "GatherElements nodes: "
           + ", ".join(f"{g} {n}" for g, n in gathers.items()) + "\n")
     print(table)
     print(f"\nmax |logit diff| vs {first}: " + ", ".join(f"{n} {v:.1e}" for n, v in agreement.items()))
     print(json.dumps({"config": str(args.config), "batch": args.batch, "length": args.length, "cpu": cpu_kind(),
                       "threads": threads, "repeats": args.repeats, "iters": args.iters,
-                      "gather_elements": gathers, "results": result, "max_logit_diff": agreement,
+                      "shipped_form": DEFAULT_FORM, "gather_elements": gathers, "results": result,
+                      "max_logit_diff": agreement,
                       "command": "python " + " ".join(sys.argv)}))
 
 

@@ -5,21 +5,25 @@ transformers' ``DisentangledSelfAttention.disentangled_attention_bias`` scores e
 against all 2S rows of the projected relative-position table (S: ``position_buckets``, else
 ``max_relative_positions``), then picks, for each query i and key j, the column of the bucket of i - j with
 ``torch.gather``. That exports to ONNX GatherElements with a (batch x heads, L, L) index, which OpenVINO's CPU plugin
-runs on a reference kernel: 22-25% of DeBERTa-v3-xsmall's time at 512 tokens, in every precision (issue 25). The index
-depends only on the distance i - j, so the export traces this exact reformulation instead:
+runs on a reference kernel: 22-25% of DeBERTa-v3-xsmall's time at 512 tokens, in every precision (issue 25). The
+index depends only on the positions, not on the batch or the head, so the export traces one of two exact forms
+(:data:`FORMS`) instead; both read their indices from the ``relative_pos`` the model passes, clamped as eager clamps:
 
-1. the bucket of each of the 2L-1 distances L-1 .. -(L-1), read from the ``relative_pos`` the model passes (its last
-   row and its first row), clamped exactly as eager clamps it;
-2. those rows of the projected table: ``index_select`` on its small axis (ONNX Gather, one head-size block per row);
-3. one MatMul of the queries (c2p) or keys (p2c) with them: a score per (token, distance), (batch x heads, L, 2L-1);
-4. a relative shift (:func:`relative_shift`: Pad, Reshape, Slice) that moves distance i - j to column j of row i.
+* ``rows`` (the default): eager's own (batch x heads, L, 2S) scores, flattened per row, and one Gather over that axis
+  with a single (L, L) index ``i * 2S + bucket column``, shared by every row and head. The same matmul as eager, so
+  the same numbers; no GatherElements, no extra work. OpenVINO 2026.4 runs these Gathers on its JIT kernel
+  (``jit_avx2_f32`` in its profile on an AVX2 EPYC, where GatherElements shows ``ref_any_f32``).
+* ``table``: Gather the 2L-1 rows of the projected table that the distances L-1 .. -(L-1) pick (ONNX Gather on the
+  table's small axis), one MatMul against them (a score per token and distance), then a relative shift
+  (:func:`relative_shift`: Pad, Reshape, Slice). No element-wise gather at all, but the MatMul runs over 2L-1
+  distances instead of 2S table rows (fewer multiply-adds up to L = S, 256 for v3; twice as many at L = 2S), and
+  OpenVINO 2026.4 runs the shift's Pad and Slice on reference kernels (``ref_f32``).
 
-Every score is the dot product eager computes, only blocked differently by the matmul, so the bias agrees with
-eager's to fp32 rounding. The MatMul runs over 2L-1 distances instead of 2S table rows: fewer multiply-adds up to
-L = S (256 for v3), twice as many at L = 2S. The export's fp32 parity gate checks every rewritten graph on real rows,
-and :func:`trace_checked` falls back to the plain trace (and says so in the log and the manifest) when it fails.
-The swap is per module instance and lasts only inside :func:`relpos_rewrite`: training and the torch backend run
-transformers' own code.
+``benchmarks/relpos_gather.py`` times both against the plain trace. Either way every score is a dot product eager
+computes, so the bias agrees with eager's to fp32 rounding; the export's fp32 parity gate checks each rewritten graph
+on real rows, and :func:`trace_checked` falls back to the plain trace (and says so in the log and the manifest) when
+it fails. The swap is per module instance and lasts only inside :func:`relpos_rewrite`: training and the torch
+backend run transformers' own code.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import logging
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +42,9 @@ log = logging.getLogger("arena.export")
 
 REWRITE_NAME = "deberta_relpos_gather"
 """How the manifest's ``onnx.relpos_rewrite`` names this rewrite."""
+FORMS = ("rows", "table")
+"""The exact forms of the rewritten bias (module docstring); the export traces :data:`DEFAULT_FORM`."""
+DEFAULT_FORM = "rows"
 
 
 def relative_shift(scores: torch.Tensor) -> torch.Tensor:
@@ -51,32 +59,49 @@ def relative_shift(scores: torch.Tensor) -> torch.Tensor:
     return flat.reshape(-1, length, width)[:, :, :length]
 
 
-def distance_buckets(relative_pos: torch.Tensor) -> torch.Tensor:
-    """The bucketed relative position of each distance L-1, L-2, .., -(L-1) (2L-1 values), read from the model's
-    (.., L, L) ``relative_pos`` (``relative_pos[i, j]`` is the bucket of i - j): its last row gives L-1 .. 0, its
-    first row after column 0 gives -1 .. -(L-1). Only valid for a matrix that depends on i - j alone, which is what
-    transformers' ``build_relative_position`` returns for self-attention."""
-    rel = relative_pos
-    while rel.dim() > 2:
-        rel = rel[0]
-    return torch.cat([rel[-1], rel[0, 1:]]).to(torch.long)
+def gather_rows(scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(N, L, W) scores and an (L, L) column index -> (N, L, L) with ``out[n, r, c] = scores[n, r, index[r, c]]``:
+    what eager's ``torch.gather`` does with the index expanded over N, as one Gather over each row of N's flattened
+    (L x W) scores with the index ``r * W + index[r, c]``, never expanded."""
+    length, width = scores.shape[-2], scores.shape[-1]
+    flat = index + torch.arange(length, device=index.device).unsqueeze(1) * width
+    return scores.flatten(1).index_select(1, flat.flatten()).reshape(-1, length, length)
 
 
-def _by_distance(projected: torch.Tensor, index: torch.Tensor, states: torch.Tensor, heads: int) -> torch.Tensor:
-    """``states`` (batch x heads, L, d) against the table rows ``index`` picks from ``projected`` (heads, 2S, d):
-    (batch x heads, L, 2L-1). A broadcast MatMul over the batch, so the table is never repeated per row."""
-    table = projected.index_select(1, index)
+def distance_buckets(positions: torch.Tensor) -> torch.Tensor:
+    """The value of an (L, L) ``positions`` matrix that depends on r - c alone (transformers'
+    ``build_relative_position`` for self-attention, or its negation) at each distance L-1, L-2, .., -(L-1): its last
+    row gives L-1 .. 0, its first row after column 0 gives -1 .. -(L-1). 2L-1 values."""
+    return torch.cat([positions[-1], positions[0, 1:]])
+
+
+def _scores(states: torch.Tensor, rows: torch.Tensor, heads: int) -> torch.Tensor:
+    """``states`` (batch x heads, L, d) against each head's ``rows`` (heads, R, d): (batch x heads, L, R). A
+    broadcast MatMul over the batch, so the rows are never repeated per batch row."""
     length, size = states.shape[-2], states.shape[-1]
-    scores = torch.matmul(states.reshape(-1, heads, length, size), table.transpose(-1, -2))
-    return scores.reshape(-1, length, scores.shape[-1])
+    out = torch.matmul(states.reshape(-1, heads, length, size), rows.transpose(-1, -2))
+    return out.reshape(-1, length, out.shape[-1])
+
+
+def position_scores(states: torch.Tensor, projected: torch.Tensor, positions: torch.Tensor, span: int, heads: int,
+                    form: str) -> torch.Tensor:
+    """``out[n, r, c] = states[n, r] . projected[head of n, clamp(positions[r, c] + span, 0, 2 span - 1)]``:
+    c2p with the queries and eager's relative positions, p2c (before its transpose) with the keys and their
+    negation. ``projected``: the position table after the key (c2p) or query (p2c) projection, (heads, 2 span, d);
+    ``form``: one of :data:`FORMS`."""
+    if form == "table":
+        index = torch.clamp(distance_buckets(positions) + span, 0, span * 2 - 1)
+        return relative_shift(_scores(states, projected.index_select(1, index), heads))
+    return gather_rows(_scores(states, projected, heads), torch.clamp(positions + span, 0, span * 2 - 1))
 
 
 def rewritten_attention_bias(self: Any, query_layer: torch.Tensor, key_layer: torch.Tensor,
-                             relative_pos: torch.Tensor | None, rel_embeddings: torch.Tensor,
-                             scale_factor: int) -> torch.Tensor:
+                             relative_pos: torch.Tensor | None, rel_embeddings: torch.Tensor, scale_factor: int,
+                             *, form: str = DEFAULT_FORM) -> torch.Tensor:
     """Drop-in for ``DisentangledSelfAttention.disentangled_attention_bias`` (bound to the module as ``self``), same
-    arguments, same (batch x heads, L, L) result; see the module docstring for the formulation. Anything this form
-    does not cover (a query length other than the key length) goes to transformers' own method."""
+    arguments, same (batch x heads, L, L) result, in ``form`` (see the module docstring). Valid for the relative
+    positions transformers builds for self-attention (they depend on i - j alone); a query length other than the key
+    length goes to transformers' own method."""
     from transformers.models.deberta_v2 import modeling_deberta_v2 as deberta
 
     if query_layer.shape[-2] != key_layer.shape[-2]:
@@ -85,21 +110,21 @@ def rewritten_attention_bias(self: Any, query_layer: torch.Tensor, key_layer: to
     if relative_pos is None:
         relative_pos = deberta.build_relative_position(query_layer, key_layer, bucket_size=self.position_buckets,
                                                        max_position=self.max_relative_positions)
+    positions = relative_pos.to(device=query_layer.device, dtype=torch.long)
+    while positions.dim() > 2:
+        positions = positions[0]
     span, heads = self.pos_ebd_size, self.num_attention_heads
-    distance = distance_buckets(relative_pos.to(device=query_layer.device))
     table = rel_embeddings[0: span * 2, :].unsqueeze(0)
-    key_proj = self.key_proj if self.share_att_key else getattr(self, "pos_key_proj", None)
-    query_proj = self.query_proj if self.share_att_key else getattr(self, "pos_query_proj", None)
     score = 0
     if "c2p" in self.pos_att_type:
-        projected = self.transpose_for_scores(key_proj(table), heads)
-        index = torch.clamp(distance + span, 0, span * 2 - 1)
-        c2p = relative_shift(_by_distance(projected, index, query_layer, heads))
+        projected = self.transpose_for_scores((self.key_proj if self.share_att_key else self.pos_key_proj)(table),
+                                              heads)
+        c2p = position_scores(query_layer, projected, positions, span, heads, form)
         score += c2p / deberta.scaled_size_sqrt(projected, scale_factor).to(dtype=c2p.dtype)
     if "p2c" in self.pos_att_type:
-        projected = self.transpose_for_scores(query_proj(table), heads)
-        index = torch.clamp(-distance + span, 0, span * 2 - 1)
-        p2c = relative_shift(_by_distance(projected, index, key_layer, heads)).transpose(-1, -2)
+        projected = self.transpose_for_scores(
+            (self.query_proj if self.share_att_key else self.pos_query_proj)(table), heads)
+        p2c = position_scores(key_layer, projected, -positions, span, heads, form).transpose(-1, -2)
         score += p2c / deberta.scaled_size_sqrt(projected, scale_factor).to(dtype=p2c.dtype)
     return score
 
@@ -117,13 +142,16 @@ def rewritable_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 @contextmanager
-def relpos_rewrite(model: torch.nn.Module) -> Iterator[int]:
+def relpos_rewrite(model: torch.nn.Module, form: str = DEFAULT_FORM) -> Iterator[int]:
     """Inside the block, every module :func:`rewritable_modules` finds computes its bias with
-    :func:`rewritten_attention_bias` (an instance attribute shadowing the class's method); on leaving, even by an
-    exception, the instance attribute is removed and transformers' method is back. Yields how many were swapped."""
+    :func:`rewritten_attention_bias` in ``form`` (an instance attribute shadowing the class's method); on leaving,
+    even by an exception, the instance attribute is removed and transformers' method is back. Yields how many were
+    swapped. ``form`` not in :data:`FORMS`: ``ValueError``."""
+    if form not in FORMS:
+        raise ValueError(f"relative-position rewrite form {form!r} is not one of {', '.join(FORMS)}")
     modules = rewritable_modules(model)
     for module in modules:
-        module.disentangled_attention_bias = types.MethodType(rewritten_attention_bias, module)
+        module.disentangled_attention_bias = types.MethodType(partial(rewritten_attention_bias, form=form), module)
     try:
         yield len(modules)
     finally:
@@ -166,7 +194,7 @@ def trace_checked(model: torch.nn.Module, folder: Path, gate: Any, config: Any) 
             with relpos_rewrite(model):
                 info = trace()
             parity = check(info)
-            info["relpos_rewrite"] = {**record, "applied": True, "attention_modules": modules,
+            info["relpos_rewrite"] = {**record, "applied": True, "form": DEFAULT_FORM, "attention_modules": modules,
                                       "gather_elements": gather_elements_count(path)}
             log.info("relative-position gather rewritten in %d attention modules; fp32 parity passed", modules)
             return info, parity
