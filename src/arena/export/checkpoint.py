@@ -1,8 +1,10 @@
 """A PyTorch checkpoint (or a k-fold training output) -> an arena export folder.
 
-The checkpoint is traced to ``model.onnx`` and PyTorch fp32 is the parity reference; from there the one
-derived-artefact builder (:func:`arena.export.derive.build_derived`) makes and checks everything else. The caller
-(:func:`arena.export.cli.run_export`) has already run every check (:func:`arena.export.precheck.check_export_request`).
+The checkpoint is traced to ``model.onnx`` (DeBERTa-v2/v3 with its relative-position gather rewritten, when that
+passes the fp32 gate: :func:`arena.export.relpos.trace_checked`) and PyTorch fp32 is the parity reference; from there
+the one derived-artefact builder (:func:`arena.export.derive.build_derived`) makes and checks everything else. The
+caller (:func:`arena.export.cli.run_export`) has already run every check
+(:func:`arena.export.precheck.check_export_request`).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ def export_checkpoint(request: ExportRequest, config: ExportConfig,
     command's summary."""
     from arena.artifacts import copy_model_files, write_manifest
     from arena.encode import ArenaEncoder
-    from arena.export.onnx import export_onnx
     from arena.export.parity import ParityGate, parity_batches, parity_records, parse_shapes
+    from arena.export.relpos import trace_checked
     from arena.io import atomic_dir, sha256_file
     from arena.models.hybrid import is_hybrid
     from arena.models.modeling import (
@@ -55,11 +57,11 @@ def export_checkpoint(request: ExportRequest, config: ExportConfig,
     gate = ParityGate(reference, parity_batches(records, tokenizer, meta.encoder, shapes, executor))
     try:
         with atomic_dir(out, overwrite=config.overwrite) as tmp:
-            info = export_onnx(model, tmp / "model.onnx", opset=config.traced_opset, exporter=config.traced_exporter)
+            info, fp32_parity = trace_checked(model, tmp, gate, config)  # DeBERTa's relative-position rewrite
             source = GraphSource(model.config, tuple(info["inputs"]), ArenaEncoder(tokenizer, meta.encoder),
                                  n_features=model.n_features if hybrid else 0)
             built = build_derived(tmp, gate, config, source, records=records, data=request.data,
-                                  build_trt=build_trt)
+                                  build_trt=build_trt, fp32_parity=fp32_parity)
             copy_model_files(checkpoint, tmp)  # the export folder is self-contained: infer encodes from it
             write_serving_tokenizer(tokenizer, tmp)  # and encodes without transformers
             write_manifest(tmp, _manifest_body(request, config, model, meta, tokenizer, info, shapes, built,

@@ -53,14 +53,18 @@ def check_onnx_artifact(gate: ParityGate, name: str, path: Path, tolerance: Tole
 
 
 def build_derived(folder: Path, gate: ParityGate, config: ExportConfig, source: GraphSource, *, records: list,
-                  data: Path, build_trt: TrtBuilder | None = None) -> dict[str, Any]:
+                  data: Path, build_trt: TrtBuilder | None = None,
+                  fp32_parity: dict[str, Any] | None = None) -> dict[str, Any]:
     """Check ``folder/model.onnx``, then write and check every model ``config`` asks for. Returns the manifest's
     ``artifacts``, ``openvino`` and ``tensorrt`` sections. ``records``: the parity rows (the TensorRT profiles are
-    planned on their lengths); ``data``: the parity CSV (static INT8 calibrates on rows after them)."""
+    planned on their lengths); ``data``: the parity CSV (static INT8 calibrates on rows after them);
+    ``fp32_parity``: ``model.onnx``'s passed record from :func:`check_onnx_artifact` when the caller already ran it
+    (the checkpoint path checks its trace while choosing it: :func:`arena.export.relpos.trace_checked`)."""
     from arena.export.openvino import openvino_section
 
-    artifacts = {"fp32": {"file": "model.onnx", "precision": source.fp32_label, "parity": check_onnx_artifact(
-        gate, "fp32", folder / "model.onnx", config.fp32_tolerance(), source.inputs)}}
+    if fp32_parity is None:
+        fp32_parity = check_onnx_artifact(gate, "fp32", folder / "model.onnx", config.fp32_tolerance(), source.inputs)
+    artifacts = {"fp32": {"file": "model.onnx", "precision": source.fp32_label, "parity": fp32_parity}}
     artifacts.update(derived_onnx(folder, gate, config, source))
     ov_section = openvino_section(folder, gate, encoder=source.encoder, data=data, openvino=config.openvino,
                                   int8_static=config.int8_static, int8_tol=config.int8_tolerance(),
