@@ -36,19 +36,25 @@ class LoadedModel:
 
 def open_model(folder: str | Path | ModelFolder, *, backend: str = "auto", precision: str = "auto",
                threads: int | None = None, compile: bool = False, device: str = "auto",
-               load_runner: bool = True, devices: Sequence[str] | None = None) -> LoadedModel:
+               load_runner: bool = True, devices: Sequence[str] | None = None,
+               attention: str = "auto") -> LoadedModel:
     """The folder's encoder, settings and backend. ``load_runner=False``: everything but the backend (``runner``
     None), for a parent process whose workers each load their own (:mod:`arena.serving.sharded`); ``devices``: the
-    workers' devices, which the chosen variant must suit (default: ``device``)."""
+    workers' devices, which the chosen variant must suit (default: ``device``). ``attention``: the torch backend's
+    ``--attention``; anything but ``auto`` with another backend chosen is a :class:`ConfigError`."""
     source = folder if isinstance(folder, ModelFolder) else read_folder(folder)
     choice = choose_variant(source, backend, precision, devices or device)
+    if attention != "auto" and choice.backend != "torch":
+        raise ConfigError(f"--attention {attention} is the torch backend's, and {source.path} runs on "
+                          f"{choice.backend}; pass --backend torch with the arena-train checkpoint, or drop "
+                          "--attention")
     tokenizer = load_tokenizer(source.path, manifest=source.manifest)
     encoder = ArenaEncoder(tokenizer, source.encoder)
     loaded = LoadedModel(source.path, None, encoder, source.temperature, choice, choice.backend, source.model_type,
                          source)
     if not load_runner:
         return loaded
-    runner = spec(choice.backend).open(source, choice.variant, OpenOptions(device, threads, compile))
+    runner = spec(choice.backend).open(source, choice.variant, OpenOptions(device, threads, compile, attention))
     if choice.backend == "torch":
         check_pad_token(runner.model.config, encoder.pad_id, source.path)  # a decoder pools by the pad id
     attach_runner(loaded, runner)
