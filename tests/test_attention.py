@@ -36,7 +36,8 @@ from tests.test_safety import copy_model, tree
 
 FLASH_REL = 1e-4
 """disentangled-flash's PyTorch path against eager, fp32: every logit within 1e-4 x the reference's row-to-row spread
-(the same sums in another order; measured: see the tests). Rows in another order differ by about the spread."""
+(the same sums in another order: measured 4e-6 x spread on the xsmall architecture, 16 rows at up to 96 tokens, and
+2e-6 at 512 tokens). Rows in another order differ by about the spread."""
 PACKED_REL = 1e-5
 """Packed against padded through the same attention: only the reduction order of the matrix products differs."""
 
@@ -120,13 +121,16 @@ def test_packed_and_padded_plans_give_the_same_logits_through_the_executor(reque
 
 
 def _xsmall(rows: int = 16):
-    """The DeBERTa-v3-xsmall architecture (12 layers, hidden 384, 6 heads) with random weights (initializer range
-    0.2, as the tiny fixtures) and a head fitted so its logits on real rows spread (per-class std 1)."""
+    """The DeBERTa-v3-xsmall architecture (12 layers, hidden 384, 6 heads) with random weights at the config's
+    initializer range (0.02) and a head fitted so its logits on real rows spread (per-class std 1). Not 0.2 as the
+    tiny fixtures: through 12 random layers that sharp, any rounding difference grows about 2.5x per layer (eager
+    against flash: 5e-6 after the first layer, 3e-3 after the twelfth, measured), while at 0.02 it stays at fp32
+    rounding (2e-6) through all twelve."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from arena.models.modeling import load_tokenizer
 
-    config = AutoConfig.from_pretrained(CONFIGS / "deberta-v3-xsmall.json", num_labels=3, initializer_range=0.2)
+    config = AutoConfig.from_pretrained(CONFIGS / "deberta-v3-xsmall.json", num_labels=3)
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(config).eval()
     tokenizer = load_tokenizer(TOKENIZER)
@@ -151,7 +155,7 @@ def test_flash_matches_eager_on_the_xsmall_architecture_at_512_tokens(flash):
     got_short, got_long = fast(*short), fast(*long)
     assert_logits_close(reference_short, got_short, rel=FLASH_REL)
     spread = float(reference_short.std(0).mean())
-    assert np.abs(reference_long - got_long).max() <= FLASH_REL * spread * 10, (reference_long, got_long)
+    assert np.abs(reference_long - got_long).max() <= FLASH_REL * spread, (reference_long, got_long)
     assert not np.allclose(reference_long[0], reference_long[1], atol=FLASH_REL * spread * 100)  # rows differ
     rows = [r[m.astype(bool)] for r, m in zip(*short, strict=True)]
     offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
