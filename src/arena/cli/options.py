@@ -101,7 +101,7 @@ def attention_help() -> str:
     from arena.models.attention import ATTENTIONS
 
     return (f"{', '.join(ATTENTIONS)}: the torch backend's attention. flash: disentangled-flash's fused DeBERTa-v2/v3 "
-            "attention, with packed batches (pip install 'arena-toolkit[flash]'); sdpa where transformers has it "
+            "attention, with packed batches (pip install 'arena-toolkit\\[flash]'); sdpa where transformers has it "
             "(not DeBERTa); auto: flash on a CUDA GPU when it matches eager on the first batch, else as loaded "
             "(eager for DeBERTa)")
 
