@@ -48,7 +48,7 @@ def dry_run(tmp_path_factory):
            "TEST_FILES": "tests/test_devices.py", "INFER_ROWS": "8", "INFER_CELLS": CELLS, "ENCODE_WORKERS": "0",
            "SCORING_CONFIG": str(write_tiny_config(tmp / "config")), "MAX_LENGTH": "64", "BATCH_SIZE": "4",
            "TRAIN_ROWS": "16", "TRAIN_STEPS": "2", "TRAIN_COMPILE": "0",
-           "ATTENTION_ROWS": "12", "ATTENTION_LENGTHS": "48,96", "ATTENTION_DEVICE": "cpu",
+           "ATTENTION_ROWS": "12", "ATTENTION_LENGTHS": "96,384", "ATTENTION_DEVICE": "cpu",
            "ATTENTION_PRECISION": "fp32",
            # caps far above the work: this machine may be shared; the device's caps are checked from the script
            **{cap: "600" for cap in ("CAP_TESTS", "CAP_SCORING", "CAP_TRAINING", "CAP_ATTENTION")}, "CELL_CAP": "300",
@@ -132,13 +132,14 @@ def test_attention_measured_every_cell_with_parity_against_eager(dry_run):
     if "skipped" in result and not result.get("cells"):
         pytest.skip(f"disentangled-flash is not installed here: {result['skipped']}")
     cells = {(c["cell"], c["max_length"]): c for c in result["cells"]}
-    assert sorted(cells) == sorted((c, n) for c in ("eager", "flash", "flash+packed") for n in (48, 96))
+    assert sorted(cells) == sorted((c, n) for c in ("eager", "flash", "flash+packed") for n in (96, 384))
     assert not result["skipped"] and result["rows"] == 12
     for (name, _), c in cells.items():
         assert c["rows"] == 12 and c["rows_per_s"] > 0 and c["eager_logit_spread"] > 0.1
         assert c["max_abs_logit_diff"] <= 1e-3 * c["eager_logit_spread"], c
         assert c["attention"].startswith("eager" if name == "eager" else "flash (PyTorch path)"), c
-        assert (c["padding_efficiency"] == 1.0) == (name == "flash+packed"), c
+        assert c["padding_efficiency"] == 1.0 if name == "flash+packed" else c["padding_efficiency"] <= 1.0, c
+    assert cells[("flash", 384)]["padding_efficiency"] < 1.0  # real rows at 384 tokens: padded batches pad
 
 
 def test_the_callers_pythonpath_reaches_every_python(dry_run):
