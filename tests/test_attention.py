@@ -5,6 +5,7 @@ the misuse lines, and the summaries that say which attention ran. The Triton ker
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -163,6 +164,23 @@ def test_flash_matches_eager_on_the_xsmall_architecture_at_512_tokens(flash):
 
 
 # ------------------------------------------------------------------------------ auto's first-batch check
+
+
+def test_on_a_gpu_without_triton_auto_keeps_eager_and_flash_takes_the_pytorch_path(tiny_checkpoint, flash):
+    """The decisions a CUDA device leads to where the Triton kernels cannot run (no Triton here: as on a GPU whose
+    Triton does not import, or a head size the kernels lack); the model stays where it is."""
+    from arena.models.attention import set_attention
+    from arena.models.modeling import load_classifier
+
+    if importlib.util.find_spec("triton") is not None or torch.cuda.is_available():
+        pytest.skip("Triton is importable here: the kernels would be installed")
+    model = load_classifier(tiny_checkpoint, require_three_labels=True).eval()
+    auto = set_attention(model, "auto", device="cuda")
+    assert auto.name == "eager" and "Triton kernels do not apply" in auto.note and not auto.check_first
+    assert type(model.deberta.encoder).__name__ == "DebertaV2Encoder"  # untouched
+    assert set_attention(model, "flash", device="cuda").label == "flash (PyTorch path)"
+
+
 
 
 def _auto_on_cpu(folder, *, break_flash: bool):
