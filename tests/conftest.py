@@ -168,15 +168,22 @@ def make_informative(folder: Path, std: float = INFORMATIVE_STD) -> None:
     (so the head needs no bias, as a decoder's ``score`` has none), scaled to give each class a logit standard
     deviation of ``std`` over those rows, become the head's weights. The principal directions are those along
     which the rows differ most, so reduced-precision noise moves them least."""
-    import torch
-
     from arena.models.modeling import load_classifier
 
     model = load_classifier(folder).eval()
+    ids, mask, features = informative_batch(folder)
+    informative_head(model, ids, mask, features, std)
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def informative_head(model, ids: np.ndarray, mask: np.ndarray, features: np.ndarray | None = None,
+                     std: float = INFORMATIVE_STD) -> None:
+    """:func:`make_informative` on a model in memory, fitted on the rows ``ids`` / ``mask`` (/ ``features``)."""
+    import torch
+
     head = next(m for name, m in model.named_modules() if name in ("classifier", "score", "head"))
     seen: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach().double()))
-    ids, mask, features = informative_batch(folder)
     extra = {} if features is None else {"features": torch.from_numpy(features)}
     with torch.no_grad():
         model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), **extra)
@@ -194,7 +201,6 @@ def make_informative(folder: Path, std: float = INFORMATIVE_STD) -> None:
         head.weight.copy_(weight.to(head.weight.dtype))
         if head.bias is not None:
             head.bias.zero_()
-    model.save_pretrained(folder, safe_serialization=True)
 
 
 @pytest.fixture(scope="session")

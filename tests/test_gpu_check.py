@@ -21,7 +21,7 @@ FAKE_SMI = """#!/bin/sh
 echo "NVIDIA H100 80GB HBM3 (fake), 81559 MiB, 570.00, 9.0"
 """
 CELLS = "torch:fp32/notebook,torch:fp32/sorted"
-STEPS = ["wheels", "gpu-tests", "scoring", "training"]
+STEPS = ["wheels", "gpu-tests", "scoring", "training", "attention"]
 SITECUSTOMIZE = """import atexit, os, sys
 atexit.register(lambda: open(os.environ["DRY_RUN_PYTHONS"], "a").write(" ".join(sys.argv) + "\\n"))
 """
@@ -48,8 +48,10 @@ def dry_run(tmp_path_factory):
            "TEST_FILES": "tests/test_devices.py", "INFER_ROWS": "8", "INFER_CELLS": CELLS, "ENCODE_WORKERS": "0",
            "SCORING_CONFIG": str(write_tiny_config(tmp / "config")), "MAX_LENGTH": "64", "BATCH_SIZE": "4",
            "TRAIN_ROWS": "16", "TRAIN_STEPS": "2", "TRAIN_COMPILE": "0",
+           "ATTENTION_ROWS": "12", "ATTENTION_LENGTHS": "96,384", "ATTENTION_DEVICE": "cpu",
+           "ATTENTION_PRECISION": "fp32",
            # caps far above the work: this machine may be shared; the device's caps are checked from the script
-           **{cap: "600" for cap in ("CAP_TESTS", "CAP_SCORING", "CAP_TRAINING")}, "CELL_CAP": "300",
+           **{cap: "600" for cap in ("CAP_TESTS", "CAP_SCORING", "CAP_TRAINING", "CAP_ATTENTION")}, "CELL_CAP": "300",
            "TRAIN_RUN_CAP": "300"}
     proc = subprocess.Popen(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], cwd=tmp, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -72,9 +74,9 @@ def test_every_step_runs_and_succeeds(dry_run):
         assert s["exit"] == 0 and 0 <= s["seconds"] <= s["cap"], s
 
 
-def test_the_default_caps_end_the_device_run_inside_8_minutes():
-    """Environment probe + the four steps' caps (each step is killed 10 s after its cap at most), with 40 s to
-    spare; the scoring cells and training runs fit inside their step's cap."""
+def test_the_default_caps_end_the_device_run_inside_the_device_calls_10_minutes():
+    """Environment probe + the five steps' caps (each step is killed 10 s after its cap at most), with 40 s to
+    spare inside one device call (600 s at most); the scoring cells and training runs fit inside their step's cap."""
     script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
 
     def default(name: str) -> int:
@@ -84,8 +86,9 @@ def test_the_default_caps_end_the_device_run_inside_8_minutes():
 
     env_probe, wheels = int(re.search(r"timeout (\d+) bash -c environment", script)[1]), \
         int(re.search(r"step wheels (\d+)", script)[1])
-    steps = [wheels, default("CAP_TESTS"), default("CAP_SCORING"), default("CAP_TRAINING")]
-    assert env_probe + sum(steps) + 10 * len(steps) <= 8 * 60 - 40
+    steps = [wheels, default("CAP_TESTS"), default("CAP_SCORING"), default("CAP_TRAINING"), default("CAP_ATTENTION")]
+    assert env_probe + sum(steps) + 10 * len(steps) <= 10 * 60 - 40
+    assert int(re.search(r"timeout_s (\d+)", script)[1]) >= env_probe + sum(steps) + 10 * len(steps)
     assert default("CAP_TRAINING") - default("TRAIN_RUN_CAP") - 5 >= 60  # the compiled run: ~40-60 s compiling
     assert 3 * default("CELL_CAP") <= default("CAP_SCORING") + 60  # a cut cell leaves time for the others
 
@@ -94,10 +97,10 @@ def test_every_result_comes_back_and_nothing_else(dry_run):
     """At most 8 files, none large, none deeper than 2 folders (the device tool's limits); no model in $OUT."""
     _, out, _, log = dry_run
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert files == ["bench.html", "bench.json", "bench.md", "env.txt", "gpu_check.log", "gpu_tests.txt",
+    assert files == ["attention.txt", "bench.html", "bench.json", "bench.md", "gpu_check.log", "gpu_tests.txt",
                      "summary.json", "train.txt"], files
     assert all((out / f).stat().st_size < 1_000_000 for f in files)
-    assert "NVIDIA H100 80GB HBM3 (fake)" in (out / "env.txt").read_text()
+    assert "NVIDIA H100 80GB HBM3 (fake)" in (out / "gpu_check.log").read_text()  # the environment, first
     assert "skipped" in (out / "gpu_tests.txt").read_text()  # the GPU tests were collected (and skip here)
     assert "=== training: exit 0" in (out / "gpu_check.log").read_text()
 
@@ -120,11 +123,31 @@ def test_training_measured_both_modes(dry_run):
     assert modes == {"padded", "grouped"}
 
 
+def test_attention_measured_every_cell_with_parity_against_eager(dry_run):
+    """eager, flash and flash + packed at both lengths on real rows (disentangled-flash's PyTorch path here), or one
+    line saying the package was not there."""
+    _, out, _, _ = dry_run
+    lines = (out / "attention.txt").read_text().splitlines()
+    result = json.loads(lines[-1])
+    if "skipped" in result and not result.get("cells"):
+        pytest.skip(f"disentangled-flash is not installed here: {result['skipped']}")
+    cells = {(c["cell"], c["max_length"]): c for c in result["cells"]}
+    assert sorted(cells) == sorted((c, n) for c in ("eager", "flash", "flash+packed") for n in (96, 384))
+    assert not result["skipped"] and result["rows"] == 12
+    for (name, _), c in cells.items():
+        assert c["rows"] == 12 and c["rows_per_s"] > 0 and c["eager_logit_spread"] > 0.1
+        assert c["max_abs_logit_diff"] <= 1e-3 * c["eager_logit_spread"], c
+        assert c["attention"].startswith("eager" if name == "eager" else "flash (PyTorch path)"), c
+        assert c["padding_efficiency"] == 1.0 if name == "flash+packed" else c["padding_efficiency"] <= 1.0, c
+    assert cells[("flash", 384)]["padding_efficiency"] < 1.0  # real rows at 384 tokens: padded batches pad
+
+
 def test_the_callers_pythonpath_reaches_every_python(dry_run):
     """Carried wheels install into a folder put on PYTHONPATH; the scripts once reset it and lost them."""
     _, _, pythons, _ = dry_run
+    # sys.argv[0] of `python -m module` is the module's file
     for script in ("pytest", "arena/train/cli.py", "arena/bench/cli.py", "arena/bench/train_speed.py",
-                   "benchmarks/gpu_bench_merge.py"):  # sys.argv[0] of `python -m module` is the module's file
+                   "benchmarks/gpu_bench_merge.py", "benchmarks/gpu_attention.py"):
         assert script in pythons, pythons
 
 

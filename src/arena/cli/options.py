@@ -101,3 +101,37 @@ def precision_help() -> str:
     """``--precision``'s help: each backend's declared precisions."""
     return "auto, or per backend: " + "; ".join(f"{name}: {'/'.join(p[1:])}" for name, p in
                                                  backend_precisions().items() if name != "auto")
+
+
+def attention_help() -> str:
+    """``--attention``'s help, from the one declaration (:data:`arena.models.attention.ATTENTIONS`)."""
+    from arena.models.attention import ATTENTIONS
+
+    return (f"{', '.join(ATTENTIONS)}: the torch backend's attention. flash: disentangled-flash's fused DeBERTa-v2/v3 "
+            "attention, with packed batches (pip install 'arena-toolkit\\[flash]'); sdpa where transformers has it "
+            "(not DeBERTa); auto: flash on a CUDA GPU when it matches eager on the first batch, else as loaded "
+            "(eager for DeBERTa)")
+
+
+def check_attention_folders(attention: str, backend: str, folders: Iterable[str | Path], *,
+                            compile: bool = False) -> None:
+    """arena-infer's ``--attention``: one of the choices; anything but ``auto`` needs the torch backend and
+    checkpoint folders (a fold ensemble's members too) whose model runs it (:func:`arena.models.attention.
+    check_attention`)."""
+    from arena.models.attention import ATTENTIONS, check_attention
+    from arena.serving.folder import CHECKPOINT, LORA, read_folder
+
+    one_of("--attention", attention, ATTENTIONS)
+    if attention == "auto":
+        return
+    if backend not in ("auto", "torch"):
+        raise ConfigError(f"--attention {attention} is the torch backend's and --backend {backend} runs an exported "
+                          "graph; use --backend torch with the arena-train checkpoint, or drop --attention")
+    for folder in folders:
+        read = read_folder(folder)
+        for part in [read_folder(m) for m in read.members] or [read]:
+            if part.kind not in (CHECKPOINT, LORA):
+                raise ConfigError(f"--attention {attention} runs on the torch backend and {part.path} is a "
+                                  f"{part.describe()} (ONNX: its attention was fixed at export); pass the arena-train "
+                                  "checkpoint, or drop --attention")
+            check_attention(attention, part.model_type, compile=compile)

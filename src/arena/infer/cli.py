@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from arena.cli.app import run_app, setup_logging
-from arena.cli.options import CALIBRATE_HELP, backend_help, precision_help
+from arena.cli.options import CALIBRATE_HELP, attention_help, backend_help, precision_help
 from arena.errors import ConfigError, cli_errors
 
 log = logging.getLogger("arena.infer")
@@ -45,6 +45,7 @@ def infer(
     encode_workers: Annotated[int, typer.Option(help="Tokenizer worker processes (0: one background thread)")]
     = 0,
     compile: Annotated[bool, typer.Option(help="torch.compile (torch backend, GPU)")] = False,
+    attention: Annotated[str, typer.Option(help=attention_help())] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
     devices: Annotated[str | None, typer.Option(
         help="Several devices, one process each: cuda:0,cuda:1 (or a count of GPUs; cpu,cpu on a CPU)")] = None,
@@ -67,7 +68,7 @@ def infer(
     summary = run_infer(test_csv, model, out, backend=backend, precision=precision, tta=tta,
                         policy=policy, max_tokens=max_tokens, batch_size=batch_size, chunk_rows=chunk_rows,
                         threads=threads, encode_workers=encode_workers, compile=compile, device=device,
-                        devices=devices, rules=rules, weights=parse_weights(weights, len(model)),
+                        devices=devices, rules=rules, weights=parse_weights(weights, len(model)), attention=attention,
                         combine=combine, save_logits=save_logits, allow_partial=allow_partial,
                         time_limit=time_limit, time_limit_action=time_limit_action, calibrate=calibrate)
     if "projection" in summary:
@@ -77,6 +78,7 @@ def infer(
                f"only (calibration {summary['calibration']['seconds']:.2f} s, encode {summary['encode_s']:.2f} s, "
                f"model {summary['model_s']:.2f} s, "
                f"write {summary['write_s']:.2f} s; padding efficiency {summary['padding_efficiency']:.2f})"
+               + (f"; attention {summary['attention']}" if summary.get("attention") else "")
                + "".join(f"; {m}: {d}" for m, d in summary.get("folds", {}).items()))
     typer.echo(json.dumps(summary))
 
@@ -86,12 +88,19 @@ def check_infer_request(test_csv: Path, models: Path | list[Path], out: Path, *,
                         threads: int | None,
                         encode_workers: int, compile: bool, device: str,
                         devices: str | None, save_logits: Path | None = None, weights: list[float] | None = None,
-                        allow_partial: bool = False) -> tuple[str, list[str] | None]:
+                        allow_partial: bool = False, attention: str = "auto") -> tuple[str, list[str] | None]:
     """Every option and path checked before a model is loaded: return the device and the device list (None for
     one device; ``--devices`` with one name is that device, not ignored). A fold ensemble with folds missing or
     unfinished is refused unless ``allow_partial`` (:func:`arena.serving.ensemble.check_complete`)."""
     models = [Path(models)] if isinstance(models, Path | str) else [Path(m) for m in models]
-    from arena.cli.options import at_least, check_precision, existing_file, existing_folder, one_of
+    from arena.cli.options import (
+        at_least,
+        check_attention_folders,
+        check_precision,
+        existing_file,
+        existing_folder,
+        one_of,
+    )
     from arena.cli.safety import check_submission_out
     from arena.data import check_layout
     from arena.machine.devices import check_device, parse_devices
@@ -128,6 +137,7 @@ def check_infer_request(test_csv: Path, models: Path | list[Path], out: Path, *,
         for checkpoint in (folds.members if folds is not None else [model]):
             check_lora_base(checkpoint)
         check_submission_out(out, test_csv=test_csv, model=model)
+    check_attention_folders(attention, backend, models, compile=compile)
     if save_logits is not None:
         check_logits_out(Path(save_logits), out=out, test_csv=test_csv, models=models)
     if weights is not None:
@@ -203,11 +213,11 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
               device: str = "auto", devices: str | None = None, rules: str | None = None,
               weights: list[float] | None = None, combine: str = "probs", save_logits: Path | None = None,
               allow_partial: bool = False, time_limit: str | None = None, time_limit_action: str = "error",
-              calibrate: bool = True) -> dict:
+              calibrate: bool = True, attention: str = "auto") -> dict:
     """Score ``test_csv`` into ``out``; the summary arena-infer prints. ``calibrate``: with ``--backend auto`` on a
     CPU, settle the choice by timing the export's checked variants on this file's first rows once per machine
     (False: the cached choice, else the declared order; :mod:`arena.serving.calibration`). The calibration's
-    seconds are part of ``wall_s``."""
+    seconds are part of ``wall_s``. ``attention``: the torch backend's ``--attention``."""
     from tqdm.auto import tqdm
 
     from arena.cli.safety import warn_if_unfinished
@@ -223,7 +233,7 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
         test_csv, models, out, backend=backend, precision=precision, tta=tta, policy=policy, max_tokens=max_tokens,
         batch_size=batch_size, chunk_rows=chunk_rows, threads=threads, encode_workers=encode_workers,
         compile=compile, device=device, devices=devices, save_logits=save_logits, weights=weights,
-        allow_partial=allow_partial)
+        allow_partial=allow_partial, attention=attention)
     from arena.serving.projection import check_time_limit
 
     limit_s = check_time_limit(time_limit, time_limit_action)
@@ -238,7 +248,7 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
     calibration = _calibration_request(test_csv, config, backend=backend, calibrate=calibrate)
     scorer, description, reason, close, calibrated = _open_scorer(
         models, config, backend=backend, precision=precision, threads=threads, compile=compile, device=device,
-        shards=shards, weights=weights, combine=combine, calibration=calibration)
+        shards=shards, weights=weights, combine=combine, calibration=calibration, attention=attention)
     log.info("backend %s: %s", description, reason)
     timings = Timings()
     projection = None
@@ -262,6 +272,7 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
     finally:
         close()
     return {"backend": description, "reason": reason, "threads": getattr(scorer.runner, "threads", None),
+            "attention": attention_ran(scorer),
             "models": len(scorer.members), **({"folds": folds} if folds else {}), "tta": tta,
             "policy": policy, "rules": list(config.rules), "max_tokens": scorer.executor.budget,
             "calibration": calibrated, **timings.summary(), **({"projection": projection} if projection else {})}
@@ -282,6 +293,13 @@ def _calibration_request(test_csv: Path, config, *, backend: str, calibrate: boo
     return CalibrationRequest(tuple(rows), calibrate, config.policy, config.batch_size, config.max_tokens)
 
 
+def attention_ran(scorer) -> str | None:
+    """Which attention the torch models ran, read after the run (``auto`` decides on the first batch); None for
+    exported graphs."""
+    labels = [label for m in scorer.members if (label := getattr(m.executor.backend, "attention_label", None))]
+    return "; ".join(dict.fromkeys(labels)) or None
+
+
 def _project(scorer, test_csv: Path, limit_s: float, action: str, started: float) -> dict:
     """``--time-limit``: project the run from a sample (logged at once), stop or warn when over the limit."""
     from arena.data import read_test
@@ -294,7 +312,8 @@ def _project(scorer, test_csv: Path, limit_s: float, action: str, started: float
 
 
 def _open_scorer(models: list[Path], config, *, backend: str, precision: str, threads: int | None, compile: bool,
-                 device: str, shards: list[str] | None, weights: list[float] | None, combine: str, calibration=None):
+                 device: str, shards: list[str] | None, weights: list[float] | None, combine: str, calibration=None,
+                 attention: str = "auto"):
     """The scorer for one model or an ensemble; (scorer, description, why this backend, close, what calibration
     settled: the CPU, its seconds and each member's record). ``--devices`` is never calibrated: its workers each
     open the declared choice."""
@@ -306,12 +325,14 @@ def _open_scorer(models: list[Path], config, *, backend: str, precision: str, th
 
     if shards is None:
         ensemble = open_models(models, weights=weights, combine=combine, backend=backend, precision=precision,
-                               threads=threads, compile=compile, device=device, calibration=calibration)
+                               threads=threads, compile=compile, device=device, calibration=calibration,
+                               attention=attention)
     else:  # the workers load the model, the parent does not (cuda:0 would hold it twice)
         if len(models) > 1 or member_folders(models[0]):
             raise ConfigError("--devices runs one model per device; score an ensemble on one device at a time")
         ensemble = LoadedEnsemble([open_sharded(models[0], shards, backend=backend, precision=precision,
-                                                threads=threads)], [1.0], combine, "single model")
+                                                threads=threads, attention=attention)], [1.0], combine,
+                                  "single model")
     first = ensemble.members[0]
     scorer = scorer_for(ensemble, config)
 

@@ -43,6 +43,12 @@ class HybridOutput:
         self.logits = logits
 
 
+def _require_features(features: torch.Tensor | None) -> None:
+    if features is None:
+        raise ValueError("this hybrid model needs a third input, `features` (arena.features.FEATURE_NAMES); "
+                         "encode with EncoderConfig(features=True)")
+
+
 class HybridClassifier(nn.Module):
     def __init__(self, backbone: nn.Module, feature_names: tuple[str, ...] | list[str], *, hidden: int = 64,
                  dropout: float = 0.1) -> None:
@@ -75,18 +81,21 @@ class HybridClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 features: torch.Tensor | None = None, **_: Any) -> HybridOutput:
-        if features is None:
-            raise ValueError("this hybrid model needs a third input, `features` (arena.features.FEATURE_NAMES); "
-                             "encode with EncoderConfig(features=True)")
+        _require_features(features)
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return HybridOutput(self.head_logits(pooled, features))
+
+    def head_logits(self, pooled: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
+        """Logits from the rows' mean-pooled encoder output and their features: the head alone, shared by the padded
+        forward and the packed one (:func:`arena.models.attention.packed_logits`)."""
+        _require_features(features)
         # clipped z-scores: one extreme row (a response with 500 headers) cannot blow up the logits
         z = ((features.to(self.feature_mean.dtype) - self.feature_mean) / self.feature_std).clamp(-Z_CLIP, Z_CLIP)
-        z = z.to(hidden.dtype)
+        z = z.to(pooled.dtype)
         extra = nn.functional.gelu(self.feature_mlp(z))
-        logits = self.feature_linear(z) + self.head(torch.cat([self.dropout(pooled), extra], dim=-1))
-        return HybridOutput(logits)
+        return self.feature_linear(z) + self.head(torch.cat([self.dropout(pooled), extra], dim=-1))
 
     # -- persistence ----------------------------------------------------------------------------------------------
 

@@ -4,6 +4,8 @@
 * ``padded``: file order, a fixed number of rows, every batch padded to ``max_length``.
 * ``sorted``: rows sorted by length, packed under a token budget (rows x padded length), each batch padded to
   its own longest row rounded up to a multiple of 8 (tensor cores and ONNX Runtime kernels like multiples of 8).
+  Where the backend takes packed batches (attention with ``cu_seqlens``: torch with ``--attention flash``), the
+  same sorted rows go end to end without padding instead (:func:`packed_batches`), under the same budget.
 
 Training uses :func:`length_grouped_batches`: random, but rows of similar length share a batch.
 """
@@ -83,6 +85,31 @@ def token_budget_batches(lengths: np.ndarray, max_tokens: int, max_batch: int = 
         size = max(1, min(cap, max_tokens // padded, n - start))
         batches.append(order[start:start + size])
         start += size
+    return batches
+
+
+def packed_batches(lengths: np.ndarray, max_tokens: int, max_batch: int = 256) -> list[np.ndarray]:
+    """Length-sorted packs (longest first) of whole rows laid end to end, each with at most ``max_tokens`` real
+    tokens and ``max_batch`` rows: for attention that takes ``cu_seqlens``, so no token is padding (padding efficiency
+    1.0 by construction). Every index appears in exactly one pack; :class:`ConfigError` if a single row does not
+    fit the budget."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if len(lengths) == 0:
+        return []
+    if max_tokens < int(lengths.max()):
+        raise ConfigError(f"--max-tokens {max_tokens} is smaller than one row ({int(lengths.max())} tokens)")
+    order = np.argsort(-lengths, kind="stable")
+    sizes = lengths[order]
+    batches: list[np.ndarray] = []
+    start, n = 0, len(order)
+    while start < n:
+        end, total = start, 0
+        while end < n and end - start < max_batch and total + sizes[end] <= max_tokens:
+            total += int(sizes[end])
+            end += 1
+        end = max(end, start + 1)
+        batches.append(order[start:end])
+        start = end
     return batches
 
 

@@ -162,17 +162,6 @@ def _timed_batches(executor: Any, prepared: Any) -> tuple[list[float], list[floa
     return tokens, seconds
 
 
-def _plan_tokens(executor: Any, lengths: np.ndarray) -> list[float]:
-    """Computed tokens (rows x padded length) of every batch the executor plans for ``lengths``."""
-    batches, fixed = executor.plan(lengths)
-    multiple = executor.pad_multiple
-    out = []
-    for rows in batches:
-        longest = fixed or int(max(lengths[rows]))
-        out.append(float(len(rows) * (-(-longest // multiple) * multiple)))
-    return out
-
-
 def project_scorer(scorer: Any, records: Sequence[Any], *, limit_s: float | None, sample_rows: int = 128,
                    started: float | None = None) -> Projection:
     """Project the full run of ``scorer`` (a :class:`~arena.serving.scoring.Scorer`) over ``records``."""
@@ -199,7 +188,7 @@ def project_scorer(scorer: Any, records: Sequence[Any], *, limit_s: float | None
         if not tokens:
             continue
         model = CostModel.fit(tokens, seconds)
-        mean, sd = model.project(_plan_tokens(member.executor, lengths))
+        mean, sd = model.project(member.executor.planned_tokens(lengths))
         parts.append((passes * mean, passes * sd))
         members.append({"per_token_us": model.per_token * 1e6, "per_batch_ms": model.per_batch * 1e3,
                         "sample_batches": model.batches, "projected_s": passes * mean})

@@ -25,18 +25,19 @@ from arena.errors import BackendUnavailable
 _RUNNER: Any = None
 
 
-def _init(folder: str, backend: str, precision: str, devices: Any, threads: int | None) -> None:
+def _init(folder: str, backend: str, precision: str, devices: Any, threads: int | None, attention: str) -> None:
     global _RUNNER
     from arena.serving.loading import open_model
 
     device = devices.get()
-    _RUNNER = open_model(folder, backend=backend, precision=precision, device=device, threads=threads).runner
+    _RUNNER = open_model(folder, backend=backend, precision=precision, device=device, threads=threads,
+                         attention=attention).runner
 
 
 def _describe() -> dict[str, Any]:
     return {"name": _RUNNER.name, "description": _RUNNER.description,
             "needs_features": bool(getattr(_RUNNER, "needs_features", False)),
-            "limits": getattr(_RUNNER, "limits", None)}
+            "limits": getattr(_RUNNER, "limits", None), "attention": getattr(_RUNNER, "attention_label", None)}
 
 
 def _run(ids: np.ndarray, mask: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
@@ -48,7 +49,7 @@ class ShardedRunner:
     (:class:`~arena.serving.backends.contract.ParallelBackend`): :meth:`map` runs many batches in parallel."""
 
     def __init__(self, folder: str | Path, devices: Sequence[str], *, backend: str = "auto",
-                 precision: str = "auto", threads: int | None = None) -> None:
+                 precision: str = "auto", threads: int | None = None, attention: str = "auto") -> None:
         ctx = mp.get_context("spawn")  # CUDA cannot be forked
         queue = ctx.Manager().Queue()
         for d in devices:
@@ -56,7 +57,7 @@ class ShardedRunner:
         self.devices = list(devices)
         self.device = devices[0]
         self.pool = ProcessPoolExecutor(len(devices), mp_context=ctx, initializer=_init,
-                                        initargs=(str(folder), backend, precision, queue, threads))
+                                        initargs=(str(folder), backend, precision, queue, threads, attention))
         try:
             info = self.pool.submit(_describe).result()
         except BrokenProcessPool:
@@ -66,6 +67,8 @@ class ShardedRunner:
         self.name: str = info["name"]
         self.needs_features: bool = info["needs_features"]
         self.limits = info["limits"]
+        self.attention_label: str | None = info["attention"]
+        """The first worker's attention when it opened (``auto`` decides on each worker's first batch)."""
         self.description = f"{info['description']} x {len(devices)} processes on {', '.join(devices)}"
 
     def map(self, batches: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> list[np.ndarray]:
@@ -80,18 +83,20 @@ class ShardedRunner:
 
 
 def open_sharded(folder: str | Path, devices: Sequence[str], *, backend: str = "auto", precision: str = "auto",
-                 threads: int | None = None) -> Any:
+                 threads: int | None = None, attention: str = "auto") -> Any:
     """A :class:`arena.serving.loading.LoadedModel` whose runner is a :class:`ShardedRunner`: the parent process
     loads the encoder and settings, never the model."""
     import os
 
     from arena.serving.loading import attach_runner, open_model
 
-    loaded = open_model(folder, backend=backend, precision=precision, load_runner=False, devices=devices)
+    loaded = open_model(folder, backend=backend, precision=precision, load_runner=False, devices=devices,
+                        attention=attention)
     if devices[0] == "cpu" and not threads:
         threads = max(1, (os.cpu_count() or 2) // len(devices))
     # the workers open the variant the parent chose, not their own "auto" (a named backend's default differs)
     runner = ShardedRunner(folder, devices, backend=loaded.choice.backend,
-                           precision=loaded.choice.options.get("precision", precision), threads=threads)
+                           precision=loaded.choice.options.get("precision", precision), threads=threads,
+                           attention=attention)
     return attach_runner(loaded, runner)
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from arena.cli.app import encoder_config, run_app, setup_logging
+from arena.cli.options import attention_help
 from arena.errors import ConfigError, cli_errors
 from arena.serving.backends.torch import DTYPES
 from arena.train.config import HEADS
@@ -63,6 +64,7 @@ def train(
     head_lr: Annotated[float, typer.Option(help="Learning rate of the hybrid head's own layers")] = 2e-4,
     calibrate: Annotated[bool, typer.Option(help="Fit a temperature on out-of-fold logits")] = True,
     compile: Annotated[bool, typer.Option(help="torch.compile the model (GPU)")] = False,
+    attention: Annotated[str, typer.Option(help=attention_help())] = "auto",
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --output (same settings and data; "
                                          "a missing or empty --output is an error)")] = False,
     resume_or_start: Annotated[bool, typer.Option(help="Like --resume, but start a new run when --output holds "
@@ -102,7 +104,8 @@ def train(
         check_train_request(data=data, model=model, output=output, tokenizer=tokenizer, random_init=random_init,
                             max_length=max_length, numbers={k: given[k] for k in NUMBERS},
                             scheduler=scheduler, precision=precision, head=head, resume=resume,
-                            overwrite=overwrite, resume_or_start=resume_or_start)
+                            overwrite=overwrite, resume_or_start=resume_or_start, attention=attention,
+                            lora_r=lora_r, compile=compile)
     from arena.cli.app import on_interrupt
     from arena.cli.safety import interrupted_train_note
 
@@ -138,8 +141,9 @@ def report(summary: dict[str, Any], output: str) -> None:
         f"uniform {summary['uniform_log_loss']:.4f}, prior {summary['prior_log_loss']:.4f}), "
         f"accuracy {summary['oof_accuracy']:.3f}"
         + (f"; {extra['kept']} extra rows ({dropped} dropped: in the training file or repeated)" if extra else "")
+        + (f"; attention {summary['attention']}" if summary.get("attention") else "")
         + f"; checkpoint in {output}")
-    line = {k: summary[k] for k in ("oof_log_loss", "oof_accuracy", "temperature")}
+    line = {k: summary[k] for k in ("oof_log_loss", "oof_accuracy", "temperature", "attention") if k in summary}
     if extra:
         line["extra_rows"], line["extra_rows_dropped"] = extra["kept"], dropped
     typer.echo(json.dumps(line))
@@ -155,12 +159,14 @@ PRECISIONS = ("auto", *DTYPES)
 
 def check_train_request(*, data: str | None, model: str, output: str, tokenizer: str | None, random_init: bool,
                         max_length: int, numbers: dict[str, Any], scheduler: str, precision: str, head: str,
-                        resume: bool, overwrite: bool, resume_or_start: bool = False) -> None:
+                        resume: bool, overwrite: bool, resume_or_start: bool = False, attention: str = "auto",
+                        lora_r: int | None = None, compile: bool = False) -> None:
     """Every option and path checked before any data is read, model loaded or file written."""
     from arena.cli.options import at_least, existing_folder, one_of, positive, within
     from arena.cli.safety import check_train_output
     from arena.data import check_layout, resolve_csv
     from arena.machine.devices import torch_gpus
+    from arena.models.attention import ATTENTIONS, check_attention
     from arena.models.modeling import check_max_length, check_model_folder, is_local
 
     n = numbers
@@ -192,6 +198,10 @@ def check_train_request(*, data: str | None, model: str, output: str, tokenizer:
         check_model_folder(model)
     if max_length is not None:  # else the model's own default (arena.train.model_options.default_length)
         check_max_length(_model_config(model, random_init), max_length)
+    one_of("--attention", attention, ATTENTIONS)
+    if attention != "auto":
+        check_attention(attention, getattr(_model_config(model, random_init), "model_type", None),
+                        lora=bool(lora_r), compile=compile)
     if tokenizer is not None and is_local(tokenizer):
         existing_folder("--tokenizer", tokenizer, "the folder that holds the tokenizer files")
     path = resolve_csv(data, "train.csv")

@@ -53,6 +53,10 @@ class TrainConfig:
     calibrate: bool = True
     """Fit a temperature on the validation (out-of-fold) logits and save it with the model."""
     compile: bool = False
+    attention: str = "auto"
+    """``--attention`` (:mod:`arena.models.attention`): ``flash`` trains DeBERTa-v2/v3 through disentangled-flash's
+    differentiable attention; ``auto`` uses it on a CUDA GPU when it matches eager on the first batch. What ran is
+    recorded in ``train_done.json`` and ``metrics.json``."""
     resume: bool = False
     """Continue the unfinished run in ``output``, which must exist with the same settings and data
     (:mod:`arena.train.record`)."""

@@ -143,13 +143,14 @@ def summarise_run(config: TrainConfig, records: list[Record], labels: np.ndarray
         "rows": len(records),
         "validation_rows": int(len(index)),
         "splits": [{"name": r.name, "output": str(r.output), "steps": r.steps, "validation_rows": len(r.val_index),
-                    "padding_efficiency": round(r.padding_efficiency, 4),
+                    "padding_efficiency": round(r.padding_efficiency, 4), "attention": r.attention,
                     "best": asdict(r.best) if r.best else None,
                     "history": [asdict(h) for h in r.history]} for r in results],
         "oof_log_loss": log_loss(probs, y),
         "oof_accuracy": accuracy(probs, y),
         "oof_log_loss_calibrated": log_loss(softmax(logits, temperature), y),
         "temperature": temperature,
+        "attention": "; ".join(dict.fromkeys(r.attention for r in results if r.attention)),
         **baselines(train_for_prior, y),
     }
     return summary

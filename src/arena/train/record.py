@@ -25,9 +25,10 @@ from arena.train.config import TrainConfig
 log = logging.getLogger(__name__)
 
 MAY_DIFFER = frozenset({"output", "resume", "resume_or_start", "overwrite", "keep_state", "save_steps", "compile",
-                        "data", "soft_labels", "extra"})
-"""Settings a resume may change: where and how often state is kept, how the same steps are run (compile), and the
-paths of the inputs (their content is compared through the data fingerprint instead)."""
+                        "attention", "data", "soft_labels", "extra"})
+"""Settings a resume may change: where and how often state is kept, how the same steps are run (compile; the
+attention's kernels, which compute the same function), and the paths of the inputs (their content is compared through
+the data fingerprint instead)."""
 ENCODER_FLAGS = {"max_length": "--max-length", "strategy": "--strategy", "shares": "--shares",
                  "head_fraction": "--head-fraction"}
 

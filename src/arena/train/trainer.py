@@ -32,6 +32,7 @@ from arena.encode import Encoded, pad_batch
 from arena.errors import ConfigError, TrainingError
 from arena.io import atomic_open, atomic_write_text
 from arena.metrics import accuracy, baselines, log_loss, softmax
+from arena.models.attention import ModelAttention, set_attention
 from arena.models.hybrid import forward_logits, init_from_logistic_regression, is_hybrid
 from arena.models.modeling import CheckpointMeta, save_checkpoint
 from arena.serving.backends.torch import TorchBackend
@@ -73,6 +74,8 @@ class SplitResult:
     val_logits: np.ndarray
     padding_efficiency: float
     steps: int
+    attention: str = ""
+    """Which attention trained it (:mod:`arena.models.attention`), as ``train_done.json`` records."""
 
 
 @dataclass
@@ -228,6 +231,8 @@ class Trainer:
     rows_seen: int = 0
     t_start: float = field(default_factory=time.perf_counter)
     bar: Any = None
+    attention: str = ""
+    """Which attention runs (:attr:`arena.models.attention.ModelAttention.label`)."""
 
     def say(self, text: str) -> None:
         if self.dist.main:
@@ -253,6 +258,7 @@ def build_trainer(config: TrainConfig, *, name: str, out_dir: Path, tokenizer: A
     if not is_quantized(raw):  # bitsandbytes weights were placed on the device as they loaded
         raw.to(device)
     raw.train()
+    attention = apply_attention(config, raw, rows, device=device, dtype=dtype, pad_id=tokenizer.pad_token_id or 0)
     optimizer = torch.optim.AdamW(param_groups(raw, config.weight_decay, config.lr, config.head_lr if hybrid else None),
                                   lr=config.lr, fused=device.type == "cuda")
     batches = len(length_grouped_batches(rows.lengths, config.batch_size, config.seed)) // dist.world
@@ -268,7 +274,7 @@ def build_trainer(config: TrainConfig, *, name: str, out_dir: Path, tokenizer: A
         config, name, out_dir, device, dist, dtype, raw, model, compiled(model) if config.compile else model,
         optimizer, scheduler, scaler, rows, val, val_labels, baselines(rows.labels[rows.labels >= 0], val_labels),
         max(default_max_tokens(device.type, max_len, raw.config.model_type), config.batch_size * 8),
-        tokenizer.pad_token_id or 0, meta, tokenizer, steps_per_epoch, total_steps)
+        tokenizer.pad_token_id or 0, meta, tokenizer, steps_per_epoch, total_steps, attention=attention.label)
     if config.resume:
         loaded = load_state(out_dir, raw, optimizer, scheduler, scaler, dist)
         if loaded is not None:
@@ -278,6 +284,26 @@ def build_trainer(config: TrainConfig, *, name: str, out_dir: Path, tokenizer: A
             trainer.say(f"[{name}] resuming at step {loaded.global_step} (epoch {loaded.epoch}, "
                         f"batch {loaded.batch_pos})")
     return trainer
+
+
+def apply_attention(config: TrainConfig, raw: torch.nn.Module, rows: TrainRows, *, device: torch.device,
+                    dtype: torch.dtype | None, pad_id: int) -> ModelAttention:
+    """``--attention`` on the model to train, before the optimizer sees its parameters (flash's modules hold their
+    own copies of the weights). ``auto``'s check runs once, on the first batch of the first epoch (the same rows on
+    every rank), in eval mode and the run's precision."""
+    attention = set_attention(raw, config.attention, device=device.type, inference=False, compiled=config.compile)
+    if attention.check_first:
+        first = length_grouped_batches(rows.lengths, config.batch_size, config.seed)[0]
+        ids, mask = (torch.from_numpy(a).to(device) for a in pad_batch([rows.ids[i] for i in first], pad_id))
+        feats = None if rows.features is None else torch.from_numpy(rows.features[first]).to(device)
+        raw.eval()
+        with torch.no_grad(), autocast(device, dtype):
+            attention.check(lambda _flash: forward_logits(raw, ids, mask, feats))
+        raw.train()
+    if attention.swap is not None and config.gradient_checkpointing:
+        attention.swap.backbone.encoder.gradient_checkpointing = True
+    log.info("attention: %s", attention.label)
+    return attention
 
 
 def compiled(model: torch.nn.Module) -> torch.nn.Module:
@@ -405,7 +431,8 @@ def finish(t: Trainer, padding_efficiency: float) -> None:
     if t.dist.main:
         summary: dict[str, Any] = {"name": t.name, "steps": t.state.global_step,
                                    "padding_efficiency": padding_efficiency, "weights_sha256": weights_digest(t.raw),
-                                   "world_size": t.dist.world, "best": t.state.best, "history": t.state.history}
+                                   "world_size": t.dist.world, "best": t.state.best, "history": t.state.history,
+                                   "attention": t.attention}
         if digests is not None:
             summary["rank_weights_sha256"] = digests
             summary["ranks_agree"] = len(set(digests)) == 1
@@ -430,7 +457,8 @@ def finished_split(name: str, out_dir: Path, val_idx: np.ndarray) -> SplitResult
     history = [EvalResult(**h) for h in done["history"]]
     best = EvalResult(**done["best"]) if done.get("best") else None
     log.info("[%s] finished before the interruption (step %d): kept as it is", name, done["steps"])
-    return SplitResult(name, out_dir, best, history, val_idx, logits, done["padding_efficiency"], done["steps"])
+    return SplitResult(name, out_dir, best, history, val_idx, logits, done["padding_efficiency"], done["steps"],
+                       done.get("attention", ""))
 
 
 def train_split(config: TrainConfig, *, name: str, out_dir: Path, tokenizer: Any, encoded: Encoded,
@@ -464,4 +492,4 @@ def train_split(config: TrainConfig, *, name: str, out_dir: Path, tokenizer: Any
     best = EvalResult(**t.state.best) if t.state.best else None
     logits = t.best_logits if t.best_logits is not None else np.zeros((len(val_idx), 3), dtype=np.float32)
     return SplitResult(name, out_dir, best, [EvalResult(**h) for h in t.state.history], val_idx, logits,
-                       efficiency, t.state.global_step)
+                       efficiency, t.state.global_step, t.attention)

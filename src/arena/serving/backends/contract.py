@@ -83,6 +83,23 @@ class Backend(Protocol):
 
 
 @runtime_checkable
+class PackingBackend(Backend, Protocol):
+    """A backend that also runs packed, unpadded batches (attention that takes ``cu_seqlens``: the torch backend with
+    ``--attention flash``). ``packs`` says whether it takes them now; the executor then plans packs instead of padded
+    rectangles (:func:`arena.serving.batching.packed_batches`).
+
+    ``run_packed(input_ids, cu_seqlens, features)``: int64 (total_tokens,) the rows' tokens end to end, int64
+    (rows + 1,) each row's offset, float32 (rows, n_features) or None; returns float32 logits (rows, 3) in host memory.
+    """
+
+    packs: bool
+
+    def run_packed(self, input_ids: np.ndarray, cu_seqlens: np.ndarray,
+                   features: np.ndarray | None = None) -> np.ndarray:
+        ...
+
+
+@runtime_checkable
 class ParallelBackend(Backend, Protocol):
     """A backend that also runs many batches at once and returns them in order: several devices, one process each
     (:class:`arena.serving.sharded.ShardedRunner`). The executor hands it every batch in one call."""
@@ -139,6 +156,8 @@ class OpenOptions:
     device: str = "auto"
     threads: int | None = None
     compile: bool = False
+    attention: str = "auto"
+    """``--attention`` (:data:`arena.models.attention.ATTENTIONS`): the torch backend's; others take only ``auto``."""
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,10 @@ Decoder LLMs (and LoRA checkpoints on them) load their weights in the precision 
 fp32 does not fit a 16 GB T4, or in 4-bit / 8-bit through bitsandbytes (``4bit``, ``8bit``; CUDA only), and run
 under autocast in fp16 (bf16 where the GPU has it). Attention is SDPA where transformers has it for the family
 (Gemma-2 runs eager: its attention soft-capping has no SDPA path).
+
+``--attention`` (:mod:`arena.models.attention`) picks a model's attention; with disentangled-flash's (``flash``, or
+``auto``'s choice on a CUDA GPU) the backend also runs packed, unpadded batches (:meth:`TorchBackend.run_packed`),
+which the executor then plans instead of padded rectangles.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from arena.encode import pad_batch
 from arena.errors import ConfigError
+from arena.models.attention import attention_in_use, packed_logits, set_attention
 from arena.models.modeling import is_decoder, load_classifier, load_model_config, max_supported_length
 from arena.serving.backends.contract import BackendSpec, Limits, OpenOptions, Variant
 
@@ -41,7 +47,9 @@ class TorchBackend:
 
     def __init__(self, folder: str | Path | None = None, *, model: torch.nn.Module | None = None,
                  device: str = "auto", precision: str = "auto", compile: bool = False,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, attention: str | None = None) -> None:
+        """``attention``: ``--attention`` (:data:`arena.models.attention.ATTENTIONS`); None: ``auto`` for a model
+        read from ``folder``, and a model handed in (training's evaluation, the export's reference) as it is."""
         import torch
 
         from arena.models.hybrid import is_hybrid
@@ -69,41 +77,90 @@ class TorchBackend:
         if not getattr(model, "is_quantized", False):  # bitsandbytes weights are placed as they load
             self.model.to(self.device)
         self._autocast = _compute_dtype(precision, self.device) if precision != "fp32" else None
+        if attention is None and folder is not None:
+            attention = "auto"
+        self.attention = (attention_in_use(self.model) if attention is None else
+                          set_attention(self.model, attention, device=self.device, compiled=compile))
         self.forward = torch.compile(self.model, dynamic=True) if compile else self.model
         self.needs_features = is_hybrid(self.model)
         self.limits = Limits(max_length=max_supported_length(self.model.config))
 
     @property
     def description(self) -> str:
-        attention = getattr(self.model.config, "_attn_implementation", None) if is_decoder(self.model.config) \
-            else None
         threads = f", {self.threads} threads" if self.device == "cpu" else ""
-        return (f"torch ({self.precision}, {self.device}{threads}{f', {attention} attention' if attention else ''}"
+        return (f"torch ({self.precision}, {self.device}{threads}, {self.attention_label} attention"
                 f"{', compiled' if self.compiled else ''})")
+
+    @property
+    def attention_label(self) -> str:
+        """Which attention runs (and, for ``auto``, why): what summaries report. Final after the first batch."""
+        return self.attention.label
+
+    @property
+    def packs(self) -> bool:
+        """Whether :meth:`run_packed` takes packed batches now (disentangled-flash's attention is in the model)."""
+        return self.attention.packs
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                  features: np.ndarray | None = None) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            return self._run(torch, input_ids, attention_mask, features)
+            ids, mask = self._tensor(input_ids), self._tensor(attention_mask)
+            feats = self._features(features)
+            with self._autocast_context():
+                if self.attention.check_first:
+                    logits = self.attention.check(lambda _flash: self._padded(ids, mask, feats))
+                else:
+                    logits = self._padded(ids, mask, feats)
+            return logits.float().cpu().numpy()
 
-    def _run(self, torch: Any, input_ids: np.ndarray, attention_mask: np.ndarray,
-             features: np.ndarray | None) -> np.ndarray:
+    def run_packed(self, input_ids: np.ndarray, cu_seqlens: np.ndarray,
+                   features: np.ndarray | None = None) -> np.ndarray:
+        """Logits of a packed batch (the contract: :class:`~arena.serving.backends.contract.PackingBackend`). A
+        pack planned before ``auto`` fell back to eager runs padded."""
+        import torch
+
+        rows = np.split(np.asarray(input_ids), np.asarray(cu_seqlens)[1:-1])
+        if not self.attention.packs:
+            return self(*pad_batch(rows, 0), features)  # padding is masked: any pad id gives the same logits
+
+        def run(flash: bool) -> torch.Tensor:
+            if flash:
+                return packed_logits(self.model, ids, cu_seqlens, feats)
+            padded, mask = pad_batch(rows, 0)
+            return self._padded(self._tensor(padded), self._tensor(mask), feats)
+
+        with torch.inference_mode():
+            ids, feats = self._tensor(input_ids), self._features(features)
+            with self._autocast_context():
+                logits = self.attention.check(run) if self.attention.check_first else run(True)
+            self.attention.after_packed(tuple(len(r) for r in rows))
+            return logits.float().cpu().numpy()
+
+    def _padded(self, ids: torch.Tensor, mask: torch.Tensor, feats: torch.Tensor | None) -> torch.Tensor:
         from arena.models.hybrid import forward_logits
 
-        ids = torch.from_numpy(np.ascontiguousarray(input_ids)).to(self.device, non_blocking=True)
-        mask = torch.from_numpy(np.ascontiguousarray(attention_mask)).to(self.device, non_blocking=True)
-        feats = None
-        if self.needs_features:
-            if features is None:
-                raise ConfigError("this is a hybrid model: it needs the rows' features as a third input")
-            feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
-        ctx = (torch.autocast(torch.device(self.device).type, dtype=self._autocast) if self._autocast is not None
-               else contextlib.nullcontext())
-        with ctx:
-            logits = forward_logits(self.forward, ids, mask, feats)
-        return logits.float().cpu().numpy()
+        self.attention.prepare_padded(int(ids.shape[1]))
+        return forward_logits(self.forward, ids, mask, feats)
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
+
+    def _features(self, features: np.ndarray | None) -> torch.Tensor | None:
+        if not self.needs_features:
+            return None
+        if features is None:
+            raise ConfigError("this is a hybrid model: it needs the rows' features as a third input")
+        return self._tensor(np.asarray(features, dtype=np.float32))
+
+    def _autocast_context(self) -> Any:
+        import torch
+
+        return (torch.autocast(torch.device(self.device).type, dtype=self._autocast) if self._autocast is not None
+                else contextlib.nullcontext())
 
 
 def _compute_dtype(precision: str, device: str) -> torch.dtype:
@@ -168,7 +225,7 @@ def _is_decoder_type(folder: Any) -> bool:
 def _open(folder: Any, variant: Variant, options: OpenOptions) -> TorchBackend:
     device = options.device if options.device != "auto" else variant.device
     return TorchBackend(folder.path, device=device, precision=variant.precision, compile=options.compile,
-                        threads=options.threads)
+                        threads=options.threads, attention=options.attention)
 
 
 def check_request(precision: str, device: str) -> None:
