@@ -36,10 +36,12 @@ class LoadedModel:
 
 def open_model(folder: str | Path | ModelFolder, *, backend: str = "auto", precision: str = "auto",
                threads: int | None = None, compile: bool = False, device: str = "auto",
-               load_runner: bool = True, devices: Sequence[str] | None = None) -> LoadedModel:
+               load_runner: bool = True, devices: Sequence[str] | None = None,
+               device_map: dict[str, Any] | None = None) -> LoadedModel:
     """The folder's encoder, settings and backend. ``load_runner=False``: everything but the backend (``runner``
     None), for a parent process whose workers each load their own (:mod:`arena.serving.sharded`); ``devices``: the
-    workers' devices, which the chosen variant must suit (default: ``device``)."""
+    workers' devices, or the GPUs of a layer split (``device_map``, :mod:`arena.serving.layer_split`), which the
+    chosen variant must suit (default: ``device``)."""
     source = folder if isinstance(folder, ModelFolder) else read_folder(folder)
     choice = choose_variant(source, backend, precision, devices or device)
     tokenizer = load_tokenizer(source.path, manifest=source.manifest)
@@ -48,7 +50,7 @@ def open_model(folder: str | Path | ModelFolder, *, backend: str = "auto", preci
                          source)
     if not load_runner:
         return loaded
-    runner = spec(choice.backend).open(source, choice.variant, OpenOptions(device, threads, compile))
+    runner = spec(choice.backend).open(source, choice.variant, OpenOptions(device, threads, compile, device_map))
     if choice.backend == "torch":
         check_pad_token(runner.model.config, encoder.pad_id, source.path)  # a decoder pools by the pad id
     attach_runner(loaded, runner)

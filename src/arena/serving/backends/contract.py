@@ -139,6 +139,8 @@ class OpenOptions:
     device: str = "auto"
     threads: int | None = None
     compile: bool = False
+    device_map: dict[str, Any] | None = None
+    """A layer split across GPUs (:mod:`arena.serving.layer_split`; the torch backend only): module name -> GPU."""
 
 
 @dataclass(frozen=True)
