@@ -34,8 +34,8 @@ def llama_checkpoint(tmp_path_factory, llama_config):
 
     folder = tmp_path_factory.mktemp("llama8") / "model"
     torch.manual_seed(0)
-    AutoModelForSequenceClassification.from_config(tiny_decoder_config("llama", vocab_size=1000, num_labels=3,
-                                                                       num_hidden_layers=LAYERS)).save_pretrained(folder)
+    config = tiny_decoder_config("llama", vocab_size=1000, num_labels=3, pad_token_id=0, num_hidden_layers=LAYERS)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
     return folder
 
 
@@ -160,3 +160,32 @@ def test_the_cli_refuses_a_split_it_cannot_make(monkeypatch, capsys, tmp_path, l
             "--split layers", "--devices")
     refused(monkeypatch, capsys, tmp_path, "infer", [str(TEST_CSV), "--model", "llama", "--split", "halves"],
             "--split")
+
+
+def test_the_torch_backend_loads_by_the_plan_it_is_given(monkeypatch, llama_checkpoint):
+    """The plan reaches ``from_pretrained`` as its ``device_map`` (all on the CPU here: no GPU), and the model so
+    loaded scores what the model loaded whole scores. Two GPUs: verified only on a GPU."""
+    import numpy as np
+    from transformers import AutoModelForSequenceClassification
+
+    from arena.serving.backends.torch import TorchBackend, placed
+
+    asked = []
+    load = AutoModelForSequenceClassification.from_pretrained
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("device_map"))
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", spy)
+    plan = {"model.embed_tokens": "cpu", "model.layers": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu",
+            "score": "cpu"}
+    split = TorchBackend(llama_checkpoint, device="cpu", precision="fp32", device_map=plan)
+    whole = TorchBackend(llama_checkpoint, device="cpu", precision="fp32")
+    assert asked == [plan, None] and not placed(split.model)  # one device: moved as one, as before
+    split.model.hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "score": 1}
+    assert placed(split.model) and "layers split across cuda:0, cuda:1" in split.description
+    ids = np.random.default_rng(0).integers(3, 1000, size=(3, 12))
+    ids[1, 7:] = 0  # a shorter row, padded
+    mask = (ids != 0).astype(np.int64)
+    assert np.array_equal(split(ids, mask), whole(ids, mask))
