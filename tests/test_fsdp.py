@@ -69,7 +69,7 @@ def _torchrun(out, tiny_config, *extra: str) -> subprocess.CompletedProcess:
            "-m", "arena.train.cli", "--data", str(TRAIN_CSV), "--model", str(tiny_config), "--random-init",
            "--tokenizer", str(TOKENIZER), "--max-rows", "48", "--max-length", "64", "--epochs", "1",
            "--batch-size", "4", "--lr", "1e-3", "--output", str(out), "--no-calibrate", "--no-swap-augment",
-           "--head", "hf", "--keep-state", *extra]
+           "--keep-state", *extra]  # the default head (hybrid): encoder layers sharded one by one, head at the root
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 

@@ -97,7 +97,9 @@ class TorchBackend:
                  features: np.ndarray | None = None) -> np.ndarray:
         import torch
 
-        with torch.inference_mode():
+        # FSDP gathers a sharded model's weights into buffers it reuses in training: made under inference_mode
+        # they could not be written again (training's evaluation under --fsdp), so no_grad there
+        with torch.no_grad() if _sharded(self.model) else torch.inference_mode():
             return self._run(torch, input_ids, attention_mask, features)
 
     def _run(self, torch: Any, input_ids: np.ndarray, attention_mask: np.ndarray,
@@ -129,10 +131,15 @@ def placed(model: torch.nn.Module) -> bool:
     """The model's weights were put on their devices as they loaded and must not be moved as one: bitsandbytes
     weights, a layer split across GPUs (accelerate's ``hf_device_map``), or a model sharded by FSDP (training's
     evaluation under ``--fsdp``)."""
-    import torch
-
     if getattr(model, "is_quantized", False) or len(set((getattr(model, "hf_device_map", None) or {}).values())) > 1:
         return True
+    return _sharded(model)
+
+
+def _sharded(model: torch.nn.Module) -> bool:
+    """``model`` was sharded by FSDP's ``fully_shard`` (:mod:`arena.train.fsdp`)."""
+    import torch
+
     if not torch.distributed.is_available():  # a PyTorch build without torch.distributed has no FSDP either
         return False
     from torch.distributed.fsdp import FSDPModule
