@@ -98,3 +98,61 @@ def test_fsdp_on_two_gloo_ranks_trains_what_ddp_trains(tmp_path, tiny_config):
     assert sa.keys() == sb.keys() and all(np.allclose(sa[k], sb[k], atol=1e-4) for k in sa)
     # evaluation ran on the sharded model (every rank gathering layer by layer): it scored what DDP's model scored
     assert np.allclose(np.load(fsdp / "val_logits.npy"), np.load(ddp / "val_logits.npy"), atol=1e-4)
+
+
+def _state_round_trip(rank: int, world: int, port: int, folder) -> None:
+    """One gloo rank of :func:`test_resume_state_round_trips_through_whole_tensors`."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from arena.train.fsdp import full_state, load_full_state, shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        config = tiny_decoder_config("llama", vocab_size=1000, num_labels=3, pad_token_id=0)
+        cpu = torch.device("cpu")
+
+        def sharded(seed: int):
+            torch.manual_seed(seed)
+            model = shard(AutoModelForSequenceClassification.from_config(config), cpu)
+            return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+        model, optimizer = sharded(0)
+        ids = torch.randint(3, 1000, (2, 8), generator=torch.Generator().manual_seed(rank))  # each rank its batch
+        model(input_ids=ids).logits.square().sum().backward()
+        optimizer.step()
+        weights, optim = full_state(model, optimizer)
+        if rank == 0:
+            torch.save({"weights": weights, "optim": optim}, folder / "whole.pt")
+        else:
+            assert weights == {} and optim == {}  # rank 0 alone receives (and writes)
+        torch.distributed.barrier()
+        given = torch.load(folder / "whole.pt", weights_only=True)  # set_state_dict shards this dict in place
+        saved = torch.load(folder / "whole.pt", weights_only=True)
+        fresh, fresh_optimizer = sharded(1)  # other weights, no optimizer state yet
+        load_full_state(fresh, fresh_optimizer, given["weights"], given["optim"])
+        again, again_optim = full_state(fresh, fresh_optimizer)
+        if rank == 0:
+            whole = AutoModelForSequenceClassification.from_config(config).state_dict()
+            assert again.keys() == whole.keys() and all(again[k].shape == whole[k].shape for k in whole)
+            assert all(torch.equal(again[k], saved["weights"][k]) for k in again)
+            state, expected = again_optim["state"], saved["optim"]["state"]
+            assert set(state) == set(expected) == {name for name, _ in fresh.named_parameters()}  # every one
+            for name, moments in expected.items():
+                assert all(torch.equal(torch.as_tensor(state[name][k]), torch.as_tensor(v)) for k, v in moments.items())
+            (folder / "checked").write_text("ok")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_resume_state_round_trips_through_whole_tensors(tmp_path):
+    """What --fsdp's resumable state holds: the whole weights and AdamW moments after a step on two ranks, gathered
+    on rank 0, loaded into freshly sharded copies and gathered again: identical, every tensor its full shape."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_state_round_trip, args=(2, port, tmp_path), nprocs=2, join=True)
+    assert (tmp_path / "checked").read_text() == "ok"
