@@ -21,6 +21,7 @@ from arena.cli.app import setup_logging
 from arena.encode import ArenaEncoder, EncoderConfig, pad_batch
 from arena.errors import cli_errors
 from arena.serving.batching import length_grouped_batches
+from arena.train.runtime import resolve_precision
 from arena.train.trainer import forward_backward, optimizer_step
 
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
@@ -75,7 +76,8 @@ def main_command(
     rows: Annotated[int, typer.Option(help="Rows (the file repeated)")] = 20000,
     max_length: Annotated[int, typer.Option()] = 512,
     batch_size: Annotated[int, typer.Option()] = 32,
-    precision: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), bf16, fp32")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (the GPU's: bf16 from sm80 on, fp16 on a T4; fp32 on CPU), "
+                                                "fp32, bf16, fp16")] = "auto",
     compile: Annotated[bool, typer.Option(help="torch.compile the model (GPU)")] = False,
     max_steps: Annotated[int | None, typer.Option(help="Timed steps per mode (default: one full pass)")] = None,
     modes: Annotated[str, typer.Option()] = "padded,grouped",
@@ -86,8 +88,7 @@ def main_command(
     from arena.models.modeling import load_classifier, load_tokenizer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else None, "bf16": torch.bfloat16,
-             "fp32": None}[precision]
+    dtype = resolve_precision(precision, device)  # auto: the GPU's half precision (bf16 from sm80, fp16 on a T4)
     records = repeat_to(read_records(data, labelled=True), rows)
     tok = load_tokenizer(tokenizer)
     t0 = time.perf_counter()

@@ -70,15 +70,20 @@ def backend_precisions() -> dict[str, tuple[str, ...]]:
 
 def check_precision(flag: str, backend: str, precision: str, device: str = "auto") -> None:
     """``precision`` must be one the backend serves, and one this machine can run where that is known before a
-    model is read (the backend's declared request check: fp16 on torch needs a GPU, 4-bit needs bitsandbytes)."""
+    model is read (the backend's declared request check: fp16 on torch needs a GPU, 4-bit needs bitsandbytes, bf16
+    needs a GPU from sm80 or the CPU)."""
+    from arena.machine.gpu import gpu_present
     from arena.serving.backends import specs
 
     allowed = backend_precisions()
     one_of("--backend", backend, allowed)
     one_of(f"{flag} for backend {backend}", precision, allowed[backend])
     declared = specs()
-    # a named backend's own checks; with --backend auto only where one backend alone serves the precision (4bit)
-    serving = [declared[backend]] if backend != "auto" else [s for s in declared.values() if precision in s.precisions]
+    # a named backend's own checks; with --backend auto only where one backend alone serves the precision on the
+    # kind of device the request runs on (4bit anywhere; bf16 on a GPU: torch)
+    kind = "cpu" if device == "cpu" or (device == "auto" and not gpu_present()) else "cuda"
+    serving = [declared[backend]] if backend != "auto" else \
+        [s for s in declared.values() if precision in s.precisions and kind in s.devices]
     if len(serving) == 1 and serving[0].check_request is not None:
         serving[0].check_request(precision, device)
 

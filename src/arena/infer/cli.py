@@ -49,6 +49,9 @@ def infer(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
     devices: Annotated[str | None, typer.Option(
         help="Several devices, one process each: cuda:0,cuda:1 (or a count of GPUs; cpu,cpu on a CPU)")] = None,
+    split: Annotated[str, typer.Option(
+        help="With --devices: copies (one copy of the model per device), layers (one decoder checkpoint split by "
+             "layers across the GPUs) or auto (layers only where one GPU cannot hold the model)")] = "auto",
     weights: Annotated[str | None, typer.Option(
         help="Blend weights, one per --model (default: fitted on their oof.csv files, else equal)")] = None,
     combine: Annotated[str, typer.Option(help="How members are combined: probs (mean) or geometric")] = "probs",
@@ -68,9 +71,11 @@ def infer(
     summary = run_infer(test_csv, model, out, backend=backend, precision=precision, tta=tta,
                         policy=policy, max_tokens=max_tokens, batch_size=batch_size, chunk_rows=chunk_rows,
                         threads=threads, encode_workers=encode_workers, compile=compile, device=device,
-                        devices=devices, rules=rules, weights=parse_weights(weights, len(model)), attention=attention,
-                        combine=combine, save_logits=save_logits, allow_partial=allow_partial,
+                        devices=devices, split=split, rules=rules, weights=parse_weights(weights, len(model)),
+                        attention=attention, combine=combine, save_logits=save_logits, allow_partial=allow_partial,
                         time_limit=time_limit, time_limit_action=time_limit_action, calibrate=calibrate)
+    if "layer_split" in summary:
+        typer.echo(summary["layer_split"])
     if "projection" in summary:
         typer.echo(summary["projection"]["line"])
     typer.echo(f"wrote {summary['rows']} rows to {out} with {summary['backend']} in {summary['wall_s']:.2f} s: "
@@ -210,7 +215,7 @@ def parse_weights(text: str | None, count: int) -> list[float] | None:
 def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: str = "auto", precision: str = "auto",
               tta: bool | str = False, policy: str = "sorted", max_tokens: int | None = None, batch_size: int = 64,
               chunk_rows: int = 8192, threads: int | None = None, encode_workers: int = 0, compile: bool = False,
-              device: str = "auto", devices: str | None = None, rules: str | None = None,
+              device: str = "auto", devices: str | None = None, split: str = "auto", rules: str | None = None,
               weights: list[float] | None = None, combine: str = "probs", save_logits: Path | None = None,
               allow_partial: bool = False, time_limit: str | None = None, time_limit_action: str = "error",
               calibrate: bool = True, attention: str = "auto") -> dict:
@@ -234,9 +239,11 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
         batch_size=batch_size, chunk_rows=chunk_rows, threads=threads, encode_workers=encode_workers,
         compile=compile, device=device, devices=devices, save_logits=save_logits, weights=weights,
         allow_partial=allow_partial, attention=attention)
+    from arena.serving.layer_split import choose_split
     from arena.serving.projection import check_time_limit
 
     limit_s = check_time_limit(time_limit, time_limit_action)
+    plan = choose_split(models, shards, backend=backend, precision=precision, split=split, compile=compile)
     started = time.perf_counter()
     tta = tta == "swap" if isinstance(tta, str) else tta
     folds = {str(m): f.describe() for m in models if (f := fold_set(m)) is not None}
@@ -248,7 +255,7 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
     calibration = _calibration_request(test_csv, config, backend=backend, calibrate=calibrate)
     scorer, description, reason, close, calibrated = _open_scorer(
         models, config, backend=backend, precision=precision, threads=threads, compile=compile, device=device,
-        shards=shards, weights=weights, combine=combine, calibration=calibration, attention=attention)
+        shards=shards, weights=weights, combine=combine, calibration=calibration, attention=attention, plan=plan)
     log.info("backend %s: %s", description, reason)
     timings = Timings()
     projection = None
@@ -275,7 +282,8 @@ def run_infer(test_csv: Path, model: Path | list[Path], out: Path, *, backend: s
             "attention": attention_ran(scorer),
             "models": len(scorer.members), **({"folds": folds} if folds else {}), "tta": tta,
             "policy": policy, "rules": list(config.rules), "max_tokens": scorer.executor.budget,
-            "calibration": calibrated, **timings.summary(), **({"projection": projection} if projection else {})}
+            "calibration": calibrated, **timings.summary(), **({"projection": projection} if projection else {}),
+            **({"layer_split": plan.line()} if plan else {})}
 
 
 def _calibration_request(test_csv: Path, config, *, backend: str, calibrate: bool):
@@ -313,17 +321,24 @@ def _project(scorer, test_csv: Path, limit_s: float, action: str, started: float
 
 def _open_scorer(models: list[Path], config, *, backend: str, precision: str, threads: int | None, compile: bool,
                  device: str, shards: list[str] | None, weights: list[float] | None, combine: str, calibration=None,
-                 attention: str = "auto"):
+                 attention: str = "auto", plan=None):
     """The scorer for one model or an ensemble; (scorer, description, why this backend, close, what calibration
     settled: the CPU, its seconds and each member's record). ``--devices`` is never calibrated: its workers each
-    open the declared choice."""
+    open the declared choice. ``plan``: one checkpoint split by layers across the GPUs of ``shards``
+    (:mod:`arena.serving.layer_split`), in this process."""
     from arena.machine.cpu import cpu_kind
     from arena.serving.ensemble import member_folders
-    from arena.serving.loading import LoadedEnsemble, open_models
+    from arena.serving.loading import LoadedEnsemble, open_model, open_models
     from arena.serving.scoring import scorer_for
     from arena.serving.sharded import open_sharded
 
-    if shards is None:
+    if plan is not None:
+        ensemble = LoadedEnsemble([open_model(models[0], backend="torch", precision=precision, threads=threads,
+                                              device=plan.devices[0], devices=plan.devices,
+                                              device_map=plan.device_map, attention=attention)], [1.0], combine,
+                                  "single model")
+        shards = None  # one process: nothing to close but the scorer
+    elif shards is None:
         ensemble = open_models(models, weights=weights, combine=combine, backend=backend, precision=precision,
                                threads=threads, compile=compile, device=device, calibration=calibration,
                                attention=attention)

@@ -1,6 +1,7 @@
 """The one GPU probe module: what this machine's GPU stack is, without loading a model: is a GPU present, can
-PyTorch and ONNX Runtime use it, is a usable TensorRT installed, which GPU is this, and would one of a folder's
-engines run here.
+PyTorch and ONNX Runtime use it, is a usable TensorRT installed, which GPU is this, how much memory it has, which
+half precision it computes in (:func:`half_precision`: the one capability -> dtype rule), and would one of a
+folder's engines run here.
 
 Kept apart from the backends so that :func:`arena.serving.choice.choose_backend` can ask these questions without
 importing a backend (and the backends need not import :mod:`arena.serving.choice`).
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from arena.artifacts import select_engine
-from arena.errors import BackendUnavailable
+from arena.errors import BackendUnavailable, ConfigError
 
 
 def torch_cuda() -> bool:
@@ -150,3 +151,88 @@ def engine_usable(folder: Path, manifest: dict[str, Any] | None,
     if not reasons:
         return False, "no device to run a TensorRT engine on"
     return True, "; ".join(reasons)
+
+
+# ------------------------------------------------------------------------------------ precision by the card
+
+BF16_FROM = (8, 0)
+"""The compute capability from which a GPU has bf16 arithmetic: Ampere (sm80: A100, A10, RTX 30xx) and newer. Older
+GPUs, Kaggle's T4 (Turing, sm75) among them, have none: PyTorch emulates it there (``torch.cuda.is_bf16_supported()``
+may even say yes), many times slower than fp16, so arena never picks bf16 on them and refuses it when asked."""
+
+
+def gpu_capability(device: str = "cuda") -> tuple[int, int] | None:
+    """(major, minor) compute capability of ``device`` (``cuda``, ``cuda:N``; ``auto``: the current GPU) as PyTorch
+    reports it; None for the CPU or where PyTorch sees no CUDA GPU."""
+    name = "cuda" if device == "auto" else device
+    if not name.startswith("cuda") or not torch_cuda():
+        return None
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(name)
+    return int(major), int(minor)
+
+
+def describe_gpu(device: str = "cuda") -> str:
+    """``Tesla T4 (sm75)``: a GPU as error lines name it."""
+    name, capability = gpu_identity("cuda" if device == "auto" else device)
+    return f"{name} (sm{capability.replace('.', '')})"
+
+
+def _gpus_of(device: str | Sequence[str]) -> list[str]:
+    names = [device] if isinstance(device, str) else list(device)
+    return [d for d in dict.fromkeys(names) if gpu_capability(d) is not None]
+
+
+def half_precision(device: str | Sequence[str] = "cuda") -> str:
+    """The half precision a GPU computes in when the user names none: ``bf16`` when every GPU in ``device`` (one
+    name, or each of ``--devices``) has it (sm80 and newer: bf16 keeps fp32's range, so nothing overflows), else
+    ``fp16`` (a T4; also where no GPU is seen). fp16 keeps its fp32 safeguards wherever it is used: autocast runs
+    normalisation, softmax and losses in fp32, the decoders' RMSNorm computes in fp32, LoRA's trainable tensors
+    stay fp32 and training scales the loss (``GradScaler``). The one rule every default reads: the torch backend's
+    autocast and 4/8-bit compute dtype, training's autocast and LoRA base dtype, bitsandbytes'
+    ``bnb_4bit_compute_dtype``."""
+    gpus = _gpus_of(device)
+    if gpus and all(gpu_capability(d) >= BF16_FROM for d in gpus):  # type: ignore[operator]
+        return "bf16"
+    return "fp16"
+
+
+def no_bf16(device: str | Sequence[str] = "cuda") -> str | None:
+    """Why ``device`` (one name, or each of ``--devices``) cannot compute in bf16, or None: the first GPU among them
+    older than sm80 (``this Tesla T4 (sm75) has no bf16 arithmetic ...``). The CPU and ``auto`` without a GPU are
+    never refused here."""
+    for name in _gpus_of(device):
+        if gpu_capability(name) < BF16_FROM:  # type: ignore[operator]
+            where = "" if name in ("auto", "cuda") else f" ({name})"
+            return f"this {describe_gpu(name)}{where} has no bf16 arithmetic (GPUs have it from sm80, Ampere, on)"
+    return None
+
+
+def check_bf16(precision: str, device: str | Sequence[str], flag: str = "--precision") -> None:
+    """Refuse ``bf16`` on a GPU without bf16 arithmetic (a T4), before any work: one :class:`ConfigError` naming the
+    GPU and what to ask for instead. ``auto`` counts as the GPU where PyTorch sees one (that is where it runs)."""
+    why = no_bf16(device) if precision == "bf16" else None
+    if why:
+        raise ConfigError(f"{flag} bf16: {why}; use --precision fp16, or auto (fp16 on this GPU), or --device cpu "
+                          "to run bf16 on the CPU")
+
+
+def gpu_memory(device: str = "cuda") -> tuple[int, int]:
+    """(free, total) bytes of ``device``. Reading the free memory opens a CUDA context on that GPU in this
+    process; callers that only need the size use :func:`gpu_total_memory`."""
+    import torch
+
+    return tuple(int(x) for x in torch.cuda.mem_get_info(device_index(device)))  # type: ignore[return-value]
+
+
+def gpu_total_memory(device: str = "cuda") -> int:
+    """Bytes of memory ``device`` has, read from its properties (no CUDA context, no allocation)."""
+    import torch
+
+    return int(torch.cuda.get_device_properties(device_index(device)).total_memory)
+
+
+def device_index(device: str) -> int:
+    """``cuda`` / ``auto`` -> 0 (the current GPU is not asked: arena names GPUs by index), ``cuda:N`` -> N."""
+    return int(device.partition(":")[2] or 0)

@@ -108,11 +108,20 @@ class HybridClassifier(nn.Module):
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
                 if not k.startswith("backbone.")}
 
-    def save_pretrained(self, folder: str | Path, safe_serialization: bool = True, **kwargs: Any) -> None:
+    def save_pretrained(self, folder: str | Path, safe_serialization: bool = True,
+                        state_dict: dict[str, torch.Tensor] | None = None, **kwargs: Any) -> None:
+        """The encoder as a Hugging Face folder, the head beside it. ``state_dict``: the whole weights to write
+        instead of this module's own (a sharded model's, gathered)."""
         from safetensors.torch import save_file
 
-        self.backbone.save_pretrained(folder, safe_serialization=True, **kwargs)
-        save_file(self.head_state(), str(Path(folder) / HEAD_FILE))
+        if state_dict is None:
+            self.backbone.save_pretrained(folder, safe_serialization=True, **kwargs)
+            save_file(self.head_state(), str(Path(folder) / HEAD_FILE))
+            return
+        backbone = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
+        self.backbone.save_pretrained(folder, safe_serialization=True, state_dict=backbone, **kwargs)
+        save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items() if not k.startswith("backbone.")},
+                  str(Path(folder) / HEAD_FILE))
 
 
 def init_from_logistic_regression(model: HybridClassifier, features: np.ndarray, labels: np.ndarray,

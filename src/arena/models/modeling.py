@@ -370,7 +370,9 @@ def _from_pretrained(name: str, *, require_three_labels: bool = False, pad_token
     if dtype is not None:
         kwargs["dtype"] = dtype
     if quantization is not None:
-        kwargs.update(quantization_config=quantization, device_map=device_map)
+        kwargs["quantization_config"] = quantization
+    if device_map is not None:  # bitsandbytes placement, or a layer split across GPUs
+        kwargs["device_map"] = device_map
     try:
         return _ready(AutoModelForSequenceClassification.from_pretrained(name, **kwargs))
     except OSError as exc:
@@ -382,6 +384,22 @@ def _from_pretrained(name: str, *, require_three_labels: bool = False, pad_token
             raise ModelError(f"cannot load the weights in {name} ({type(exc).__name__}: {exc}); the checkpoint "
                              "may be truncated or corrupt") from None
         raise
+
+
+def layer_classes(model: Any) -> set[str]:
+    """Class names of a model's transformer layers: the units a layer split keeps whole on one GPU and FSDP shards
+    one by one. The model's own ``_no_split_modules`` (of any Hugging Face model inside it: a hybrid head's
+    encoder), else every ``GradientCheckpointingLayer`` subclass it holds (DeBERTa-v2 declares none)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    named = {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or ())}
+    return named or {type(m).__name__ for m in model.modules() if isinstance(m, GradientCheckpointingLayer)}
+
+
+def transformer_layers(model: Any) -> list[tuple[str, Any]]:
+    """(name, module) of every transformer layer (:func:`layer_classes`) in ``model``, outermost first."""
+    classes = layer_classes(model)
+    return [(name, m) for name, m in model.named_modules() if name and type(m).__name__ in classes]
 
 
 def _ready(model: Any) -> Any:
@@ -432,9 +450,11 @@ def check_max_length(config: Any, max_length: int) -> None:
         )
 
 
-def save_checkpoint(model: Any, tokenizer: Any, folder: str | Path, meta: CheckpointMeta) -> None:
+def save_checkpoint(model: Any, tokenizer: Any, folder: str | Path, meta: CheckpointMeta,
+                    state_dict: dict[str, Any] | None = None) -> None:
     """Write a checkpoint folder: safetensors weights (a LoRA model: the adapter alone), tokenizer, ``arena.json``
-    (with the head's spec)."""
+    (with the head's spec). ``state_dict``: the whole weights to write instead of the model's own (a sharded model
+    holds only its part: :mod:`arena.train.fsdp` gathers them)."""
     from dataclasses import replace
 
     from arena.models.lora import is_lora, save_lora
@@ -446,7 +466,8 @@ def save_checkpoint(model: Any, tokenizer: Any, folder: str | Path, meta: Checkp
     else:
         spec = getattr(model, "spec", None)
         meta = replace(meta, head=spec() if callable(spec) else None)
-        model.save_pretrained(folder, safe_serialization=True)
+        model.save_pretrained(folder, safe_serialization=True, **({} if state_dict is None else
+                                                                  {"state_dict": state_dict}))
     tokenizer.save_pretrained(folder)
     write_meta(folder, meta)
 

@@ -38,14 +38,15 @@ class LoadedModel:
 def open_model(folder: str | Path | ModelFolder, *, backend: str = "auto", precision: str = "auto",
                threads: int | None = None, compile: bool = False, device: str = "auto",
                load_runner: bool = True, devices: Sequence[str] | None = None,
-               calibration: CalibrationRequest | None = None, attention: str = "auto") -> LoadedModel:
+               calibration: CalibrationRequest | None = None, attention: str = "auto",
+               device_map: dict[str, Any] | None = None) -> LoadedModel:
     """The folder's encoder, settings and backend. ``load_runner=False``: everything but the backend (``runner``
     None), for a parent process whose workers each load their own (:mod:`arena.serving.sharded`); ``devices``: the
-    workers' devices, which the chosen variant must suit (default: ``device``). ``calibration``: settle an automatic
-    CPU choice on this machine (:func:`arena.serving.calibration.calibrated_choice`: cached, measured on these
-    rows, or the declared order); None: the declared order. Never with ``devices`` or without a runner.
-    ``attention``: the torch backend's ``--attention``; anything but ``auto`` with another backend chosen is a
-    :class:`ConfigError`."""
+    workers' devices, or the GPUs of a layer split (``device_map``, :mod:`arena.serving.layer_split`), which the
+    chosen variant must suit (default: ``device``). ``calibration``: settle an automatic CPU choice on this machine
+    (:func:`arena.serving.calibration.calibrated_choice`: cached, measured on these rows, or the declared order);
+    None: the declared order. Never with ``devices`` or without a runner. ``attention``: the torch backend's
+    ``--attention``; anything but ``auto`` with another backend chosen is a :class:`ConfigError`."""
     source = folder if isinstance(folder, ModelFolder) else read_folder(folder)
     choice = choose_variant(source, backend, precision, devices or device)
     if attention != "auto" and choice.backend != "torch":
@@ -54,7 +55,7 @@ def open_model(folder: str | Path | ModelFolder, *, backend: str = "auto", preci
                           "--attention")
     tokenizer = load_tokenizer(source.path, manifest=source.manifest)
     encoder = ArenaEncoder(tokenizer, source.encoder)
-    options, runner = OpenOptions(device, threads, compile, attention), None
+    options, runner = OpenOptions(device, threads, compile, attention, device_map), None
     if calibration is not None and load_runner and devices is None:
         choice, runner = calibrated_choice(source, choice, encoder, options, calibration, source.model_type)
     loaded = LoadedModel(source.path, None, encoder, source.temperature, choice, choice.backend, source.model_type,

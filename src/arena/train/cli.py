@@ -22,7 +22,8 @@ app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=F
              "  arena-train --model DIR --folds 5 --epochs 2 --max-length 256 --output runs/cv\n\n"
              "  arena-train --model google/gemma-2-9b-it --lora-r 64 --lora-alpha 128 --lr 1e-4 --max-length 1024 "
              "--batch-size 4 --grad-accum 4 --gradient-checkpointing --load-in-4bit --output runs/gemma\n\n"
-             "  torchrun --nproc-per-node 2 -m arena.train.cli --data train.csv --output runs/ddp")
+             "  torchrun --nproc-per-node 2 -m arena.train.cli --data train.csv --output runs/ddp\n\n"
+             "  torchrun --nproc-per-node 4 -m arena.train.cli --model DIR --lora-r 0 --fsdp --output runs/fsdp")
 @cli_errors
 def train(
     data: Annotated[str | None, typer.Option(help="train.csv or its folder (default: ../shared/data/arena/"
@@ -46,7 +47,8 @@ def train(
     weight_decay: Annotated[float, typer.Option()] = 0.01,
     warmup_ratio: Annotated[float, typer.Option()] = 0.1,
     scheduler: Annotated[str, typer.Option(help="linear, cosine or constant")] = "linear",
-    precision: Annotated[str, typer.Option(help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (the GPU's: bf16 from sm80 on, fp16 on a T4; fp32 on CPU), "
+                                                "fp32, bf16, fp16")] = "auto",
     seed: Annotated[int, typer.Option()] = 42,
     max_rows: Annotated[int | None, typer.Option(help="Use only the first N rows (quick runs)")] = None,
     val_fraction: Annotated[float, typer.Option(help="Hold-out share when --folds is not given")] = 0.2,
@@ -93,6 +95,8 @@ def train(
     load_in_8bit: Annotated[bool, typer.Option(help="Frozen base in 8-bit (bitsandbytes, GPU)")] = False,
     merge: Annotated[bool, typer.Option(help="Merge the LoRA adapter into the base and save a plain checkpoint")]
     = False,
+    fsdp: Annotated[bool, typer.Option(help="Shard full fine-tuning (--lora-r 0) with fully_shard, for a model too "
+                                       "big for one GPU: torchrun --nproc-per-node N -m arena.train.cli ...")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Fine-tune a Hugging Face encoder (DeBERTa-v3 by default) or decoder LLM (Gemma-2, Llama, Mistral, Qwen-2;
@@ -105,7 +109,7 @@ def train(
                             max_length=max_length, numbers={k: given[k] for k in NUMBERS},
                             scheduler=scheduler, precision=precision, head=head, resume=resume,
                             overwrite=overwrite, resume_or_start=resume_or_start, attention=attention,
-                            lora_r=lora_r, compile=compile)
+                            lora_r=lora_r, compile=compile, fsdp=fsdp)
     from arena.cli.app import on_interrupt
     from arena.cli.safety import interrupted_train_note
 
@@ -160,14 +164,16 @@ PRECISIONS = ("auto", *DTYPES)
 def check_train_request(*, data: str | None, model: str, output: str, tokenizer: str | None, random_init: bool,
                         max_length: int, numbers: dict[str, Any], scheduler: str, precision: str, head: str,
                         resume: bool, overwrite: bool, resume_or_start: bool = False, attention: str = "auto",
-                        lora_r: int | None = None, compile: bool = False) -> None:
+                        lora_r: int | None = None, compile: bool = False, fsdp: bool = False) -> None:
     """Every option and path checked before any data is read, model loaded or file written."""
     from arena.cli.options import at_least, existing_folder, one_of, positive, within
     from arena.cli.safety import check_train_output
     from arena.data import check_layout, resolve_csv
     from arena.machine.devices import torch_gpus
+    from arena.machine.gpu import check_bf16
     from arena.models.attention import ATTENTIONS, check_attention
     from arena.models.modeling import check_max_length, check_model_folder, is_local
+    from arena.train.fsdp import check_launch
 
     n = numbers
     for flag in ("batch_size", "grad_accum", "max_rows", "eval_steps", "save_steps", "early_stopping"):
@@ -187,6 +193,8 @@ def check_train_request(*, data: str | None, model: str, output: str, tokenizer:
     one_of("--precision", precision, PRECISIONS)
     if precision == "fp16" and not torch_gpus():
         raise ConfigError("--precision fp16 needs a CUDA GPU and this machine has none; use fp32, bf16 or auto")
+    check_bf16(precision, "cuda")  # training runs on the GPU wherever PyTorch sees one
+    check_launch(fsdp)
     one_of("--head", head, HEADS)
     if random_init:
         if not tokenizer:

@@ -90,6 +90,9 @@ class TrainConfig:
     """Hold the frozen base in 8-bit (bitsandbytes; needs a CUDA GPU and LoRA)."""
     merge: bool = False
     """After training, merge the LoRA adapter into the base and write a plain checkpoint instead of the adapter."""
+    fsdp: bool = False
+    """Shard full fine-tuning across torchrun's processes with ``fully_shard`` (:mod:`arena.train.fsdp`): for a model
+    whose weights, gradients and AdamW state do not fit one GPU."""
 
     def __post_init__(self) -> None:
         extra = self.extra

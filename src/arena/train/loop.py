@@ -10,8 +10,9 @@ A function you can call from a test, driven by :class:`~arena.train.config.Train
   checkpoint with the best log loss, stops early if asked;
 * saves its full state (weights, optimizer, scheduler, RNG, position in the epoch) so ``resume=True`` continues an
   interrupted run and ends with the same weights as an uninterrupted one (checked on CPU by the tests);
-* under ``torchrun`` it uses PyTorch's DistributedDataParallel (gloo on CPU, NCCL on GPU); each rank takes every
-  ``world``-th batch and rank 0 writes the files.
+* under ``torchrun`` it uses PyTorch's DistributedDataParallel (gloo on CPU, NCCL on GPU), or with ``fsdp`` shards
+  the model across the ranks (:mod:`arena.train.fsdp`); each rank takes every ``world``-th batch and rank 0 writes
+  the files.
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ def check_options(config: TrainConfig) -> TrainConfig:
         raise ConfigError(f"--head must be one of {', '.join(HEADS)}; got {config.head!r}")
     if config.batch_size < 1 or config.grad_accum < 1 or config.epochs <= 0:
         raise ConfigError("--batch-size and --grad-accum must be >= 1 and --epochs > 0")
+    from arena.train.fsdp import check_launch
+
+    check_launch(config.fsdp)
     return config
 
 

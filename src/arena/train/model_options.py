@@ -4,7 +4,8 @@ decided once from the options and the model's config, and the classifier built f
 Encoders (DeBERTa, MiniLM) keep their recipe: the hybrid head, full fine-tuning, fp32 weights under autocast.
 Decoders (Gemma-2, Llama, Mistral, Qwen-2) get the recipe of the top LMSYS solutions: the Hugging Face head
 (last-token pooling), LoRA on every linear projection with the head trained fully, the frozen base held in the
-autocast dtype (bf16 on GPUs that have it) or in 4/8-bit through bitsandbytes (CUDA only).
+autocast dtype (the GPU's half precision: bf16 from sm80 on, fp16 on a T4) or in 4/8-bit through bitsandbytes
+(CUDA only).
 """
 
 from __future__ import annotations
@@ -85,13 +86,24 @@ def _check_combination(config: TrainConfig, head: str, lora_r: int, quantized: b
         raise ConfigError("4-bit / 8-bit base weights are frozen: use them with LoRA (--lora-r N)")
     if config.merge and not lora_r:
         raise ConfigError("--merge merges a LoRA adapter into its base; this run fine-tunes all weights (--lora-r 0)")
+    if config.fsdp:
+        from arena.train.fsdp import check_combination
+
+        check_combination(lora_r=lora_r, quantized=quantized, compile=config.compile)
 
 
-def quantization_for(config: TrainConfig, compute_dtype: torch.dtype | None) -> Any:
-    """The frozen base's bitsandbytes settings, or None for bf16/fp32 weights."""
+def quantization_for(config: TrainConfig, compute_dtype: torch.dtype | None,
+                     device: torch.device | None = None) -> Any:
+    """The frozen base's bitsandbytes settings, or None for bf16/fp32 weights. The 4-bit compute dtype is the
+    autocast one, or under ``--precision fp32`` the GPU's half precision (bf16 from sm80 on, fp16 on a T4)."""
     if not (config.load_in_4bit or config.load_in_8bit):
         return None
-    return quantization_config(8 if config.load_in_8bit else 4, compute_dtype or torch.float16)
+    if compute_dtype is None:
+        from arena.machine.gpu import half_precision
+        from arena.serving.backends.torch import torch_dtype
+
+        compute_dtype = torch_dtype(half_precision(str(device or "cuda")))
+    return quantization_config(8 if config.load_in_8bit else 4, compute_dtype)
 
 
 def build_classifier(config: TrainConfig, *, pad_token_id: int | None = None, device: torch.device | None = None,
@@ -101,7 +113,7 @@ def build_classifier(config: TrainConfig, *, pad_token_id: int | None = None, de
     Weights: fp32 for full fine-tuning (autocast does the rest); a LoRA run holds the frozen base in the autocast
     ``dtype`` (or 4/8-bit on ``device``), its trainable tensors in fp32.
     """
-    quant = quantization_for(config, dtype)
+    quant = quantization_for(config, dtype, device)
     lora = bool(config.lora_r)
     weights = dtype if lora and dtype is not None else torch.float32
     device_map = None

@@ -93,11 +93,12 @@ def _same_path(a: Any, b: Any) -> bool:
 
 def config_differences(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """``--flag old -> new`` for every result-changing setting of ``now`` that differs from ``recorded``."""
+    defaults = TrainConfig().to_dict()  # a setting added after the run was recorded: the run had its default
     out = []
     for key in sorted(set(recorded) | set(now)):
         if key in MAY_DIFFER or key == "encoder":
             continue
-        old, new = recorded.get(key), now.get(key)
+        old, new = recorded.get(key, defaults.get(key)), now.get(key)
         if key in ("model", "tokenizer") and _same_path(old, new):
             continue
         if old != new:

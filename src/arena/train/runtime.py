@@ -44,17 +44,40 @@ def pick_device(dist: DistInfo | None = None) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32. ``auto``: bf16 where supported, else fp16 on GPU; fp32 on CPU."""
+    """The autocast dtype, or None for fp32. ``auto``: the GPU's half precision (bf16 from sm80 on, fp16 on a T4:
+    :func:`arena.machine.gpu.half_precision`); fp32 on CPU. ``bf16`` on a GPU without it is refused."""
+    from arena.machine.gpu import check_bf16, half_precision
+    from arena.serving.backends.torch import torch_dtype
+
     if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in table:
+        return torch_dtype(half_precision(str(device))) if device.type == "cuda" else None
+    if precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"--precision must be auto, fp32, bf16 or fp16; got {precision!r}")
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("--precision fp16 needs a GPU; use bf16 or fp32 on CPU")
-    return table[precision]
+    check_bf16(precision, str(device))
+    return None if precision == "fp32" else torch_dtype(precision)
+
+
+def gradient_sync(model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """Around one micro-batch's backward: with ``sync`` False (gradient accumulation) the ranks do not reduce
+    gradients yet: DistributedDataParallel's ``no_sync``, FSDP's ``set_requires_gradient_sync(False)``."""
+    if sync:
+        return contextlib.nullcontext()
+    if hasattr(model, "no_sync"):
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):
+        return _fsdp_no_sync(model)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model: torch.nn.Module):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -69,8 +92,13 @@ def weights_digest(model: torch.nn.Module) -> str:
     iff their digests do."""
     from arena.models.lora import trainable_state
 
+    return state_digest(trainable_state(model))
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors of a state dict in name order (:func:`weights_digest` of the model that holds it)."""
     h = hashlib.sha256()
-    for name, tensor in sorted(trainable_state(model).items()):
+    for name, tensor in sorted(state.items()):
         h.update(name.encode())
         t = tensor.detach().cpu().contiguous()
         h.update((t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes())

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from arena.errors import TrainingError
-from arena.io import atomic_dir, atomic_open
+from arena.io import atomic_dir
 from arena.models.lora import is_lora, trainable_state
 from arena.train.runtime import DistInfo
 
@@ -46,27 +46,32 @@ class TrainState:
 
 def save_state(folder: Path, model: torch.nn.Module, optimizer, scheduler, scaler, state: TrainState,
                dist: DistInfo) -> None:
-    """Write the resumable state of ``model`` (unwrapped) into ``folder/state`` atomically; rank 0 writes, every
-    rank its own RNG."""
+    """Write the resumable state of ``model`` (unwrapped) into ``folder/state`` atomically. Rank 0 alone writes,
+    every rank's RNG included (gathered); a sharded model's weights and optimizer state are gathered whole first.
+    Every rank must call it."""
     from safetensors.torch import save_file
 
+    from arena.train.fsdp import full_state, is_sharded
+
+    if is_sharded(model):
+        weights, optim = full_state(model, optimizer)
+    else:
+        weights, optim = (trainable_state(model), optimizer.state_dict()) if dist.main else ({}, {})
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
-    if dist.world > 1:  # every rank's RNG goes into its own file; rank 0 writes the rest
-        torch.distributed.barrier()
-        with atomic_open(folder / STATE_DIR / f"rng_rank{dist.rank}.pt", "wb") as fh:
-            torch.save(rng, fh)
-        torch.distributed.barrier()
+    ranks = [rng]
+    if dist.world > 1:  # every rank's RNG is sent to rank 0, which writes one file per rank: no other rank writes
+        ranks = [None] * dist.world
+        torch.distributed.all_gather_object(ranks, rng)
     if dist.main:
         for stale in folder.glob(f".{STATE_DIR}.*.partial"):  # left by a run killed while saving
             shutil.rmtree(stale, ignore_errors=True)
         with atomic_dir(folder / STATE_DIR, overwrite=True) as tmp:
-            for f in (folder / STATE_DIR).glob("rng_rank*.pt") if dist.world > 1 else ():
-                shutil.copy2(f, tmp / f.name)
-            save_file({k: v.detach().cpu().contiguous() for k, v in trainable_state(model).items()},
-                      str(tmp / "model.safetensors"))
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            for rank, each in enumerate(ranks if dist.world > 1 else ()):
+                torch.save(each, tmp / f"rng_rank{rank}.pt")
+            save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+            torch.save({"optimizer": optim, "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict(), "rng": rng}, tmp / "optim.pt")
             (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=1))
     if dist.world > 1:
@@ -75,14 +80,20 @@ def save_state(folder: Path, model: torch.nn.Module, optimizer, scheduler, scale
 
 def load_state(folder: Path, model: torch.nn.Module, optimizer, scheduler, scaler,
                dist: DistInfo) -> TrainState | None:
-    """Restore what :func:`save_state` wrote into ``model`` (unwrapped) and the rest; None if nothing was saved."""
+    """Restore what :func:`save_state` wrote into ``model`` (unwrapped) and the rest; None if nothing was saved. A
+    sharded model takes the whole tensors and shards them again."""
     from safetensors.torch import load_file
+
+    from arena.train.fsdp import is_sharded, load_full_state
 
     state_dir = folder / STATE_DIR
     if not (state_dir / "trainer_state.json").is_file():
         return None
     tensors = load_file(str(state_dir / "model.safetensors"))
-    if is_lora(model):  # the adapter and head only; the frozen base was loaded from its own files
+    blob = torch.load(state_dir / "optim.pt", weights_only=True, map_location="cpu")
+    if is_sharded(model):
+        load_full_state(model, optimizer, tensors, blob["optimizer"])
+    elif is_lora(model):  # the adapter and head only; the frozen base was loaded from its own files
         missing = sorted(set(trainable_state(model)) - set(tensors))
         if missing:
             raise TrainingError(f"{state_dir} does not hold this LoRA model's trainable tensors (missing "
@@ -90,8 +101,8 @@ def load_state(folder: Path, model: torch.nn.Module, optimizer, scheduler, scale
         model.load_state_dict(tensors, strict=False)
     else:
         model.load_state_dict(tensors)
-    blob = torch.load(state_dir / "optim.pt", weights_only=True, map_location="cpu")
-    optimizer.load_state_dict(blob["optimizer"])
+    if not is_sharded(model):
+        optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     if blob.get("scaler"):
         scaler.load_state_dict(blob["scaler"])

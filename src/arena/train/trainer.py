@@ -12,7 +12,6 @@ CPU-GPU synchronisation, so it is read only there, and a non-finite loss is caug
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -40,7 +39,16 @@ from arena.serving.batching import default_max_tokens, length_grouped_batches, p
 from arena.serving.executor import BatchExecutor
 from arena.train.config import TrainConfig
 from arena.train.model_options import build_classifier, enable_gradient_checkpointing, is_quantized
-from arena.train.runtime import DistInfo, autocast, init_distributed, pick_device, resolve_precision, weights_digest
+from arena.train.runtime import (
+    DistInfo,
+    autocast,
+    gradient_sync,
+    init_distributed,
+    pick_device,
+    resolve_precision,
+    state_digest,
+    weights_digest,
+)
 from arena.train.state import STATE_DIR, TrainState, load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -208,7 +216,8 @@ class Trainer:
     dist: DistInfo
     dtype: torch.dtype | None
     raw: torch.nn.Module
-    """The model itself (what is saved); ``model`` may wrap it in DistributedDataParallel."""
+    """The model itself (what is saved); ``model`` may wrap it in DistributedDataParallel. Under ``--fsdp`` both are
+    the sharded model (:mod:`arena.train.fsdp`)."""
     model: torch.nn.Module
     forward_model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -255,7 +264,11 @@ def build_trainer(config: TrainConfig, *, name: str, out_dir: Path, tokenizer: A
         start = init_from_logistic_regression(raw, rows.features[hard], rows.labels[hard])
         if dist.main:
             log.info("%s: hybrid head starts from the feature logistic regression (train log loss %.4f)", name, start)
-    if not is_quantized(raw):  # bitsandbytes weights were placed on the device as they loaded
+    if config.fsdp:  # from the CPU, layer by layer: the whole model never sits on one GPU
+        from arena.train.fsdp import shard
+
+        shard(raw, device)  # before the optimizer, which must hold the sharded parameters
+    elif not is_quantized(raw):  # bitsandbytes weights were placed on the device as they loaded
         raw.to(device)
     raw.train()
     attention = apply_attention(config, raw, rows, device=device, dtype=dtype, pad_id=tokenizer.pad_token_id or 0)
@@ -267,8 +280,8 @@ def build_trainer(config: TrainConfig, *, name: str, out_dir: Path, tokenizer: A
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     scheduler = make_scheduler(config, optimizer, total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    model = torch.nn.parallel.DistributedDataParallel(raw) if dist.world > 1 else raw
+    scaler = _scaler(config, device, enabled=dtype == torch.float16)
+    model = torch.nn.parallel.DistributedDataParallel(raw) if dist.world > 1 and not config.fsdp else raw
     max_len = int(val.lengths.max()) if len(val) else 8
     trainer = Trainer(
         config, name, out_dir, device, dist, dtype, raw, model, compiled(model) if config.compile else model,
@@ -304,6 +317,22 @@ def apply_attention(config: TrainConfig, raw: torch.nn.Module, rows: TrainRows, 
         attention.swap.backbone.encoder.gradient_checkpointing = True
     log.info("attention: %s", attention.label)
     return attention
+
+
+def _scaler(config: TrainConfig, device: torch.device, *, enabled: bool) -> torch.amp.GradScaler:
+    if config.fsdp:
+        from arena.train.fsdp import grad_scaler
+
+        return grad_scaler(device, enabled)
+    return torch.amp.GradScaler(device.type, enabled=enabled)
+
+
+def gathered_weights(t: Trainer) -> dict[str, torch.Tensor] | None:
+    """Under ``--fsdp`` the whole weights on rank 0 ({} elsewhere), gathered by every rank together; else None
+    (the model holds them whole)."""
+    from arena.train.fsdp import full_weights, is_sharded
+
+    return full_weights(t.raw) if is_sharded(t.raw) else None
 
 
 def compiled(model: torch.nn.Module) -> torch.nn.Module:
@@ -360,8 +389,9 @@ def evaluate(t: Trainer) -> EvalResult:
           f"train loss {res.train_loss:.4f}")
     if st.best is None or res.log_loss < st.best["log_loss"]:
         st.best, st.stale_evals, t.best_logits = asdict(res), 0, logits
+        whole = gathered_weights(t)  # --fsdp: every rank joins, rank 0 receives
         if t.dist.main:
-            save_checkpoint(t.raw, t.tokenizer, t.out_dir, t.meta)
+            save_checkpoint(t.raw, t.tokenizer, t.out_dir, t.meta, state_dict=whole)
             with atomic_open(t.out_dir / "val_logits.npy", "wb") as fh:
                 np.save(fh, logits)
     else:
@@ -379,7 +409,7 @@ def train_epoch(t: Trainer, on_step: Callable[[int], None] | None) -> bool:
         batch = batches[pos]
         ids, mask = pad_batch([t.rows.ids[i] for i in batch], t.pad_id)
         sync = (pos + 1) % cfg.grad_accum == 0 or pos + 1 == len(batches)
-        with t.model.no_sync() if t.dist.world > 1 and not sync else contextlib.nullcontext():
+        with gradient_sync(t.model, sync or t.dist.world == 1):
             loss = forward_backward(t.forward_model, ids, mask, None if t.rows.features is None
                                     else t.rows.features[batch], t.rows.target(batch), device=t.device,
                                     dtype=t.dtype, scaler=t.scaler, grad_accum=cfg.grad_accum)
@@ -423,16 +453,19 @@ def after_step(t: Trainer, *, epoch_end: bool, on_step: Callable[[int], None] | 
 
 
 def finish(t: Trainer, padding_efficiency: float) -> None:
-    """Write ``train_done.json`` (with every rank's weight digest under DDP) and drop the resumable state."""
+    """Write ``train_done.json`` (with every rank's weight digest under DDP; under FSDP the digest of the gathered
+    weights) and drop the resumable state."""
     digests = None
-    if t.dist.world > 1:
+    whole = gathered_weights(t)
+    if t.dist.world > 1 and whole is None:
         digests = [None] * t.dist.world
         torch.distributed.all_gather_object(digests, weights_digest(t.raw))
     if t.dist.main:
+        digest = state_digest(whole) if whole is not None else weights_digest(t.raw)
         summary: dict[str, Any] = {"name": t.name, "steps": t.state.global_step,
-                                   "padding_efficiency": padding_efficiency, "weights_sha256": weights_digest(t.raw),
-                                   "world_size": t.dist.world, "best": t.state.best, "history": t.state.history,
-                                   "attention": t.attention}
+                                   "padding_efficiency": padding_efficiency, "weights_sha256": digest,
+                                   "world_size": t.dist.world, "fsdp": whole is not None, "best": t.state.best,
+                                   "history": t.state.history, "attention": t.attention}
         if digests is not None:
             summary["rank_weights_sha256"] = digests
             summary["ranks_agree"] = len(set(digests)) == 1

@@ -1,10 +1,14 @@
 """PyTorch backend: eager fp32, or fp16/bf16 under autocast (the numerics training uses: the weights stay fp32 and
 autocast decides per op, so normalisation and softmax keep fp32); optional torch.compile (dynamic shapes).
 
+On a GPU ``auto`` is the card's half precision (:func:`arena.machine.gpu.half_precision`): bf16 from sm80 on, fp16
+on a T4 (sm75), where ``bf16`` is refused (:func:`arena.machine.gpu.check_bf16`).
+
 Decoder LLMs (and LoRA checkpoints on them) load their weights in the precision asked for, since a 7-9B model in
 fp32 does not fit a 16 GB T4, or in 4-bit / 8-bit through bitsandbytes (``4bit``, ``8bit``; CUDA only), and run
-under autocast in fp16 (bf16 where the GPU has it). Attention is SDPA where transformers has it for the family
-(Gemma-2 runs eager: its attention soft-capping has no SDPA path).
+under autocast in the card's half precision. Attention is SDPA where transformers has it for the family
+(Gemma-2 runs eager: its attention soft-capping has no SDPA path). A decoder too large for one GPU is split by
+layers across several (``device_map``: :mod:`arena.serving.layer_split`).
 
 ``--attention`` (:mod:`arena.models.attention`) picks a model's attention; with disentangled-flash's (``flash``, or
 ``auto``'s choice on a CUDA GPU) the backend also runs packed, unpadded batches (:meth:`TorchBackend.run_packed`),
@@ -36,7 +40,8 @@ QUANTIZED = {"4bit": 4, "8bit": 8}
 PRECISIONS = (*DTYPES, *QUANTIZED)
 
 
-def _dtype(name: str) -> torch.dtype:
+def torch_dtype(name: str) -> torch.dtype:
+    """``fp32`` / ``fp16`` / ``bf16`` as a torch dtype (the one table; training's autocast reads it too)."""
     import torch
 
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
@@ -47,11 +52,16 @@ class TorchBackend:
 
     def __init__(self, folder: str | Path | None = None, *, model: torch.nn.Module | None = None,
                  device: str = "auto", precision: str = "auto", compile: bool = False,
-                 threads: int | None = None, attention: str | None = None) -> None:
+                 threads: int | None = None, attention: str | None = None,
+                 device_map: dict[str, Any] | None = None) -> None:
         """``attention``: ``--attention`` (:data:`arena.models.attention.ATTENTIONS`); None: ``auto`` for a model
-        read from ``folder``, and a model handed in (training's evaluation, the export's reference) as it is."""
+        read from ``folder``, and a model handed in (training's evaluation, the export's reference) as it is.
+        ``device_map``: a layer split of the folder's model across GPUs (module name -> GPU index, from
+        :func:`arena.serving.layer_split.plan_layers`); ``device`` is then the GPU that takes the inputs (the one
+        holding the embeddings)."""
         import torch
 
+        from arena.machine.gpu import check_bf16, half_precision
         from arena.models.hybrid import is_hybrid
 
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -64,17 +74,18 @@ class TorchBackend:
             torch.set_num_threads(threads or allowed_cores())
         self.threads = torch.get_num_threads()
         if precision == "auto":
-            precision = "fp16" if self.device.startswith("cuda") else "fp32"
+            precision = half_precision(self.device) if self.device.startswith("cuda") else "fp32"
         if precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of auto, {', '.join(PRECISIONS)}")
         if precision == "fp16" and not self.device.startswith("cuda"):
             raise ConfigError("fp16 inference needs a GPU; use fp32 or bf16 on the CPU")
+        check_bf16(precision, self.device)
         self.precision = precision
         self.compiled = compile
         if model is None:
-            model = _load(folder, precision, self.device)
+            model = _load(folder, precision, self.device, device_map)
         self.model = model.eval()
-        if not getattr(model, "is_quantized", False):  # bitsandbytes weights are placed as they load
+        if not placed(model):
             self.model.to(self.device)
         self._autocast = _compute_dtype(precision, self.device) if precision != "fp32" else None
         if attention is None and folder is not None:
@@ -88,7 +99,9 @@ class TorchBackend:
     @property
     def description(self) -> str:
         threads = f", {self.threads} threads" if self.device == "cpu" else ""
-        return (f"torch ({self.precision}, {self.device}{threads}, {self.attention_label} attention"
+        spread = sorted({str(d) for d in (getattr(self.model, "hf_device_map", None) or {}).values()})
+        where = f"layers split across cuda:{', cuda:'.join(spread)}" if len(spread) > 1 else self.device
+        return (f"torch ({self.precision}, {where}{threads}, {self.attention_label} attention"
                 f"{', compiled' if self.compiled else ''})")
 
     @property
@@ -105,7 +118,9 @@ class TorchBackend:
                  features: np.ndarray | None = None) -> np.ndarray:
         import torch
 
-        with torch.inference_mode():
+        # FSDP gathers a sharded model's weights into buffers it reuses in training: made under inference_mode
+        # they could not be written again (training's evaluation under --fsdp), so no_grad there
+        with torch.no_grad() if _sharded(self.model) else torch.inference_mode():
             ids, mask = self._tensor(input_ids), self._tensor(attention_mask)
             feats = self._features(features)
             with self._autocast_context():
@@ -164,29 +179,53 @@ class TorchBackend:
 
 
 def _compute_dtype(precision: str, device: str) -> torch.dtype:
+    """The autocast dtype: the precision asked for, or for 4/8-bit weights the card's half precision."""
+    from arena.machine.gpu import half_precision
+
+    return torch_dtype(precision if precision in DTYPES else half_precision(device))
+
+
+def placed(model: torch.nn.Module) -> bool:
+    """The model's weights were put on their devices as they loaded and must not be moved as one: bitsandbytes
+    weights, a layer split across GPUs (accelerate's ``hf_device_map``), or a model sharded by FSDP (training's
+    evaluation under ``--fsdp``)."""
+    if getattr(model, "is_quantized", False) or len(set((getattr(model, "hf_device_map", None) or {}).values())) > 1:
+        return True
+    return _sharded(model)
+
+
+def _sharded(model: torch.nn.Module) -> bool:
+    """``model`` was sharded by FSDP's ``fully_shard`` (:mod:`arena.train.fsdp`)."""
     import torch
 
-    if precision in DTYPES:
-        return _dtype(precision)
-    return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float16
+    if not torch.distributed.is_available():  # a PyTorch build without torch.distributed has no FSDP either
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
-def _load(folder: str | Path | None, precision: str, device: str) -> torch.nn.Module:
+def _load(folder: str | Path | None, precision: str, device: str,
+          device_map: dict[str, Any] | None = None) -> torch.nn.Module:
     """The classifier in ``folder``: an encoder as saved (fp32; autocast does the rest), a decoder's weights in the
-    precision asked for (fp16/bf16, or bitsandbytes 4/8-bit on ``device``)."""
+    precision asked for (fp16/bf16, or bitsandbytes 4/8-bit on ``device``), on the GPUs of ``device_map`` when it
+    is split by layers."""
     if not is_decoder(load_model_config(folder)):
         if precision in QUANTIZED:
             raise ConfigError(f"--precision {precision} (bitsandbytes) is for decoder LLMs; this encoder runs in fp32, "
                               "fp16 or bf16 here, or int8 through arena-export --int8")
+        if device_map is not None:
+            raise ConfigError("a layer split is for decoder LLMs; this encoder fits one device (use --devices "
+                              "without --split layers: one copy per device)")
         return load_classifier(folder, require_three_labels=True)
     if precision in QUANTIZED:
         from arena.models.modeling import quantization_config, require_bitsandbytes
 
         require_bitsandbytes(f"--precision {precision}")
         compute = _compute_dtype(precision, device)
-        return load_classifier(folder, require_three_labels=True, dtype=compute, device_map={"": device},
-                               quantization=quantization_config(QUANTIZED[precision], compute))
-    return load_classifier(folder, require_three_labels=True, dtype=_dtype(precision))
+        return load_classifier(folder, require_three_labels=True, dtype=compute, device_map=device_map or
+                               {"": device}, quantization=quantization_config(QUANTIZED[precision], compute))
+    return load_classifier(folder, require_three_labels=True, dtype=torch_dtype(precision), device_map=device_map)
 
 
 # ----------------------------------------------------------------------------------------------- declaration
@@ -198,21 +237,35 @@ admits it."""
 
 
 def _variants(folder: Any, devices: Sequence[str] = ("auto",)) -> list[Variant]:
-    """fp32 / bf16 on the CPU; fp16 / bf16 / fp32 on a GPU; 4-bit / 8-bit weights for a decoder on a GPU."""
+    """fp32 / bf16 on the CPU; fp16 / bf16 / fp32 on a GPU, the card's half precision first and the default (bf16
+    from sm80 on, fp16 on a T4, where bf16 is listed with why it cannot run); 4-bit / 8-bit weights for a decoder on
+    a GPU."""
     if not folder.has_weights:
         return []
     from arena.machine.gpu import torch_gpus
 
     gpu = None if torch_gpus() else "needs a CUDA GPU visible to PyTorch"
     decoder = folder.model_type is not None and _is_decoder_type(folder)
+    half, no_bf16 = _card_precision(devices) if gpu is None else ("fp16", None)
     out = [Variant("torch", "fp32", "cpu", speed=CPU_SPEED["fp32"], default=True),
            Variant("torch", "bf16", "cpu", speed=CPU_SPEED["bf16"], checked=False)]
-    out += [Variant("torch", p, "cuda", speed=1.0, checked=p == "fp16", default=p == "fp16", why_not=gpu)
-            for p in ("fp16", "bf16", "fp32")]
+    halves = ("bf16", "fp16") if half == "bf16" else ("fp16", "bf16")  # equal speed: the card's own first
+    out += [Variant("torch", p, "cuda", speed=1.0, checked=p != "fp32", default=p == half,
+                    why_not=gpu or (no_bf16 if p == "bf16" else None))
+            for p in (*halves, "fp32")]
     for p in QUANTIZED:
         why = gpu or (None if decoder else "bitsandbytes weights are for decoder LLMs")
         out.append(Variant("torch", p, "cuda", speed=1.0, checked=False, why_not=why))
     return out
+
+
+def _card_precision(devices: Sequence[str]) -> tuple[str, str | None]:
+    """(the GPUs' half precision, why bf16 cannot run on them or None). bf16 and fp16 on a GPU are both the
+    numerics training runs under (autocast), so both may be picked unasked; the card's own is the default."""
+    from arena.machine.gpu import half_precision, no_bf16
+
+    gpus = [d for d in devices if d != "cpu"] or ["cuda"]
+    return half_precision(gpus), no_bf16(gpus)
 
 
 def _is_decoder_type(folder: Any) -> bool:
@@ -225,18 +278,21 @@ def _is_decoder_type(folder: Any) -> bool:
 def _open(folder: Any, variant: Variant, options: OpenOptions) -> TorchBackend:
     device = options.device if options.device != "auto" else variant.device
     return TorchBackend(folder.path, device=device, precision=variant.precision, compile=options.compile,
-                        threads=options.threads, attention=options.attention)
+                        threads=options.threads, attention=options.attention, device_map=options.device_map)
 
 
 def check_request(precision: str, device: str) -> None:
     """What can be refused before a model is read: a GPU PyTorch cannot see; fp16 and bitsandbytes need an NVIDIA
-    GPU (bf16 runs anywhere)."""
+    GPU; bf16 runs on the CPU and on GPUs from sm80 (not on a T4)."""
+    from arena.machine.gpu import check_bf16
+
     if device.startswith("cuda"):
         from arena.machine.gpu import torch_gpus
 
         if not torch_gpus():
             raise ConfigError(f"--device {device}: no CUDA GPU is available to PyTorch on this machine; use "
                               "--device cpu (or auto)")
+    check_bf16(precision, device)
     if precision == "auto" or device == "cpu" and precision in ("fp32", "bf16"):
         return
     if precision == "fp16" and device == "cpu":
