@@ -28,6 +28,8 @@ def fake_gpus(monkeypatch, *cards: str) -> None:
         return table[int(text.partition(":")[2] or 0) if not isinstance(device, int) else device]
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: bool(table))
+    # the driver's device files too: gpu_present asks torch only where /dev/nvidia* exist
+    monkeypatch.setattr("arena.machine.gpu._gpu_device_files", lambda: bool(table))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(table))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: pick(device)[1])
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: pick(device)[0])
