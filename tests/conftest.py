@@ -20,6 +20,12 @@ CONFIGS = SHARED / "models" / "deberta-v3" / "configs"
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Idle OpenMP threads sleep instead of spinning (read when torch loads, after this file; inherited by every process
+# a test starts). The tiny models are all thread hand-offs: on a 2-core machine shared with other jobs, spinning
+# threads wait on descheduled partners, which made the suite several times slower (measured: 20 forward passes of
+# the tiny model at 2 threads, 12-24 s spinning, 3-5 s passive; test_ensemble's row-order test, 246 s -> 69 s
+# under load 5, 73 s -> 58 s under load 2). How threads wait changes no number a test compares.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # compiled OpenVINO models go to a throwaway folder, not the user's ~/.cache
 os.environ.setdefault("ARENA_OPENVINO_CACHE", os.path.join(tempfile.gettempdir(), f"arena-tests-ov-{os.getpid()}"))
 

@@ -90,11 +90,22 @@ def test_precut_equals_full_tokenization_on_the_real_sample(tokenizer, train_rec
     assert fast.lengths.max() == 512
 
 
-@given(rec=RECORDS, max_length=st.sampled_from([32, 64, 128, 512]))
+PROPERTY_LENGTHS = (32, 64, 128, 512)
+
+
+@pytest.fixture(scope="module")
+def encoders(tokenizer):
+    """One encoder per max length the property draws, built once: building one re-parses the whole tokenizer
+    (its Rust copy, see ``_raw_encoder``), which cost more than the encoding when it was done per example. An
+    encoder holds no state between calls, so reusing it tests the same thing (and would expose state if it did)."""
+    return {n: ArenaEncoder(tokenizer, EncoderConfig(max_length=n)) for n in PROPERTY_LENGTHS}
+
+
+@given(rec=RECORDS, max_length=st.sampled_from(PROPERTY_LENGTHS))
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
-def test_encoder_properties(tokenizer, rec, max_length):
-    enc = ArenaEncoder(tokenizer, EncoderConfig(max_length=max_length))
+def test_encoder_properties(tokenizer, encoders, rec, max_length):
+    enc = encoders[max_length]
     ids = enc.encode([rec]).ids[0].tolist()
     assert len(ids) <= max_length
     assert ids[0] == enc.frame.begin[0] and ids[-1] == enc.frame.end[-1]
