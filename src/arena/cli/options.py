@@ -109,8 +109,8 @@ def precision_help() -> str:
 
 
 def attention_help() -> str:
-    """``--attention``'s help, from the one declaration (:data:`arena.models.attention.ATTENTIONS`)."""
-    from arena.models.attention import ATTENTIONS
+    """``--attention``'s help, from the one declaration (:data:`arena.models.attention_choices.ATTENTIONS`)."""
+    from arena.models.attention_choices import ATTENTIONS
 
     return (f"{', '.join(ATTENTIONS)}: the torch backend's attention. flash: disentangled-flash's fused DeBERTa-v2/v3 "
             "attention, with packed batches (pip install 'arena-toolkit\\[flash]'); sdpa where transformers has it "
@@ -123,7 +123,7 @@ def check_attention_folders(attention: str, backend: str, folders: Iterable[str 
     """arena-infer's ``--attention``: one of the choices; anything but ``auto`` needs the torch backend and
     checkpoint folders (a fold ensemble's members too) whose model runs it (:func:`arena.models.attention.
     check_attention`)."""
-    from arena.models.attention import ATTENTIONS, check_attention
+    from arena.models.attention_choices import ATTENTIONS, check_attention
     from arena.serving.folder import CHECKPOINT, LORA, read_folder
 
     one_of("--attention", attention, ATTENTIONS)

@@ -1,8 +1,9 @@
-"""Which attention a model runs on the torch backend (``--attention``): the choices declared once, applied once.
+"""Which attention a model runs on the torch backend (``--attention``): applied once (the choices and their up-front
+checks are declared in :mod:`arena.models.attention_choices`, which the CLI reads without importing torch).
 
 * ``eager``: transformers' own attention; for DeBERTa-v2/v3 the only one transformers has.
 * ``sdpa``: PyTorch's ``scaled_dot_product_attention`` where transformers implements it for the architecture (BERT /
-  MiniLM, the decoders). transformers declares none for DeBERTa-v2/v3 (:func:`sdpa_supported` asks it): the
+  MiniLM, the decoders). transformers declares none for DeBERTa-v2/v3 (``sdpa_supported`` asks it): the
   content-to-position and position-to-content terms are no additive mask SDPA takes.
 * ``flash``: disentangled-flash (the optional extra ``arena-toolkit[flash]``): exact DeBERTa-v2/v3 disentangled
   attention (C2P/P2C) in fused Triton kernels on a CUDA GPU, without the [B, H, L, L] score matrix; on a CPU (and on a
@@ -30,16 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from arena.errors import ConfigError
+from arena.models.attention_choices import FLASH_INSTALL, FLASH_MODEL_TYPES, check_attention, flash_missing
 from arena.models.lora import is_lora, unwrap
 
 log = logging.getLogger(__name__)
 
-ATTENTIONS = ("auto", "eager", "sdpa", "flash")
-"""``--attention``'s choices, for arena-train and arena-infer's torch backend."""
-FLASH_MODEL_TYPES = ("deberta-v2",)
-"""The model types disentangled-flash runs: DeBERTa-v2 and v3 (a v3 checkpoint's config says ``deberta-v2``)."""
-FLASH_INSTALL = "pip install 'arena-toolkit[flash]' (or pip install disentangled-flash)"
 AUTO_MAX_PROB_DIFF = 2e-2
 """``auto``'s first-batch check: flash's probabilities within this of eager's, on every row of the same batch in the
 run's precision. It is the export gate's fp16 limit (``arena.export.parity.Tolerance.fp16``): fp16 rounding moves
@@ -47,51 +43,6 @@ probabilities by about that much, a wrong kernel by far more."""
 PACKED_LENGTH_CACHE = 64
 """disentangled-flash's PyTorch path keeps an L x L position index per distinct row length it met in a pack; past this
 many lengths the caches are dropped (and rebuilt as needed), so memory stays bounded."""
-
-
-def flash_missing() -> str | None:
-    """None when disentangled-flash imports here; else the import error, for a message."""
-    try:
-        import disentangled_flash  # noqa: F401
-    except ImportError as exc:
-        return str(exc)
-    return None
-
-
-def sdpa_supported(model_type: str | None) -> bool:
-    """Whether transformers declares an SDPA attention for this model type (its ``_supports_sdpa``)."""
-    import transformers
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
-
-    name = MODEL_MAPPING_NAMES.get(model_type) if model_type else None
-    model_class = getattr(transformers, name, None) if isinstance(name, str) else None
-    return bool(getattr(model_class, "_supports_sdpa", False))
-
-
-def check_attention(attention: str, model_type: str | None, *, lora: bool = False, compile: bool = False) -> None:
-    """Refuse, before any work, an ``--attention`` this model cannot run: one :class:`ConfigError` naming the fix."""
-    if attention not in ATTENTIONS:
-        raise ConfigError(f"--attention must be one of {', '.join(ATTENTIONS)}; got {attention!r}")
-    if attention == "sdpa" and not sdpa_supported(model_type):
-        from transformers import __version__
-
-        other = "flash (its fused attention) or eager" if model_type in FLASH_MODEL_TYPES else "eager"
-        raise ConfigError(f"--attention sdpa: transformers {__version__} has no SDPA attention for "
-                          f"{model_type or 'this'} models; use --attention {other}")
-    if attention != "flash":
-        return
-    if model_type not in FLASH_MODEL_TYPES:
-        raise ConfigError(f"--attention flash is disentangled-flash's DeBERTa-v2/v3 attention and this is a "
-                          f"{model_type or 'model of unknown type'} model; use --attention auto, eager or sdpa")
-    missing = flash_missing()
-    if missing is not None:
-        raise ConfigError(f"--attention flash needs the disentangled-flash package, which does not import here "
-                          f"({missing}); {FLASH_INSTALL}")
-    if lora:
-        raise ConfigError("--attention flash replaces DeBERTa's attention modules, which LoRA adapters wrap; train "
-                          "with --lora-r 0 or use --attention eager")
-    if compile:
-        raise ConfigError("--attention flash and --compile are not combined (untested together); drop one of them")
 
 
 def transformers_model(model: nn.Module) -> nn.Module:

@@ -171,7 +171,7 @@ def check_train_request(*, data: str | None, model: str, output: str, tokenizer:
     from arena.data import check_layout, resolve_csv
     from arena.machine.devices import torch_gpus
     from arena.machine.gpu import check_bf16
-    from arena.models.attention import ATTENTIONS, check_attention
+    from arena.models.attention_choices import ATTENTIONS, check_attention
     from arena.models.modeling import check_max_length, check_model_folder, is_local
     from arena.train.fsdp import check_launch
 

@@ -157,7 +157,8 @@ class OpenOptions:
     threads: int | None = None
     compile: bool = False
     attention: str = "auto"
-    """``--attention`` (:data:`arena.models.attention.ATTENTIONS`): the torch backend's; others take only ``auto``."""
+    """``--attention`` (:data:`arena.models.attention_choices.ATTENTIONS`): the torch backend's; others take
+    only ``auto``."""
     device_map: dict[str, Any] | None = None
     """A layer split across GPUs (:mod:`arena.serving.layer_split`; the torch backend only): module name -> GPU."""
 

@@ -26,7 +26,6 @@ import numpy as np
 
 from arena.encode import pad_batch
 from arena.errors import ConfigError
-from arena.models.attention import attention_in_use, packed_logits, set_attention
 from arena.models.modeling import is_decoder, load_classifier, load_model_config, max_supported_length
 from arena.serving.backends.contract import BackendSpec, Limits, OpenOptions, Variant
 
@@ -54,8 +53,8 @@ class TorchBackend:
                  device: str = "auto", precision: str = "auto", compile: bool = False,
                  threads: int | None = None, attention: str | None = None,
                  device_map: dict[str, Any] | None = None) -> None:
-        """``attention``: ``--attention`` (:data:`arena.models.attention.ATTENTIONS`); None: ``auto`` for a model
-        read from ``folder``, and a model handed in (training's evaluation, the export's reference) as it is.
+        """``attention``: ``--attention`` (:data:`arena.models.attention_choices.ATTENTIONS`); None: ``auto`` for a
+        model read from ``folder``, and a model handed in (training's evaluation, the export's reference) as it is.
         ``device_map``: a layer split of the folder's model across GPUs (module name -> GPU index, from
         :func:`arena.serving.layer_split.plan_layers`); ``device`` is then the GPU that takes the inputs (the one
         holding the embeddings)."""
@@ -90,6 +89,8 @@ class TorchBackend:
         self._autocast = _compute_dtype(precision, self.device) if precision != "fp32" else None
         if attention is None and folder is not None:
             attention = "auto"
+        from arena.models.attention import attention_in_use, set_attention  # torch: imported when a model loads
+
         self.attention = (attention_in_use(self.model) if attention is None else
                           set_attention(self.model, attention, device=self.device, compiled=compile))
         self.forward = torch.compile(self.model, dynamic=True) if compile else self.model
@@ -142,6 +143,8 @@ class TorchBackend:
 
         def run(flash: bool) -> torch.Tensor:
             if flash:
+                from arena.models.attention import packed_logits
+
                 return packed_logits(self.model, ids, cu_seqlens, feats)
             padded, mask = pad_batch(rows, 0)
             return self._padded(self._tensor(padded), self._tensor(mask), feats)
