@@ -34,8 +34,8 @@ ALL = ("torch:fp32", "torch:bf16", "onnx:fp32", "onnx:int8", "onnx:int8_static",
 def encoded_batches(folder: Path, csv: Path, rows: int, skip: int = 0):
     """Real rows ``skip .. skip+rows`` of ``csv`` as inference batches (feed dicts) with the export's encoder."""
     from arena.data import has_labels, read_records
-    from arena.serving.executor import BatchExecutor
     from arena.export.quantize import calibration_batches
+    from arena.serving.executor import BatchExecutor
     from arena.serving.loading import open_model
 
     loaded = open_model(folder, backend="onnx", precision="fp32")

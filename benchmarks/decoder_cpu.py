@@ -72,8 +72,8 @@ def padding_table(lengths: np.ndarray) -> list[dict]:
 def throughput(records, tokenizers, threads: int, max_length: int) -> list[dict]:
     from transformers import AutoConfig, AutoModelForSequenceClassification, MistralConfig
 
-    from arena.serving.backends.torch import TorchBackend
     from arena.encode import ArenaEncoder, EncoderConfig
+    from arena.serving.backends.torch import TorchBackend
     from arena.serving.scoring import ScoreConfig, Scorer, Timings
 
     torch.manual_seed(0)

@@ -22,13 +22,13 @@ import pandas as pd
 
 from arena.data import SWAP_CLASSES, Record, labels_of, read_train, resolve_csv, swap_ab
 from arena.features import FEATURE_NAMES, LogisticRegression, cross_validated_baseline, feature_matrix
+from arena.metrics import accuracy, class_prior, fit_temperature, log_loss, softmax
 from arena.models.hybrid import Z_CLIP
 from arena.serving.loading import open_model
-from arena.metrics import accuracy, class_prior, fit_temperature, log_loss, softmax
 from arena.serving.rules import apply_rules
 from arena.serving.scoring import ScoreConfig, Scorer
-from arena.train.folds import stratified_folds
 from arena.serving.tta import combine_swap
+from arena.train.folds import stratified_folds
 
 RULES = ("identical-tie", "empty-loses")
 
