@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from arena.errors import ConfigError
-from tests.conftest import ROOT, TOKENIZER, TRAIN_CSV, tiny_decoder_config
+from tests.conftest import TOKENIZER, TRAIN_CSV, tiny_decoder_config
+from tests.test_train import torchrun_train
 
 TORCHRUN = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
 
@@ -61,19 +60,6 @@ def test_fsdp_outside_torchrun_is_one_error_line(monkeypatch, capsys, tmp_path, 
                                                      "--output", "run"], "--fsdp", "torchrun --nproc-per-node N")
 
 
-def _torchrun(out, tiny_config, *extra: str) -> subprocess.CompletedProcess:
-    with socket.socket() as sock:  # a free port, so parallel CI jobs on one machine do not collide
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
-           "-m", "arena.train.cli", "--data", str(TRAIN_CSV), "--model", str(tiny_config), "--random-init",
-           "--tokenizer", str(TOKENIZER), "--max-rows", "48", "--max-length", "64", "--epochs", "1",
-           "--batch-size", "4", "--lr", "1e-3", "--output", str(out), "--no-calibrate", "--no-swap-augment",
-           "--keep-state", *extra]  # the default head (hybrid): encoder layers sharded one by one, head at the root
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-
-
 def test_fsdp_on_two_gloo_ranks_trains_what_ddp_trains(tmp_path, tiny_config):
     """The same run sharded and replicated: equal weights (to float rounding) in the checkpoint and in the
     resumable state, whole tensors written by rank 0 alone, and the same validation logits."""
@@ -81,7 +67,8 @@ def test_fsdp_on_two_gloo_ranks_trains_what_ddp_trains(tmp_path, tiny_config):
 
     runs = {}
     for name, extra in (("fsdp", ("--fsdp",)), ("ddp", ())):
-        proc = _torchrun(tmp_path / name, tiny_config, *extra)
+        # the default head (hybrid): encoder layers sharded one by one, head at the root
+        proc = torchrun_train(tmp_path / name, tiny_config, "--keep-state", *extra)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = tmp_path / name
     fsdp, ddp = runs["fsdp"], runs["ddp"]

@@ -130,21 +130,28 @@ def test_resume_ends_with_the_same_weights(tmp_path, tiny_config):
     assert done_a["weights_sha256"] == done_b["weights_sha256"]
 
 
-def test_ddp_two_cpu_processes_agree(tmp_path, tiny_config):
-    """torchrun with 2 gloo ranks: both ranks end with identical weights (checked inside the run)."""
+def torchrun_train(out, tiny_config, *extra: str) -> subprocess.CompletedProcess:
+    """arena-train under torchrun with 2 gloo ranks (one thread each) on 48 real rows of the tiny model; ``extra``
+    options appended (``--fsdp``, ``--keep-state`` ...)."""
     import socket
 
-    out = tmp_path / "ddp"
     with socket.socket() as sock:  # a free port, so parallel CI jobs on one machine do not collide
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
            "-m", "arena.train.cli", "--data", str(TRAIN_CSV), "--model", str(tiny_config), "--random-init",
            "--tokenizer", str(TOKENIZER), "--max-rows", "48", "--max-length", "64", "--epochs", "1",
-           "--batch-size", "4", "--lr", "1e-3", "--output", str(out), "--no-calibrate", "--no-swap-augment"]
-    # the default head (hybrid): DDP over the encoder and the head, started from the same regression on each rank
+           "--batch-size", "4", "--lr", "1e-3", "--output", str(out), "--no-calibrate", "--no-swap-augment", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_ddp_two_cpu_processes_agree(tmp_path, tiny_config):
+    """torchrun with 2 gloo ranks: both ranks end with identical weights (checked inside the run)."""
+
+    out = tmp_path / "ddp"
+    # the default head (hybrid): DDP over the encoder and the head, started from the same regression on each rank
+    proc = torchrun_train(out, tiny_config)
     assert proc.returncode == 0, proc.stderr[-3000:]
     done = json.loads((out / "train_done.json").read_text())
     assert done["world_size"] == 2
