@@ -148,6 +148,60 @@ def test_external_data_outside_the_folder_is_refused(tmp_path):
         check_onnx_file(path)
 
 
+def _external(name, location):
+    from onnx import TensorProto, helper
+
+    tensor = helper.make_tensor(name, TensorProto.FLOAT, [1], [1.0])
+    tensor.data_location = TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+    tensor.ClearField("float_data")
+    return tensor
+
+
+def test_external_data_is_found_wherever_onnx_nests_a_tensor(tmp_path):
+    """The wire-format reader (no ``onnx`` import when serving) finds external data in a Constant's attribute and
+    inside an If's subgraph, not only in initializers, and lists what ``onnx`` itself lists."""
+    import onnx
+    from onnx import TensorProto, helper
+    from onnx.external_data_helper import _get_all_tensors
+
+    from arena.artifacts import check_onnx_file, external_data_files, external_data_locations
+
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    inner = helper.make_graph([helper.make_node("Constant", [], ["y"], value=_external("deep", "../../escape.bin"))],
+                              "then", [], [out])
+    nodes = [helper.make_node("Constant", [], ["c"], value=_external("const", "weights/c.bin")),
+             helper.make_node("If", ["cond"], ["y"], then_branch=inner, else_branch=inner)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])], [out],
+                              [_external("w", "weights/w.bin")])
+    path = tmp_path / "nested.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    proto = onnx.load(str(path), load_external_data=False)
+    want = [(t.name, e.value) for t in _get_all_tensors(proto) for e in t.external_data if e.key == "location"]
+    assert sorted(external_data_locations(path)) == sorted(want)
+    assert ("deep", "../../escape.bin") in want and len(want) == 4  # the If's two branches share one subgraph
+    assert sorted(external_data_files(path)) == ["../../escape.bin", "weights/c.bin", "weights/w.bin"]
+    with pytest.raises(ModelError, match="'deep'.*outside the model folder"):
+        check_onnx_file(path)
+
+
+def test_openvino_refuses_external_data_outside_the_folder(tmp_path):
+    pytest.importorskip("openvino")
+    import onnx
+    from onnx import TensorProto, helper
+
+    from arena.serving.backends.openvino import OpenVinoBackend
+
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+                              [_external("w", "../outside.bin")])
+    (tmp_path / "m").mkdir()
+    onnx.save(helper.make_model(graph), str(tmp_path / "m" / "model.onnx"))
+    with pytest.raises(ModelError, match="outside the model folder"):
+        OpenVinoBackend(tmp_path / "m" / "model.onnx", precision="fp32", cache_dir=None)
+
+
 def test_cli_reports_json_and_trt_without_tensorrt_says_what_is_missing(tmp_path, tiny_checkpoint):
     runner = CliRunner()
     result = runner.invoke(app, [str(tiny_checkpoint), "--out", str(tmp_path / "e"), "--trt"])

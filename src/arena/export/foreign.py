@@ -70,12 +70,10 @@ def export_foreign(request: ExportRequest, config: ExportConfig, build_trt: TrtB
 
 def copy_onnx(src: Path, dst: Path) -> None:
     """Copy an ONNX file and the external-data files it names (already checked to lie inside its folder)."""
-    import onnx
-
     from arena.artifacts import external_data_files
 
     shutil.copy2(src, dst)
-    for name in external_data_files(onnx.load(str(src), load_external_data=False)):
+    for name in external_data_files(src):
         (dst.parent / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src.parent / name, dst.parent / name)
 

@@ -99,12 +99,15 @@ class OpenVinoBackend:
             raise BackendUnavailable(why)
         import openvino as ov
 
+        from arena.artifacts import check_onnx_file
         from arena.machine.cpu import allowed_cores
 
         if precision not in PRECISIONS:
             raise ConfigError(f"--precision for OpenVINO must be one of {', '.join(PRECISIONS)}")
         self.path = Path(path)
-        if not self.path.is_file():
+        if self.path.suffix == ".onnx":  # external data outside the folder: refused as ONNX Runtime refuses it
+            check_onnx_file(self.path)
+        elif not self.path.is_file():
             raise ModelError(f"{self.path} does not exist")
         bf16 = supports_bf16()
         if precision == "bf16" and not bf16:
