@@ -47,7 +47,9 @@ def measure(model: Path, test_csv: Path, *, tta: str, backend: str) -> dict:
             # where the error sits: the model's share (projected vs measured inside the backend) and the rest
             "model_projected_s": model_projected, "model_actual_s": summary["model_s"],
             "encode_projected_s": p["encode_s"], "encode_actual_s": summary["encode_s"],
-            "batches": summary["batches"], "padding_efficiency": summary["padding_efficiency"]}
+            "batches": summary["batches"], "padding_efficiency": summary["padding_efficiency"],
+            "sample_rows": p["sample_rows"], "sample_rounds": [m["sample_rounds"] for m in p["members"]],
+            "drift": [m["drift"] for m in p["members"]]}
 
 
 def main() -> None:
@@ -70,12 +72,14 @@ def main() -> None:
 
     print(f"CPU: {cpu_kind()}\n")
     print("| model | rows | backend | projected (95% interval) | actual | error | model: projected / in backend | "
-          "sampling cost |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|")
+          "sampled rows (rounds) | drift | sampling cost |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {Path(r['model']).name} | {r['rows']} | {r['backend']} | {r['projected_s']:.1f} s "
               f"({r['low_s']:.1f}-{r['high_s']:.1f}) | {r['actual_s']:.1f} s | {100 * r['error']:+.1f}% | "
-              f"{r['model_projected_s']:.1f} / {r['model_actual_s']:.1f} s | {r['sampling_s']:.1f} s |")
+              f"{r['model_projected_s']:.1f} / {r['model_actual_s']:.1f} s | {r['sample_rows']} "
+              f"({'+'.join(map(str, r['sample_rounds']))}) | {'/'.join(f'{100 * d:.1f}%' for d in r['drift'])} | "
+              f"{r['sampling_s']:.1f} s |")
     worst = max(abs(r["error"]) for r in results)
     print(json.dumps({"results": results, "worst_abs_error": worst, "goal": 0.15, "met": worst <= 0.15}))
 

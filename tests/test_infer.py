@@ -270,6 +270,48 @@ def test_projection_sample_is_stratified_by_length():
     assert lengths[pick].min() == lengths.min() and lengths[pick].max() == lengths.max()
     assert abs(np.median(lengths[pick]) - np.median(lengths)) < 0.1 * np.median(lengths)
     assert list(stratified_sample(lengths[:7], 50)) == list(range(7))
+    taken = np.zeros(len(lengths), dtype=bool)
+    taken[pick] = True
+    more = stratified_sample(lengths, 50, taken)  # a later round: new rows, between the first round's
+    assert len(more) == 50 and not taken[more].any()
+    assert abs(np.median(lengths[more]) - np.median(lengths)) < 0.1 * np.median(lengths)
+    taken[more] = True
+    assert len(stratified_sample(lengths, 1000, taken)) == 400  # the rest, when fewer are left than asked
+
+
+class _DriftingBackend:
+    """Costs 20 us per computed token, and gets twice as slow halfway through its calls: a machine whose speed moves.
+    Sleeps (no busy wait) so its cost model is exact up to the scheduler's overshoot."""
+
+    def __init__(self, slow_after: int):
+        self.calls, self.slow_after = 0, slow_after
+
+    def __call__(self, ids, mask, features=None):
+        import time
+
+        self.calls += 1
+        time.sleep(2e-5 * ids.size * (2 if self.calls > self.slow_after else 1))
+        return np.zeros((len(ids), 3), dtype=np.float32)
+
+
+def test_projection_samples_for_long_enough_and_widens_for_a_drifting_machine(tokenizer, train_records):
+    from arena.encode import ArenaEncoder, EncoderConfig
+    from arena.serving.projection import project_scorer
+    from arena.serving.scoring import ScoreConfig, Scorer
+
+    records = train_records[:400]
+    encoder = ArenaEncoder(tokenizer, EncoderConfig(max_length=256))
+    config = ScoreConfig(max_tokens=2048, batch_size=16)
+    steady = project_scorer(Scorer(_DriftingBackend(10 ** 9), encoder, config), records, limit_s=None,
+                            sample_rows=40, min_sample_s=0.5)
+    member = steady.members[0]
+    assert 2 <= member["sample_rounds"] < 10 and member["sample_s"] >= 0.5  # rounds until 0.5 s, not every row
+    assert steady.sample_rows == 40 * member["sample_rounds"]
+    drifting = project_scorer(Scorer(_DriftingBackend(8), encoder, config), records, limit_s=None,
+                              sample_rows=40, min_sample_s=0.5)
+    assert drifting.members[0]["drift"] > 3 * member["drift"]
+    width = lambda p: (p.high_s - p.low_s) / p.projected_s  # noqa: E731
+    assert width(drifting) > 2 * width(steady)
 
 
 class _BusyBackend:
@@ -294,7 +336,7 @@ def test_projection_tracks_the_measured_run_with_tta(tokenizer, train_records):
     records = train_records[:240]
     scorer = Scorer(_BusyBackend(), ArenaEncoder(tokenizer, EncoderConfig(max_length=256)),
                     ScoreConfig(tta=True, max_tokens=2048, batch_size=16))
-    projection = project_scorer(scorer, records, limit_s=3600.0, sample_rows=48)
+    projection = project_scorer(scorer, records, limit_s=3600.0, sample_rows=48, min_sample_s=0.0)
     timings = Timings()
     scorer.score(records, timings)
     model_s = projection.projected_s - projection.encode_s

@@ -5,12 +5,18 @@ Kaggle stops a notebook after 9 hours; an ensemble with TTA that does not fit sc
 1. every row of the file is encoded once (with each member's encoder) to know its length, and the full run's
    batches are planned exactly as the run will plan them (each member's executor, the same sorted batches);
 2. a length-stratified sample (rows evenly spaced in length order, so short and long rows are both measured) is
-   scored by every member, TTA included, after one warm-up batch, timing each batch;
+   scored by every member, TTA included, after one warm-up batch, timing each batch; sampling goes on in rounds of
+   new rows (spaced between the rows already taken) until each member has been timed for at least
+   :data:`MIN_SAMPLE_S` or :data:`SAMPLE_FRACTION` of its first projection, whichever is longer (capped at
+   :data:`MAX_SAMPLE_S`): a fixed 128 rows of a fast model is a few seconds of timing, and a machine's speed moves
+   by more than 10% over a few seconds (measured: -17% and -4% on two runs of the same 1,500 rows, issue 24);
 3. a cost model ``seconds = a * computed_tokens + b`` per batch (per-token and per-batch cost) is fitted by least
-   squares per member, and summed over the full plan (twice with swap TTA);
+   squares per member over all rounds, and summed over the full plan (twice with swap TTA);
 4. the encoding the run cannot hide behind the model (the first chunk's, and any excess over the model time) is
    added from the measured encoding of every row;
-5. the uncertainty combines the fit's parameter covariance and the batches' own scatter around it; the projection
+5. the uncertainty combines the fit's parameter covariance, the batches' own scatter around it, and the machine's
+   drift: how far each round's (or, with one round, each half's) measured time strays from the fit, taken as the
+   spread of the whole run's speed (the run happens later than the sample, on the same machine); the projection
    is reported as ``projected_s`` with a 95% interval, plus what was already spent (loading, encoding, sampling).
 
 The cost model is linear in padded tokens; attention's quadratic term is absorbed in ``a`` for the length mix of
@@ -59,12 +65,30 @@ def check_time_limit(limit: str | None, action: str) -> float | None:
     return parse_duration(limit)
 
 
-def stratified_sample(lengths: np.ndarray, n: int) -> np.ndarray:
-    """Indices of ``n`` rows evenly spaced in length order (all rows when there are fewer), sorted by index."""
+SAMPLE_ROWS = 128
+"""Rows per sampling round."""
+MIN_SAMPLE_S = 15.0
+"""Each member is timed for at least this many seconds (or every row is sampled)."""
+SAMPLE_FRACTION = 0.02
+"""... or this share of its first round's projection, when that is longer ..."""
+MAX_SAMPLE_S = 300.0
+"""... but never longer than this."""
+MAX_ROUNDS = 16
+
+
+def stratified_sample(lengths: np.ndarray, n: int, taken: np.ndarray | None = None) -> np.ndarray:
+    """Indices of ``n`` rows evenly spaced in length order (all rows when there are fewer), sorted by index.
+    ``taken``: a boolean mask of rows already sampled; the new rows are spaced over the rest, each in the middle
+    of its stratum, so later rounds fall between the rows of earlier ones."""
     lengths = np.asarray(lengths)
+    order = np.argsort(lengths, kind="stable")
+    if taken is not None:
+        order = order[~np.asarray(taken)[order]]
+        if n >= len(order):
+            return np.sort(order)
+        return np.sort(order[np.unique(((np.arange(n) + 0.5) * len(order) / n).astype(int))])
     if n >= len(lengths):
         return np.arange(len(lengths))
-    order = np.argsort(lengths, kind="stable")
     picks = np.unique(np.round(np.linspace(0, len(lengths) - 1, n)).astype(int))
     return np.sort(order[picks])
 
@@ -162,39 +186,85 @@ def _timed_batches(executor: Any, prepared: Any) -> tuple[list[float], list[floa
     return tokens, seconds
 
 
-def project_scorer(scorer: Any, records: Sequence[Any], *, limit_s: float | None, sample_rows: int = 128,
-                   started: float | None = None) -> Projection:
+def _time_rows(member: Any, rows: list[Any], tta: bool, warm_up: bool) -> tuple[list[float], list[float]]:
+    """Time ``rows`` as the run scores them (and swapped, with TTA): one (tokens, seconds) entry per batch."""
+    prepared = member.executor.prepare(member.encoder.encode(rows))
+    if warm_up and prepared.batches:  # first-call costs (graph compilation, allocation) are not the run's
+        prepared.batches[0].run(member.executor.backend)
+    tokens, seconds = _timed_batches(member.executor, prepared)
+    if tta:
+        more_tokens, more_seconds = _timed_batches(member.executor,
+                                                   member.executor.prepare(member.encoder.encode(rows, swap=True)))
+        tokens, seconds = tokens + more_tokens, seconds + more_seconds
+    return tokens, seconds
+
+
+def _sample_rounds(member: Any, records: Sequence[Any], lengths: np.ndarray, *, tta: bool, sample_rows: int,
+                   min_sample_s: float, plan: list[float]) -> tuple[list[tuple[list[float], list[float]]], int]:
+    """Timed rounds of new length-stratified rows until the member has been timed long enough (module docstring):
+    each round's (tokens, seconds) per batch, and how many rows were sampled."""
+    taken = np.zeros(len(records), dtype=bool)
+    rounds: list[tuple[list[float], list[float]]] = []
+    target = min_sample_s
+    while len(rounds) < MAX_ROUNDS and not taken.all():
+        pick = stratified_sample(lengths, sample_rows, taken if rounds else None)
+        taken[pick] = True
+        rounds.append(_time_rows(member, [records[i] for i in pick], tta, warm_up=not rounds))
+        tokens = [t for r in rounds for t in r[0]]
+        measured = sum(s for r in rounds for s in r[1])
+        if len(rounds) == 1 and tokens:
+            first = CostModel.fit(tokens, rounds[0][1]).project(plan)[0] * (2 if tta else 1)
+            target = min(max(min_sample_s, SAMPLE_FRACTION * first), MAX_SAMPLE_S)
+        if measured >= target:
+            break
+    return rounds, int(taken.sum())
+
+
+def drift(model: CostModel, rounds: Sequence[tuple[Sequence[float], Sequence[float]]]) -> float:
+    """The machine's speed spread seen while sampling: the standard deviation of measured / fitted time over the
+    rounds (one round: its two halves, in the order they ran); 0 when there is nothing to compare."""
+    blocks = list(rounds)
+    if len(blocks) == 1:
+        tokens, seconds = blocks[0]
+        half = len(tokens) // 2
+        blocks = [(tokens[:half], seconds[:half]), (tokens[half:], seconds[half:])] if half else []
+    ratios = [sum(s) / fitted for t, s in blocks if t and (fitted := model.project(t)[0]) > 0]
+    return float(np.std(ratios, ddof=1)) if len(ratios) >= 2 else 0.0
+
+
+def project_scorer(scorer: Any, records: Sequence[Any], *, limit_s: float | None, sample_rows: int = SAMPLE_ROWS,
+                   min_sample_s: float = MIN_SAMPLE_S, started: float | None = None) -> Projection:
     """Project the full run of ``scorer`` (a :class:`~arena.serving.scoring.Scorer`) over ``records``."""
     t_start = time.perf_counter() if started is None else started
-    passes = 2 if scorer.config.tta else 1
+    tta = bool(scorer.config.tta)
+    passes = 2 if tta else 1
     parts, members = [], []
-    encode_s = 0.0
+    encode_s, sampled = 0.0, 0
     for member in scorer.members:
         member.encoder.encode(list(records[:8]))  # the tokenizer's first call is slower than the run's calls
         t_encode = time.perf_counter()
         encoded = member.encoder.encode(list(records))
         encode_s += passes * (time.perf_counter() - t_encode)
         lengths = np.asarray(encoded.lengths)
-        pick = stratified_sample(lengths, sample_rows)
-        sample = member.encoder.encode([records[i] for i in pick])
-        prepared = member.executor.prepare(sample)
-        if prepared.batches:  # warm-up: first-call costs (graph compilation, allocation) are not the run's
-            prepared.batches[0].run(member.executor.backend)
-        tokens, seconds = _timed_batches(member.executor, prepared)
-        if scorer.config.tta:
-            swapped = member.executor.prepare(member.encoder.encode([records[i] for i in pick], swap=True))
-            more_tokens, more_seconds = _timed_batches(member.executor, swapped)
-            tokens, seconds = tokens + more_tokens, seconds + more_seconds
+        plan = member.executor.planned_tokens(lengths)
+        rounds, rows = _sample_rounds(member, records, lengths, tta=tta, sample_rows=sample_rows,
+                                min_sample_s=min_sample_s, plan=plan)
+        tokens = [t for r in rounds for t in r[0]]
         if not tokens:
             continue
-        model = CostModel.fit(tokens, seconds)
-        mean, sd = model.project(member.executor.planned_tokens(lengths))
+        model = CostModel.fit(tokens, [s for r in rounds for s in r[1]])
+        mean, sd = model.project(plan)
+        spread = drift(model, rounds)
+        sd = (sd * sd + (spread * mean) ** 2) ** 0.5
+        sampled = max(sampled, rows)
         parts.append((passes * mean, passes * sd))
         members.append({"per_token_us": model.per_token * 1e6, "per_batch_ms": model.per_batch * 1e3,
-                        "sample_batches": model.batches, "projected_s": passes * mean})
+                        "sample_batches": model.batches, "sample_rounds": len(rounds),
+                        "sample_s": sum(s for r in rounds for s in r[1]), "drift": spread,
+                        "projected_s": passes * mean})
     mean, low, high = combine_projections(parts) if parts else (0.0, 0.0, 0.0)
     exposed = exposed_encode_s(encode_s, mean, rows=len(records), chunk_rows=scorer.config.chunk_rows)
-    return Projection(len(records), min(sample_rows, len(records)), time.perf_counter() - t_start, mean + exposed,
+    return Projection(len(records), sampled, time.perf_counter() - t_start, mean + exposed,
                       low + exposed, high + exposed, limit_s, members, exposed)
 
 
