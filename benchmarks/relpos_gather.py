@@ -4,7 +4,7 @@
 
 The xsmall architecture (its config in ../shared/models/deberta-v3/configs; random weights, since speed does not
 depend on trained values) is traced by arena's exporter plain, whose c2p/p2c gathers are ONNX GatherElements, and
-in each form of the rewrite (:mod:`arena.export.relpos`: ``rows``, the one arena-export ships, one Gather over the
+in each form of the rewrite (:mod:`arena.export.relpos`: ``rows``, the form OpenVINO gets, one Gather over the
 flattened scores; ``table``, Gather on the position table, MatMul, a Pad/Reshape/Slice shift). ONNX Runtime fp32 and
 OpenVINO fp32 each run every graph on the same (batch, length) token ids (default 2 x 512: the CPU batch arena-infer
 packs, at DeBERTa's trained length). Each repeat visits the cells in an order rotated per repeat, so a burst of load

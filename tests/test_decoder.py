@@ -282,6 +282,8 @@ def test_export_parity_for_a_merged_decoder(merged_lora, tmp_path):
     assert summary["parity"]["fp32"] is True  # OpenVINO's checks are recorded beside it (a failure is never used)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["model_type"] == "mistral"
+    assert not (out / "model.ov.xml").exists()  # DeBERTa's relative-position rewrite only: OpenVINO reads model.onnx
+    assert all(e["file"] == "model.onnx" for e in manifest["openvino"]["precisions"].values())
     shapes = {(s["batch"], s["sequence"]) for s in manifest["artifacts"]["fp32"]["parity"]["shapes"]}
     assert {(1, 17), (4, 64), (6, 128)} <= shapes
     from arena.infer.cli import run_infer

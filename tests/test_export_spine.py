@@ -235,6 +235,8 @@ def test_int8_static_is_honoured_for_a_foreign_export(tmp_path, tiny_checkpoint)
     manifest = read_manifest(out)
     int8 = manifest["openvino"]["precisions"]["int8"]
     assert summary["parity"]["openvino_int8"] and int8["parity"]["passed"] and int8["file"] == "model.int8.xml"
+    assert int8["quantized_from"] == "model.onnx" and "relpos_rewrite" not in manifest["openvino"]  # unchanged
+    assert not (out / "model.ov.xml").exists()
     assert manifest["export_config"]["int8_static"] and manifest["source"]["kind"] == "foreign_onnx"
     verify_files(out, manifest, ["model.int8.xml", "model.int8.bin"])
 

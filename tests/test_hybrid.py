@@ -138,6 +138,8 @@ def test_hybrid_export_has_three_inputs_and_passes_parity(hybrid_export):
     assert spec["features"]["dtype"] == "float32" and spec["features"]["columns"] == list(FEATURE_NAMES)
     assert manifest["head"]["kind"] == "hybrid" and manifest["encoder"]["features"] is True
     assert manifest["artifacts"]["fp32"]["parity"]["shapes"][0]["max_logit_diff"] < 1e-4
+    if manifest["openvino"]["status"] == "checked":  # a DeBERTa hybrid: OpenVINO's rewritten IR takes the features
+        assert manifest["openvino"]["precisions"]["fp32"]["file"] == "model.ov.xml"
 
 
 def test_hybrid_infer_onnx_matches_torch_with_tta(tmp_path, hybrid_checkpoint, hybrid_export):

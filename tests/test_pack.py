@@ -11,6 +11,7 @@ test target lacks (tqdm), as a user packing online before uploading would.
 from __future__ import annotations
 
 import importlib.metadata as md
+import importlib.util
 import json
 import os
 import shutil
@@ -221,6 +222,9 @@ def test_bundle_holds_wheels_models_metadata_and_notebook(kaggle):
 
     assert all(sha256_file(bundle / name) == digest for name, digest in record["files"].items())
     assert "models/export/manifest.json" in record["files"]  # the models' own manifests are the bundle's files too
+    exported = json.loads((bundle / "models" / "export" / "manifest.json").read_text())["files"]
+    assert {f"models/export/{name}" for name in exported} <= set(record["files"])  # OpenVINO's IR among them
+    assert {"model.ov.xml", "model.ov.bin"} <= set(exported) or importlib.util.find_spec("openvino") is None
     assert summary["bytes"]["total"] == sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) \
         - (bundle / "pack.json").stat().st_size
     with zipfile.ZipFile(bundle / "wheels" / record["arena_wheel"]) as zf:

@@ -1,9 +1,11 @@
-"""DeBERTa's relative-position gather, rewritten for the ONNX trace (arena.export.relpos, issue 25): the same bias as
-transformers' eager code, no GatherElements in the export, parity-gated with a fallback to the plain trace."""
+"""DeBERTa's relative-position gather, rewritten for OpenVINO's graph (arena.export.relpos, issue 25): the same bias as
+transformers' eager code, no GatherElements in OpenVINO's IR while ``model.onnx`` (ONNX Runtime's) stays the plain
+trace, parity-gated with a fallback to OpenVINO reading ``model.onnx``."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -207,21 +209,90 @@ def test_xsmall_graph_has_no_gather_elements_and_matches_eager(tmp_path):
             assert np.abs(got - eager).max() <= np.abs(want - eager).max() + 1e-5 * scale, form
 
 
-def test_export_graph_has_no_gather_elements_and_passes_parity(tiny_export):
+def ov_op_types(path) -> list[str]:
+    import openvino as ov
+
+    return [op.get_type_name() for op in ov.Core().read_model(str(path)).get_ops()]
+
+
+def test_export_keeps_model_onnx_plain_and_gives_openvino_the_rewritten_ir(tiny_export):
+    """ONNX Runtime's ``model.onnx`` (and the dynamic INT8 graph derived from it) is the plain trace; OpenVINO's
+    fp32 and bf16 read ``model.ov.xml``/``.bin``, the rewritten graph, which passed its own fp32 gate and whose
+    sha256 the manifest records."""
+    pytest.importorskip("openvino")
+    from arena.artifacts import verify_files
+
     manifest = json.loads((tiny_export / "manifest.json").read_text())
-    record = manifest["onnx"]["relpos_rewrite"]
+    assert "relpos_rewrite" not in manifest["onnx"]
+    assert "GatherElements" in op_types(tiny_export / "model.onnx")
+    assert "GatherElements" in op_types(tiny_export / "model.int8.onnx")  # derived from the plain graph
+    assert manifest["artifacts"]["fp32"]["parity"]["passed"]
+    section = manifest["openvino"]
+    record = section["relpos_rewrite"]
     assert record["applied"] and record["form"] == DEFAULT_FORM
     assert record["attention_modules"] == 2 and record["gather_elements"] == 0
-    ops = op_types(tiny_export / "model.onnx")
-    assert "GatherElements" not in ops and {"Gather", "MatMul"} <= set(ops)
-    assert manifest["artifacts"]["fp32"]["parity"]["passed"]
-    assert all(s["max_logit_diff"] <= 1e-4 for s in manifest["artifacts"]["fp32"]["parity"]["shapes"])
-    assert "GatherElements" not in op_types(tiny_export / "model.int8.onnx")  # derived from the rewritten graph
+    assert (record["file"], record["weights"]) == ("model.ov.xml", "model.ov.bin")
+    assert "GatherElements" in ov_op_types(tiny_export / "model.onnx")  # the check below can see one
+    ops = ov_op_types(tiny_export / "model.ov.xml")
+    assert "GatherElements" not in ops and "Gather" in ops
+    for precision in ("fp32", "bf16"):
+        entry = section["precisions"][precision]
+        assert (entry["file"], entry["weights"]) == ("model.ov.xml", "model.ov.bin")
+    fp32 = section["precisions"]["fp32"]["parity"]
+    assert fp32["passed"] and all(s["max_logit_diff"] <= 1e-4 for s in fp32["shapes"])
+    assert {"model.ov.xml", "model.ov.bin"} <= set(manifest["files"])
+    assert not [name for name in manifest["files"] if name.startswith(".relpos-trace")]  # the scratch trace is gone
+    verify_files(tiny_export, manifest, ["model.ov.xml", "model.ov.bin"])
+
+
+def test_serving_opens_the_openvino_ir_and_an_older_export_still_loads(tmp_path, tiny_export):
+    """``--backend openvino`` opens the file the manifest names (the IR, its hashes checked first); an export made
+    before the split, whose manifest names ``model.onnx`` for OpenVINO, opens that."""
+    pytest.importorskip("openvino")
+    from arena.errors import ModelError
+    from arena.serving.loading import open_model
+
+    runner = open_model(tiny_export, backend="openvino", precision="fp32").runner
+    assert runner.path.name == "model.ov.xml" and "model.ov.xml" in runner.description
+    old = tmp_path / "old"
+    shutil.copytree(tiny_export, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for name in ("model.ov.xml", "model.ov.bin"):
+        (old / name).unlink()
+        del manifest["files"][name]
+    for entry in manifest["openvino"]["precisions"].values():
+        entry["file"] = "model.onnx"
+        entry.pop("weights", None)
+    del manifest["openvino"]["relpos_rewrite"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert open_model(old, backend="openvino", precision="fp32").runner.path.name == "model.onnx"
+    swapped = tmp_path / "swapped"
+    shutil.copytree(tiny_export, swapped)
+    (swapped / "model.ov.bin").write_bytes((swapped / "model.ov.bin").read_bytes() + b"x")
+    with pytest.raises(ModelError, match="model.ov.bin does not match the sha256"):
+        open_model(swapped, backend="openvino", precision="fp32")
+
+
+def test_other_architectures_get_no_openvino_graph(tmp_path):
+    """A model without DeBERTa's relative-position attention (the BERT/MiniLM hybrid of ``make demo``, a decoder):
+    nothing is traced or written, the record says why, and OpenVINO reads ``model.onnx``."""
+    pytest.importorskip("openvino")
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from arena.export.config import ExportConfig
+    from arena.export.relpos import openvino_graph
+
+    bert = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                    intermediate_size=64, num_labels=3))
+    graph = openvino_graph(bert, tmp_path, None, ExportConfig())
+    assert graph.fp32 is None and not graph.record["applied"] and "no DeBERTa" in graph.record["reason"]
+    assert list(tmp_path.iterdir()) == []
+    assert openvino_graph(bert, tmp_path, None, ExportConfig(openvino=False)) is None  # no openvino section
 
 
 def test_rewritten_graph_matches_torch_and_openvino_beyond_the_buckets(tiny_export, tiny_checkpoint):
-    """ONNX Runtime against PyTorch, and OpenVINO fp32 against ONNX Runtime, at lengths the parity shapes do not
-    reach (600 > max_relative_positions), padded rows included."""
+    """ONNX Runtime (the plain model.onnx) against PyTorch, and OpenVINO fp32 on the rewritten IR against ONNX
+    Runtime, at lengths the parity shapes do not reach (600 > max_relative_positions), padded rows included."""
     from arena.serving.backends.onnx import OnnxBackend
     from arena.serving.backends.openvino import OpenVinoBackend, openvino_available
     from arena.serving.backends.torch import TorchBackend
@@ -229,7 +300,7 @@ def test_rewritten_graph_matches_torch_and_openvino_beyond_the_buckets(tiny_expo
     ort = OnnxBackend(tiny_export / "model.onnx", device="cpu")
     eager = TorchBackend(tiny_checkpoint, device="cpu")
     ok, why = openvino_available()
-    ov = OpenVinoBackend(tiny_export / "model.onnx", precision="fp32", cache_dir=None) if ok else None
+    ov = OpenVinoBackend(tiny_export / "model.ov.xml", precision="fp32", cache_dir=None) if ok else None
     rng = np.random.default_rng(0)
     for batch, length in ((3, 17), (2, 133), (1, 600)):
         ids = rng.integers(5, 120000, size=(batch, length))
@@ -243,9 +314,10 @@ def test_rewritten_graph_matches_torch_and_openvino_beyond_the_buckets(tiny_expo
         pytest.skip(f"OpenVINO half not run: {why}")
 
 
-def test_failed_rewrite_falls_back_to_the_plain_trace(tmp_path, tiny_checkpoint, monkeypatch, caplog):
-    """A wrong rewrite (its gather reads every row backwards) must not ship: the export logs it, traces the plain
-    graph (GatherElements and all), checks that, and records why in the manifest."""
+def test_failed_rewrite_falls_back_to_openvino_reading_model_onnx(tmp_path, tiny_checkpoint, monkeypatch, caplog):
+    """A wrong rewrite (its gather reads every row backwards) must not ship: the export logs it, drops the IR,
+    OpenVINO's precisions read the plain ``model.onnx`` (checked in its turn), and the manifest records why."""
+    pytest.importorskip("openvino")
     import arena.export.relpos as relpos
     from arena.export.cli import run_export
 
@@ -253,12 +325,17 @@ def test_failed_rewrite_falls_back_to_the_plain_trace(tmp_path, tiny_checkpoint,
     monkeypatch.setattr(relpos, "gather_rows", lambda scores, index: right(scores, index).flip(-1))
     out = tmp_path / "export"
     with caplog.at_level("WARNING", logger="arena.export"):
-        summary = run_export(tiny_checkpoint, out, data=str(TRAIN_CSV), parity_shapes="2x40", openvino=False)
-    assert summary["parity"] == {"fp32": True}
+        summary = run_export(tiny_checkpoint, out, data=str(TRAIN_CSV), parity_shapes="2x40")
+    assert summary["parity"]["fp32"] and summary["parity"]["openvino_fp32"]
     manifest = json.loads((out / "manifest.json").read_text())
-    record = manifest["onnx"]["relpos_rewrite"]
-    assert not record["applied"] and "fp32 parity check" in record["reason"]
+    record = manifest["openvino"]["relpos_rewrite"]
+    assert not record["applied"] and "OpenVINO fp32 parity check" in record["reason"]
     assert not record["parity"]["passed"] and record["parity"]["failures"]
+    assert all(entry["file"] == "model.onnx" and "weights" not in entry
+               for entry in manifest["openvino"]["precisions"].values())
+    assert manifest["openvino"]["precisions"]["fp32"]["parity"]["passed"]
     assert manifest["artifacts"]["fp32"]["parity"]["passed"]
     assert "GatherElements" in op_types(out / "model.onnx")
-    assert any("rewrite not used" in r.getMessage() for r in caplog.records)
+    assert not any((out / name).exists() for name in ("model.ov.xml", "model.ov.bin", ".relpos-trace"))
+    assert not [name for name in manifest["files"] if "model.ov" in name or name.startswith(".")]
+    assert any("rewrite not used" in r.getMessage() and "model.onnx" in r.getMessage() for r in caplog.records)

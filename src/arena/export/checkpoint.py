@@ -1,10 +1,10 @@
 """A PyTorch checkpoint (or a k-fold training output) -> an arena export folder.
 
-The checkpoint is traced to ``model.onnx`` (DeBERTa-v2/v3 with its relative-position gather rewritten, when that
-passes the fp32 gate: :func:`arena.export.relpos.trace_checked`) and PyTorch fp32 is the parity reference; from there
-the one derived-artefact builder (:func:`arena.export.derive.build_derived`) makes and checks everything else. The
-caller (:func:`arena.export.cli.run_export`) has already run every check
-(:func:`arena.export.precheck.check_export_request`).
+The checkpoint is traced to ``model.onnx`` (the plain trace, which ONNX Runtime and every derived ONNX model read) and
+PyTorch fp32 is the parity reference; a DeBERTa-v2/v3 checkpoint is traced a second time with its relative-position
+gather rewritten, for OpenVINO alone (:func:`arena.export.relpos.openvino_graph`). From there the one derived-artefact
+builder (:func:`arena.export.derive.build_derived`) makes and checks everything else. The caller
+(:func:`arena.export.cli.run_export`) has already run every check (:func:`arena.export.precheck.check_export_request`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from arena.errors import ConfigError
 from arena.export.config import ExportConfig
-from arena.export.derive import GraphSource, TrtBuilder, build_derived
+from arena.export.derive import GraphSource, TrtBuilder, build_derived, check_onnx_artifact
 from arena.export.precheck import ExportRequest
 
 log = logging.getLogger("arena.export")
@@ -28,8 +28,9 @@ def export_checkpoint(request: ExportRequest, config: ExportConfig,
     command's summary."""
     from arena.artifacts import copy_model_files, write_manifest
     from arena.encode import ArenaEncoder
+    from arena.export.onnx import export_onnx
     from arena.export.parity import ParityGate, parity_batches, parity_records, parse_shapes
-    from arena.export.relpos import trace_checked
+    from arena.export.relpos import openvino_graph
     from arena.io import atomic_dir, sha256_file
     from arena.models.hybrid import is_hybrid
     from arena.models.modeling import (
@@ -57,11 +58,14 @@ def export_checkpoint(request: ExportRequest, config: ExportConfig,
     gate = ParityGate(reference, parity_batches(records, tokenizer, meta.encoder, shapes, executor))
     try:
         with atomic_dir(out, overwrite=config.overwrite) as tmp:
-            info, fp32_parity = trace_checked(model, tmp, gate, config)  # DeBERTa's relative-position rewrite
+            info = export_onnx(model, tmp / "model.onnx", opset=config.traced_opset, exporter=config.traced_exporter)
+            fp32_parity = check_onnx_artifact(gate, "fp32", tmp / "model.onnx", config.fp32_tolerance(),
+                                              tuple(info["inputs"]))
+            graph = openvino_graph(model, tmp, gate, config)  # DeBERTa's relative-position rewrite, OpenVINO's only
             source = GraphSource(model.config, tuple(info["inputs"]), ArenaEncoder(tokenizer, meta.encoder),
                                  n_features=model.n_features if hybrid else 0)
             built = build_derived(tmp, gate, config, source, records=records, data=request.data,
-                                  build_trt=build_trt, fp32_parity=fp32_parity)
+                                  build_trt=build_trt, fp32_parity=fp32_parity, openvino_graph=graph)
             copy_model_files(checkpoint, tmp)  # the export folder is self-contained: infer encodes from it
             write_serving_tokenizer(tokenizer, tmp)  # and encodes without transformers
             write_manifest(tmp, _manifest_body(request, config, model, meta, tokenizer, info, shapes, built,

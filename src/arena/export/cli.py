@@ -38,9 +38,10 @@ def export(
     trt: Annotated[bool, typer.Option(
         help="Build a strongly typed TensorRT engine from the FP16 ONNX (implies --fp16; needs TensorRT >= 10.12 "
              "and a GPU: pip install 'arena-toolkit\\[gpu]')")] = False,
-    openvino: Annotated[bool, typer.Option(help="Check model.onnx under OpenVINO at fp32 and bf16 (CPU) and record "
-                                           "it for --backend auto (skipped when OpenVINO is not installed: pip "
-                                           "install 'arena-toolkit\\[openvino]')")] = True,
+    openvino: Annotated[bool, typer.Option(help="Check model.onnx (a DeBERTa-v2/v3 checkpoint: its own rewritten "
+                                           "model.ov.xml) under OpenVINO at fp32 and bf16 (CPU) and record it for "
+                                           "--backend auto (skipped when OpenVINO is not installed: pip install "
+                                           "'arena-toolkit\\[openvino]')")] = True,
     int8_static: Annotated[bool, typer.Option(help="Also write an NNCF static INT8 OpenVINO model, calibrated on "
                                               "real rows (CPU; needs pip install 'arena-toolkit\\[openvino]')")]
     = False,

@@ -5,8 +5,9 @@ Each ONNX model (``model.onnx`` itself, fused fp32, FP16, dynamic INT8) is first
 (:func:`arena.artifacts.check_graph_io`: input names, dtypes, dynamic axes, a ``logits`` output; a
 :class:`~arena.errors.TensorSpecError` before any number is compared) and then checked by the same
 :class:`~arena.export.parity.ParityGate` on real rows; the OpenVINO section works from ``model.onnx`` whatever made
-it; the TensorRT engine is built by one builder (:func:`arena.export.tensorrt.build_trt_section`) called with the
-same arguments on both paths. A failure raises and the caller's temporary folder is dropped: nothing is kept.
+it, or from a DeBERTa checkpoint's own OpenVINO graph (:func:`arena.export.relpos.openvino_graph`); the TensorRT
+engine is built by one builder (:func:`arena.export.tensorrt.build_trt_section`) called with the same arguments on
+both paths. A failure raises and the caller's temporary folder is dropped: nothing is kept.
 """
 
 from __future__ import annotations
@@ -54,12 +55,13 @@ def check_onnx_artifact(gate: ParityGate, name: str, path: Path, tolerance: Tole
 
 def build_derived(folder: Path, gate: ParityGate, config: ExportConfig, source: GraphSource, *, records: list,
                   data: Path, build_trt: TrtBuilder | None = None,
-                  fp32_parity: dict[str, Any] | None = None) -> dict[str, Any]:
+                  fp32_parity: dict[str, Any] | None = None, openvino_graph: Any = None) -> dict[str, Any]:
     """Check ``folder/model.onnx``, then write and check every model ``config`` asks for. Returns the manifest's
     ``artifacts``, ``openvino`` and ``tensorrt`` sections. ``records``: the parity rows (the TensorRT profiles are
     planned on their lengths); ``data``: the parity CSV (static INT8 calibrates on rows after them);
     ``fp32_parity``: ``model.onnx``'s passed record from :func:`check_onnx_artifact` when the caller already ran it
-    (the checkpoint path checks its trace while choosing it: :func:`arena.export.relpos.trace_checked`)."""
+    (the checkpoint path checks its trace before it traces OpenVINO's graph); ``openvino_graph``: that
+    :class:`~arena.export.openvino.OpenVinoGraph` (None: OpenVINO reads ``model.onnx``)."""
     from arena.export.openvino import openvino_section
 
     if fp32_parity is None:
@@ -69,7 +71,7 @@ def build_derived(folder: Path, gate: ParityGate, config: ExportConfig, source: 
     ov_section = openvino_section(folder, gate, encoder=source.encoder, data=data, openvino=config.openvino,
                                   int8_static=config.int8_static, int8_tol=config.int8_tolerance(),
                                   calibration_rows=config.calibration_rows, fp32_tol=config.fp32_tol,
-                                  inputs=source.inputs)
+                                  inputs=source.inputs, graph=openvino_graph)
     trt_section: dict[str, Any] = {"status": "not requested"}
     if config.trt:
         builder = build_trt if build_trt is not None else _tensorrt_builder()

@@ -1,7 +1,11 @@
-"""OpenVINO backend (CPU): the export's ``model.onnx`` compiled at fp32 or bf16, or its NNCF static INT8 model.
+"""OpenVINO backend (CPU): the export's graph compiled at fp32 or bf16, or its NNCF static INT8 model.
 
-OpenVINO reads the same ONNX file ONNX Runtime runs, so no second export is needed for fp32/bf16; the precision is
-a compile-time hint (``INFERENCE_PRECISION_HINT``). On CPUs with AVX-512 BF16 or AMX, bf16 runs the matrix products
+Each precision reads the file the manifest's ``openvino`` section names for it (``file``, and ``weights`` for an IR;
+both checked against the manifest's sha256 first): for fp32/bf16 the same ``model.onnx`` ONNX Runtime runs, except a
+DeBERTa-v2/v3 export's ``model.ov.xml``/``.bin``, the IR of its graph with the relative-position gather rewritten,
+which OpenVINO runs 1.18x as fast and ONNX Runtime 0.86x as fast (:mod:`arena.export.relpos`); exports made before
+that carry it in ``model.onnx`` and load as before. The precision is a compile-time hint
+(``INFERENCE_PRECISION_HINT``). On CPUs with AVX-512 BF16 or AMX, bf16 runs the matrix products
 natively; elsewhere OpenVINO would emulate it, so this backend refuses bf16 there instead of silently running f32.
 
 Compiling takes seconds; the compiled model is cached on disk (OpenVINO's ``CACHE_DIR``) *outside* the export
@@ -84,9 +88,9 @@ def _prune(root: Path, keep: int = CACHE_KEEP) -> None:
 
 
 class OpenVinoBackend:
-    """``precision``: ``fp32`` or ``bf16`` for an ONNX file, ``int8`` for an NNCF-quantised IR (``.xml``), whose
-    unquantised operations run in bf16 where the CPU has it. ``cache_key`` names the compiled-model cache entry
-    (the model file's sha256 from the manifest; computed when not given)."""
+    """``precision``: ``fp32`` or ``bf16`` for an ONNX file or a float IR (``.xml``), ``int8`` for an NNCF-quantised
+    IR, whose unquantised operations run in bf16 where the CPU has it. ``cache_key`` names the compiled-model cache
+    entry (the model file's sha256 from the manifest; computed when not given)."""
 
     name = "openvino"
     device = "cpu"
