@@ -87,13 +87,15 @@ def test_auto_picks_static_int8_and_infer_says_why_and_how_many_threads(tmp_path
 
 def test_compiled_model_cache_is_reused_and_stays_outside_the_export(tmp_path, tiny_export):
     from arena.serving.backends.openvino import OpenVinoBackend
+    from arena.serving.cache import MARKER
 
     cache = tmp_path / "cache"
     first = OpenVinoBackend(tiny_export / "model.onnx", precision="fp32", cache_dir=cache, cache_key="k" * 64)
     assert not first.cache_hit
     entry = cache / ("k" * 24 + "-fp32")
     blobs = sorted(entry.iterdir())
-    assert blobs and all(b.stat().st_size > 0 for b in blobs)
+    compiled = [b for b in blobs if b.name != MARKER]  # arena's entry marker is empty; OpenVINO's files are not
+    assert compiled and all(b.stat().st_size > 0 for b in compiled) and (entry / MARKER).is_file()
     second = OpenVinoBackend(tiny_export / "model.onnx", precision="fp32", cache_dir=cache, cache_key="k" * 64)
     assert second.cache_hit and sorted(entry.iterdir()) == blobs
     ids, mask = _real_batches(tiny_export)[1]

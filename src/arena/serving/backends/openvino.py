@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,36 +54,26 @@ def supports_bf16() -> bool:
 
 def default_cache_dir() -> Path | None:
     """``$ARENA_OPENVINO_CACHE`` (``off``/``none``/empty: no cache), else ``openvino`` in arena's cache folder
-    (:func:`arena.io.user_cache_dir`: ``$ARENA_CACHE_DIR``, else ``$XDG_CACHE_HOME/arena``)."""
-    env = os.environ.get(CACHE_ENV)
-    if env is not None:
-        return None if env.strip().lower() in ("", "off", "none", "0") else Path(env)
-    from arena.io import user_cache_dir
+    (:func:`arena.serving.cache.cache_root`)."""
+    from arena.serving.cache import cache_root
 
-    return user_cache_dir() / "openvino"
+    return cache_root("openvino", CACHE_ENV)
 
 
 def _cache_folder(root: Path | None, key: str) -> Path | None:
     """The cache folder for one model file and precision (``root/<key>``), made and marked as used; None if it
-    cannot be. One folder per precision: OpenVINO's own cache key does not include the precision hint."""
-    if root is None:
-        return None
-    folder = root / key
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        os.utime(folder)
-        _prune(root)
-    except OSError as exc:
-        log.warning("OpenVINO cache %s is not writable (%s); compiling without a cache", root, exc)
-        return None
-    return folder
+    cannot be. One folder per precision: OpenVINO's own cache key does not include the precision hint. Only the
+    :data:`CACHE_KEEP` most recently used are kept (each holds a compiled copy of the weights)."""
+    from arena.serving.cache import cache_entry
+
+    return cache_entry(root, key, keep=CACHE_KEEP, what="OpenVINO")
 
 
-def _prune(root: Path, keep: int = CACHE_KEEP) -> None:
-    """Keep the ``keep`` most recently used model folders (each holds a compiled copy of the weights)."""
-    folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in folders[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
+def _blobs(folder: Path | None) -> set[str]:
+    """What OpenVINO keeps in a cache folder (not arena's entry marker)."""
+    from arena.serving.cache import MARKER
+
+    return {n for n in os.listdir(folder) if n != MARKER} if folder is not None else set()
 
 
 class OpenVinoBackend:
@@ -124,14 +113,14 @@ class OpenVinoBackend:
                   "INFERENCE_NUM_THREADS": self.threads}
         if self.cache is not None:
             config["CACHE_DIR"] = str(self.cache)
-        before = set(os.listdir(self.cache)) if self.cache is not None else set()
+        before = _blobs(self.cache)
         t0 = time.perf_counter()
         try:
             self.compiled = ov.Core().compile_model(str(self.path), "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses for unreadable or unsupported graphs
             raise ModelError(f"OpenVINO cannot compile {self.path}: {exc}") from None
         self.compile_s = time.perf_counter() - t0
-        self.cache_hit = self.cache is not None and bool(before) and set(os.listdir(self.cache)) == before
+        self.cache_hit = bool(before) and _blobs(self.cache) == before
         ran = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # what runs: "bf16" or "f32"
         self.inference_precision = {"f32": "fp32"}.get(ran, ran)
         self.request = self.compiled.create_infer_request()
