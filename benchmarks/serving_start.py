@@ -73,8 +73,11 @@ def infer_args(config: str, export: Path, csv: Path, out: Path, rows: int) -> li
 
 
 def child_env(cache: Path) -> dict[str, str]:
+    """Every arena cache (calibration, OpenVINO's compiled model, ONNX Runtime's optimised graph) in ``cache``,
+    filled by the untimed warm-up: the start measured is a repeat start on this machine."""
     path = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "ARENA_OPENVINO_CACHE": str(cache)}
+    return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "ARENA_CACHE_DIR": str(cache),
+            "ARENA_OPENVINO_CACHE": str(cache / "openvino"), "ARENA_ORT_CACHE": str(cache / "onnxruntime")}
 
 
 def run_once(args: list[str], env: dict[str, str], *, importtime: bool = False) -> dict:
@@ -108,7 +111,7 @@ def measure(export: Path, configs: list[str], rows: int, repeats: int, top: int,
     write_test_csv(DATA, rows, csv)
     env = child_env(work / "ov-cache")
     times: dict[str, list[dict]] = {c: [] for c in configs}
-    for config in configs:  # warm-up, not counted: OpenVINO compiles into its cache, the OS caches the files
+    for config in configs:  # warm-up, not counted: fills the caches (child_env), the OS caches the files
         run_once(infer_args(config, export, csv, work / "warm.csv", rows), env)
     for repeat in range(repeats):
         for config in configs[repeat % len(configs):] + configs[:repeat % len(configs)]:
