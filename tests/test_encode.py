@@ -1,11 +1,16 @@
+import json
+import shutil
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from arena.data import Record
-from arena.encode import ArenaEncoder, EncoderConfig, head_tail, pad_batch, segment_budget
+from arena.encode import ArenaEncoder, EncoderConfig, copy_backend, head_tail, pad_batch, segment_budget
 from arena.errors import ConfigError
+from arena.models.modeling import _auto_tokenizer, load_tokenizer
+from tests.conftest import MISTRAL_TOKENIZER, TOKENIZER
 
 WORDS = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=400)
 LONG_WORDS = st.lists(st.sampled_from(["alpha", "beta", "gamma", "delta", "code()", "über", "数据", "\n", "1.5"]),
@@ -95,9 +100,9 @@ PROPERTY_LENGTHS = (32, 64, 128, 512)
 
 @pytest.fixture(scope="module")
 def encoders(tokenizer):
-    """One encoder per max length the property draws, built once: building one re-parses the whole tokenizer
-    (its Rust copy, see ``_raw_encoder``), which cost more than the encoding when it was done per example. An
-    encoder holds no state between calls, so reusing it tests the same thing (and would expose state if it did)."""
+    """One encoder per max length the property draws, built once (an encoder makes its own copy of the Rust
+    tokenizer, see ``_raw_encoder``). An encoder holds no state between calls, so reusing it tests the same thing
+    (and would expose state if it did)."""
     return {n: ArenaEncoder(tokenizer, EncoderConfig(max_length=n)) for n in PROPERTY_LENGTHS}
 
 
@@ -163,3 +168,53 @@ def test_pad_batch():
     assert ids[1].tolist() == [8] + [0] * 7 and mask.sum(1).tolist() == [3, 1]
     with pytest.raises(ValueError):
         pad_batch([np.arange(10)], 0, length=4)
+
+
+# ---------------------------------------------------------------------------------------------- load_tokenizer's cache
+CACHE_TEXTS = ["Prompt: Hello, world! 123 \u00fcnicode", "  spaces\tand\nnew lines  ", "数据 code() [MASK] <s>"]
+
+
+@pytest.mark.parametrize("which", ["deberta-v3", "mistral"])
+def test_a_cached_tokenizer_encodes_as_an_uncached_one_and_each_call_gets_its_own(which, train_records):
+    """load_tokenizer builds a folder's tokenizer once per process and hands out copies: the copies give the ids
+    an uncached load gives (on real rows, through the encoder too), and changing one changes no other."""
+    folder = str(TOKENIZER if which == "deberta-v3" else MISTRAL_TOKENIZER)
+    uncached, first, second = _auto_tokenizer(folder, True), load_tokenizer(folder), load_tokenizer(folder)
+    reference = ArenaEncoder(uncached)  # sets the pad token as load_tokenizer does
+    assert first is not second and first._tokenizer is not second._tokenizer
+    for got in (first, second):
+        assert got(CACHE_TEXTS)["input_ids"] == uncached(CACHE_TEXTS)["input_ids"]
+        assert got._tokenizer.to_str() == uncached._tokenizer.to_str()
+        assert (got.pad_token_id, got.padding_side) == (uncached.pad_token_id, "right")
+    rows = train_records[:40]
+    expected = reference.encode(rows).ids
+    for got in (first, second):
+        assert all((a == b).all() for a, b in zip(ArenaEncoder(got).encode(rows).ids, expected, strict=True))
+
+    before = second._tokenizer.to_str()
+    first.pad_token, first.padding_side = first.eos_token, "left"
+    first._tokenizer.enable_truncation(7)
+    first._tokenizer.enable_padding(length=32)
+    first.add_tokens(["<arena-test-token>"])
+    assert first._tokenizer.to_str() != before  # the changes are real
+    third = load_tokenizer(folder)
+    for other in (second, third):
+        assert other._tokenizer.to_str() == before
+        assert (other.pad_token_id, other.padding_side) == (uncached.pad_token_id, "right")
+        assert other(CACHE_TEXTS)["input_ids"] == uncached(CACHE_TEXTS)["input_ids"]
+        assert "<arena-test-token>" not in other.get_vocab()
+    # the quick backend copy keeps what was changed, added tokens' ids included
+    assert copy_backend(first._tokenizer).to_str() == first._tokenizer.to_str()
+
+
+def test_a_changed_tokenizer_file_is_read_again(tmp_path):
+    """The cache is keyed by the files' contents: a folder whose tokenizer files change gets the new tokenizer."""
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(TOKENIZER, folder)
+    assert load_tokenizer(folder)("Hello World", add_special_tokens=False)["input_ids"] != \
+        load_tokenizer(folder)("hello world", add_special_tokens=False)["input_ids"]
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "do_lower_case": True}))
+    lowered = load_tokenizer(folder)
+    assert lowered("Hello World", add_special_tokens=False)["input_ids"] == \
+        lowered("hello world", add_special_tokens=False)["input_ids"]

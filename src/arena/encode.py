@@ -28,6 +28,7 @@ string ``prompt: ... response_a: ... response_b: ...`` cut at the end, which los
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Sequence
@@ -408,9 +409,7 @@ def _raw_encoder(tokenizer: Any) -> Any:
     if backend is None or not hasattr(backend, "to_str"):
         return None
     try:
-        from tokenizers import Tokenizer
-
-        raw = without_padding(Tokenizer.from_str(backend.to_str()))
+        raw = without_padding(copy_backend(backend))
     except Exception:  # pragma: no cover - an exotic tokenizer: use the Python wrapper
         return None
     return getattr(raw, "encode_batch_fast", None) or raw.encode_batch
@@ -422,6 +421,40 @@ def without_padding(backend: Any) -> Any:
     backend.no_padding()
     backend.no_truncation()
     return backend
+
+
+_BACKEND_PARTS = ("normalizer", "pre_tokenizer", "post_processor", "decoder")
+
+
+def copy_backend(backend: Any) -> Any:
+    """An independent copy of ``backend`` (a ``tokenizers.Tokenizer``) that encodes as it does, in about a
+    millisecond: serialising and parsing it again (``Tokenizer.from_str(backend.to_str())``) rebuilds the vocabulary
+    model, 0.5 s for DeBERTa-v3's 128,000 pieces.
+
+    The copy has its own normalizer, pre-tokenizer, post-processor, decoder, added tokens, padding and truncation:
+    changing any of them on one leaves the other as it was. It shares the vocabulary model object itself
+    (``backend.model``), which nothing changes once a tokenizer is loaded (neither arena nor transformers: only
+    training a tokenizer or setting a BPE model's ``dropout`` would). Where the added tokens do not come back with
+    the same ids, the copy is made the slow way, through ``to_str``."""
+    from tokenizers import Tokenizer
+
+    new = Tokenizer(backend.model)
+    for part in _BACKEND_PARTS:
+        value = getattr(backend, part)
+        if value is not None:
+            setattr(new, part, copy.deepcopy(value))
+    added = backend.get_added_tokens_decoder()
+    for token_id in sorted(added):  # in id order, so that tokens the model lacks get the ids they had
+        token = added[token_id]
+        (new.add_special_tokens if token.special else new.add_tokens)([token])
+    if backend.truncation is not None:
+        new.enable_truncation(**backend.truncation)
+    if backend.padding is not None:
+        new.enable_padding(**backend.padding)
+    new.encode_special_tokens = backend.encode_special_tokens
+    same = ({i: repr(t) for i, t in new.get_added_tokens_decoder().items()} == {i: repr(t) for i, t in added.items()}
+            and (new.truncation, new.padding) == (backend.truncation, backend.padding))
+    return new if same else Tokenizer.from_str(backend.to_str())
 
 
 SPECIAL_TOKENS = ("cls", "sep", "bos", "eos", "pad", "unk")

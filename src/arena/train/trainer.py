@@ -272,8 +272,12 @@ def build_trainer(config: TrainConfig, *, name: str, out_dir: Path, tokenizer: A
         raw.to(device)
     raw.train()
     attention = apply_attention(config, raw, rows, device=device, dtype=dtype, pad_id=tokenizer.pad_token_id or 0)
+    # fused on a GPU; on the CPU multi-tensor (foreach) ops instead of a Python loop over the tensors, which give its
+    # weights bit for bit in less time (one step over a 128,100 x 32 embedding, DeBERTa-v3's vocabulary at the test
+    # models' width, and 40 small tensors: 35 -> 14 ms on 2 idle cores, 145 -> 98 ms on loaded ones); FSDP2's
+    # sharded parameters take foreach too (tests/test_fsdp.py)
     optimizer = torch.optim.AdamW(param_groups(raw, config.weight_decay, config.lr, config.head_lr if hybrid else None),
-                                  lr=config.lr, fused=device.type == "cuda")
+                                  lr=config.lr, **({"fused": True} if device.type == "cuda" else {"foreach": True}))
     batches = len(length_grouped_batches(rows.lengths, config.batch_size, config.seed)) // dist.world
     steps_per_epoch = max(1, batches // config.grad_accum)
     total_steps = max(1, int(math.ceil(steps_per_epoch * config.epochs)))
