@@ -280,7 +280,7 @@ def test_projection_sample_is_stratified_by_length():
 
 
 class _DriftingBackend:
-    """Costs 20 us per computed token, and gets twice as slow halfway through its calls: a machine whose speed moves.
+    """Costs 20 us per computed token, and gets four times as slow after a few calls: a machine whose speed moves.
     Sleeps (no busy wait) so its cost model is exact up to the scheduler's overshoot."""
 
     def __init__(self, slow_after: int):
@@ -290,7 +290,7 @@ class _DriftingBackend:
         import time
 
         self.calls += 1
-        time.sleep(2e-5 * ids.size * (2 if self.calls > self.slow_after else 1))
+        time.sleep(2e-5 * ids.size * (4 if self.calls > self.slow_after else 1))
         return np.zeros((len(ids), 3), dtype=np.float32)
 
 
@@ -309,7 +309,7 @@ def test_projection_samples_for_long_enough_and_widens_for_a_drifting_machine(to
     assert steady.sample_rows == 40 * member["sample_rounds"]
     drifting = project_scorer(Scorer(_DriftingBackend(8), encoder, config), records, limit_s=None,
                               sample_rows=40, min_sample_s=0.5)
-    assert drifting.members[0]["drift"] > 3 * member["drift"]
+    assert drifting.members[0]["drift"] > max(3 * member["drift"], 0.2)
     width = lambda p: (p.high_s - p.low_s) / p.projected_s  # noqa: E731
     assert width(drifting) > 2 * width(steady)
 
