@@ -210,12 +210,10 @@ def _sample_rounds(member: Any, records: Sequence[Any], lengths: np.ndarray, *, 
         pick = stratified_sample(lengths, sample_rows, taken if rounds else None)
         taken[pick] = True
         rounds.append(_time_rows(member, [records[i] for i in pick], tta, warm_up=not rounds))
-        tokens = [t for r in rounds for t in r[0]]
-        measured = sum(s for r in rounds for s in r[1])
-        if len(rounds) == 1 and tokens:
-            first = CostModel.fit(tokens, rounds[0][1]).project(plan)[0] * (2 if tta else 1)
+        if len(rounds) == 1 and rounds[0][0]:
+            first = CostModel.fit(*rounds[0]).project(plan)[0] * (2 if tta else 1)
             target = min(max(min_sample_s, SAMPLE_FRACTION * first), MAX_SAMPLE_S)
-        if measured >= target:
+        if sum(s for r in rounds for s in r[1]) >= target:
             break
     return rounds, int(taken.sum())
 
