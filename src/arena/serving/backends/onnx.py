@@ -59,7 +59,7 @@ def make_session(path: str | Path, *, device: str = "cpu", threads: int | None =
     session came up without it. ``stream``: a CUDA stream handle the provider computes on (not 0: ONNX Runtime
     ignores the default stream). ``cache_key`` (the file's sha256, from its manifest): on the CPU, the graph ONNX
     Runtime optimised is kept in the user's cache (:func:`optimised_graph`) and later sessions load it instead of
-    optimising again (0.3 s of a 1.5 s start for the demo's INT8 model).
+    optimising again (0.13 -> 0.05 s per session for the demo's INT8 model, benchmarks/RESULTS.md).
     """
     import onnxruntime as ort
 
