@@ -10,6 +10,7 @@ loop), then softmax and a CSV written with pandas. torch uses its default thread
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -25,19 +26,23 @@ def main() -> None:
 
     from arena.data import read_test
     from arena.encode import ArenaEncoder
+    from arena.models.hybrid import is_hybrid
     from arena.models.modeling import load_classifier, load_tokenizer, read_meta
     from arena.serving.scoring import ScoreConfig, Scorer
 
     model = load_classifier(args.model, require_three_labels=True).eval()
-    encoder = ArenaEncoder(load_tokenizer(args.model), read_meta(args.model).encoder)
+    settings = replace(read_meta(args.model).encoder, features=is_hybrid(model))  # a hybrid head reads features
+    encoder = ArenaEncoder(load_tokenizer(args.model), settings)
     records = read_test(args.test_csv)
 
     class Eager:  # the notebook's model call, nothing of arena's backends (threads: torch's default)
-        device, needs_features = "cpu", False
+        device = "cpu"
+        needs_features = is_hybrid(model)  # a hybrid head also takes the row's hand-crafted features
 
         def __call__(self, ids, mask, features=None):
+            extra = {} if features is None else {"features": torch.from_numpy(features)}
             with torch.inference_mode():
-                out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+                out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), **extra)
             return out.logits.float().numpy()
 
     scorer = Scorer(Eager(), encoder, ScoreConfig(policy="notebook", batch_size=16))

@@ -123,6 +123,7 @@ def test_token_type_ids_are_fed_as_zeros_exactly_as_the_torch_backend_does(tmp_p
 def test_arena_export_from_a_foreign_export_is_checked_against_it(tmp_path, foreign_export):
     from arena.artifacts import read_manifest
     from arena.io import sha256_file
+    from arena.machine.cpu import has_native_bf16
 
     out = tmp_path / "export"
     result = CliRunner().invoke(export_app, [str(foreign_export), "--out", str(out), "--int8", "--data",
@@ -134,7 +135,12 @@ def test_arena_export_from_a_foreign_export_is_checked_against_it(tmp_path, fore
     manifest = read_manifest(out)
     # the OpenVINO check works from the copied model.onnx exactly as from a traced one
     ov = {"openvino_fp32": True} if manifest["openvino"]["status"] == "checked" else {}
-    assert summary["parity"] == {"fp32": True, "int8": True, **ov}
+    parity = dict(summary["parity"])
+    # OpenVINO bf16 is checked only on a CPU with native bf16 (AMX, Zen 4); the tiny random model's large logits
+    # may fail its tolerance there (refused, so never used), which is the gate's business, not this test's
+    bf16 = parity.pop("openvino_bf16", None)
+    assert (bf16 is not None) == bool(ov and has_native_bf16())
+    assert parity == {"fp32": True, "int8": True, **ov}
     assert manifest["export_config"]["int8"] and manifest["export_config"]["opset"] is None
     assert [i["name"] for i in manifest["onnx"]["inputs"]] == ["input_ids", "attention_mask"]
     assert manifest["source"]["kind"] == "foreign_onnx"
