@@ -75,7 +75,9 @@ def make_backends(names: list[str], model: Path, export: Path, calibration: list
     for name in names:
         backend, prec = name.split(":")
         if backend == "torch":
-            out[name] = TorchBackend(model, device="cpu", precision=prec)
+            # torch:bf16-plain: bf16 with transformers' own relative-position gather (the backend's rewrite off)
+            out[name] = TorchBackend(model, device="cpu", precision=prec.removesuffix("-plain"))
+            out[name].relpos_rewrite &= not prec.endswith("-plain")
         elif prec == "int8_static":
             out[name] = OnnxBackend(ort_static_int8(export, calibration), device="cpu", precision=prec)
         else:
@@ -159,7 +161,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--rows", type=int, default=120)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--backends", default=",".join(ALL))
+    ap.add_argument("--backends", default=",".join(ALL),
+                    help="comma list of backend:precision (torch:bf16-plain: bf16, relative-position rewrite off)")
     ap.add_argument("--profile", default="", help="comma list of openvino:PRECISION to profile by operation type")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()

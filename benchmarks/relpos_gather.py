@@ -4,9 +4,10 @@
 
 The xsmall architecture (its config in ../shared/models/deberta-v3/configs; random weights, since speed does not
 depend on trained values) is traced by arena's exporter plain, whose c2p/p2c gathers are ONNX GatherElements, and
-in each form of the rewrite (:mod:`arena.export.relpos`: ``rows``, the form OpenVINO gets, one Gather over the
+in each form of the rewrite (:mod:`arena.models.relpos`: ``rows``, the form OpenVINO gets, one Gather over the
 flattened scores; ``table``, Gather on the position table, MatMul, a Pad/Reshape/Slice shift). ONNX Runtime fp32 and
-OpenVINO fp32 each run every graph on the same (batch, length) token ids (default 2 x 512: the CPU batch arena-infer
+OpenVINO fp32 each run every graph, and torch the eager model in each form (fp32, and bf16 under autocast as the
+torch backend runs it on the CPU), on the same (batch, length) token ids (default 2 x 512: the CPU batch arena-infer
 packs, at DeBERTa's trained length). Each repeat visits the cells in an order rotated per repeat, so a burst of load
 from another process hits all alike; a cell's time in one repeat is the mean of ``--iters`` calls after a warm-up.
 Reported per cell: ms per batch (min / median / max over repeats) and, for a rewritten graph, its speed-up over the
@@ -29,16 +30,21 @@ import numpy as np
 
 CONFIG = (Path(__file__).resolve().parents[1].parent / "shared" / "models" / "deberta-v3" / "configs"
           / "deberta-v3-xsmall.json")
-RUNTIMES = ("onnx", "openvino")
+RUNTIMES = ("onnx", "openvino", "torch", "torch_bf16")
+LABELS = {"onnx": "ONNX Runtime fp32", "openvino": "OpenVINO fp32", "torch": "torch fp32 (eager)",
+          "torch_bf16": "torch bf16 (eager, autocast)"}
+"""The torch cells run the eager model itself, plain or inside :func:`arena.models.relpos.relpos_rewrite` (what
+the torch backend does for bf16 on the CPU); the others run the traced graphs."""
 
 
-def export_graphs(config: Path, folder: Path, forms: list[str]) -> dict[str, Path]:
-    """The architecture in ``config`` with random weights, traced plain and in each rewrite form of ``forms``."""
+def export_graphs(config: Path, folder: Path, forms: list[str]) -> tuple[object, dict[str, Path]]:
+    """The architecture in ``config`` with random weights, and its traces plain and in each rewrite form of
+    ``forms``."""
     import torch
     from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
     from arena.export.onnx import export_onnx
-    from arena.export.relpos import relpos_rewrite
+    from arena.models.relpos import relpos_rewrite
 
     torch.manual_seed(0)
     model = DebertaV2ForSequenceClassification(DebertaV2Config(**{**json.loads(config.read_text()),
@@ -50,20 +56,46 @@ def export_graphs(config: Path, folder: Path, forms: list[str]) -> dict[str, Pat
             if not swapped:
                 raise SystemExit(f"{config} has no DeBERTa-v2/v3 relative-position attention to rewrite")
             export_onnx(model, paths[form])
-    return paths
+    return model, paths
 
 
-def open_cells(paths: dict[str, Path], runtimes: list[str], threads: int | None) -> dict[str, object]:
-    """``runtime:graph`` -> a backend running that graph at fp32 on the CPU."""
+def eager_cell(model, form: str | None, bf16: bool):
+    """The eager model as a backend: (ids, mask) -> logits, under bf16 autocast if asked, in the rewrite ``form``
+    (None: transformers' own bias)."""
+    import contextlib
+
+    import torch
+
+    from arena.models.relpos import relpos_rewrite
+
+    def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        with (torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16),
+              relpos_rewrite(model, form) if form else contextlib.nullcontext()):
+            out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+        return out.logits.float().numpy()
+    return run
+
+
+def open_cells(model, paths: dict[str, Path], runtimes: list[str], threads: int | None) -> dict[str, object]:
+    """``runtime:graph`` -> a backend running that graph (ONNX Runtime, OpenVINO: fp32) or that form of the eager
+    model (torch) on the CPU."""
+    import torch
+
     from arena.serving.backends.onnx import OnnxBackend
     from arena.serving.backends.openvino import OpenVinoBackend
 
+    if threads:
+        torch.set_num_threads(threads)
     cells: dict[str, object] = {}
     for runtime in runtimes:
         for graph, path in paths.items():
-            cells[f"{runtime}:{graph}"] = (OnnxBackend(path, device="cpu", threads=threads) if runtime == "onnx"
-                                           else OpenVinoBackend(path, precision="fp32", threads=threads,
-                                                                cache_dir=None))
+            if runtime.startswith("torch"):
+                cell = eager_cell(model, None if graph == "plain" else graph, bf16=runtime == "torch_bf16")
+            elif runtime == "onnx":
+                cell = OnnxBackend(path, device="cpu", threads=threads)
+            else:
+                cell = OpenVinoBackend(path, precision="fp32", threads=threads, cache_dir=None)
+            cells[f"{runtime}:{graph}"] = cell
     return cells
 
 
@@ -99,7 +131,7 @@ def report(times: dict[str, list[float]]) -> tuple[str, dict]:
                    if graph != "plain" and plain else None)
         s = sorted(ms)
         result[name] = {"ms": ms, "min": s[0], "median": statistics.median(s), "max": s[-1], "speedup": speedup}
-        lines.append(f"| {runtime} fp32 | {graph} | {s[0]:.1f} / {statistics.median(s):.1f} / {s[-1]:.1f} | "
+        lines.append(f"| {LABELS[runtime]} | {graph} | {s[0]:.1f} / {statistics.median(s):.1f} / {s[-1]:.1f} | "
                      f"{'-' if speedup is None else f'{speedup:.2f}x'} |")
     return "\n".join(lines), result
 
@@ -114,23 +146,26 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="default: every core this process may use")
     ap.add_argument("--runtimes", default=",".join(RUNTIMES))
-    ap.add_argument("--forms", default=None, help="rewrite forms to time (default: all of arena.export.relpos.FORMS)")
+    ap.add_argument("--forms", default=None, help="rewrite forms to time (default: all of arena.models.relpos.FORMS)")
     args = ap.parse_args()
 
-    from arena.export.relpos import DEFAULT_FORM, FORMS, gather_elements_count
+    from arena.export.relpos import gather_elements_count
     from arena.machine.cpu import allowed_cores, cpu_kind
+    from arena.models.relpos import DEFAULT_FORM, FORMS
 
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     forms = [f.strip() for f in (args.forms or ",".join(FORMS)).split(",") if f.strip()]
     if set(forms) - set(FORMS):
         ap.error(f"--forms takes {', '.join(FORMS)}")
+    if set(runtimes) - set(RUNTIMES):
+        ap.error(f"--runtimes takes {', '.join(RUNTIMES)}")
     rng = np.random.default_rng(0)
     ids = rng.integers(5, 120000, size=(args.batch, args.length), dtype=np.int64)
     mask = np.ones_like(ids)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = export_graphs(args.config, Path(tmp), forms)
+        model, paths = export_graphs(args.config, Path(tmp), forms)
         gathers = {graph: gather_elements_count(path) for graph, path in paths.items()}
-        cells = open_cells(paths, runtimes, args.threads)
+        cells = open_cells(model, paths, runtimes, args.threads)
         times, logits = measure(cells, ids, mask, repeats=args.repeats, iters=args.iters, warmup=args.warmup)
     table, result = report(times)
     first = next(iter(logits))

@@ -1,6 +1,7 @@
-"""DeBERTa's relative-position gather, rewritten for OpenVINO's graph (arena.export.relpos, issue 25): the same bias as
-transformers' eager code, no GatherElements in OpenVINO's IR while ``model.onnx`` (ONNX Runtime's) stays the plain
-trace, parity-gated with a fallback to OpenVINO reading ``model.onnx``."""
+"""DeBERTa's relative-position gather rewritten (arena.models.relpos, issue 25): the same bias as transformers' eager
+code; in the export (arena.export.relpos) no GatherElements in OpenVINO's IR while ``model.onnx`` (ONNX Runtime's)
+stays the plain trace, parity-gated with a fallback to OpenVINO reading ``model.onnx``; in the torch backend, bf16 on
+the CPU only."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from arena.export.relpos import (
+from arena.models.relpos import (
     DEFAULT_FORM,
     FORMS,
     gather_rows,
@@ -318,7 +319,7 @@ def test_failed_rewrite_falls_back_to_openvino_reading_model_onnx(tmp_path, tiny
     """A wrong rewrite (its gather reads every row backwards) must not ship: the export logs it, drops the IR,
     OpenVINO's precisions read the plain ``model.onnx`` (checked in its turn), and the manifest records why."""
     pytest.importorskip("openvino")
-    import arena.export.relpos as relpos
+    import arena.models.relpos as relpos
     from arena.export.cli import run_export
 
     right = relpos.gather_rows
@@ -339,3 +340,34 @@ def test_failed_rewrite_falls_back_to_openvino_reading_model_onnx(tmp_path, tiny
     assert not any((out / name).exists() for name in ("model.ov.xml", "model.ov.bin", ".relpos-trace"))
     assert not [name for name in manifest["files"] if "model.ov" in name or name.startswith(".")]
     assert any("rewrite not used" in r.getMessage() and "model.onnx" in r.getMessage() for r in caplog.records)
+
+
+def test_torch_backend_runs_bf16_on_the_cpu_in_the_rows_form_with_eagers_numbers(tiny_checkpoint, monkeypatch):
+    """torch bf16 on the CPU swaps the rewrite in for each batch (its gather of half-precision scores with the
+    expanded index was 62% of xsmall's time): the logits are those of transformers' own bias under the same
+    autocast, padded rows included; the swap is used (counted), undone after each call, and named in the
+    description; fp32 keeps transformers' code."""
+    import arena.models.relpos as relpos
+    from arena.serving.backends.torch import TorchBackend
+
+    bf16 = TorchBackend(tiny_checkpoint, device="cpu", precision="bf16")
+    fp32 = TorchBackend(tiny_checkpoint, device="cpu", precision="fp32")
+    assert bf16.relpos_rewrite and "relative-position gather rewritten" in bf16.description
+    assert not fp32.relpos_rewrite and "rewritten" not in fp32.description
+    calls = []
+    right = relpos.rewritten_attention_bias
+    monkeypatch.setattr(relpos, "rewritten_attention_bias", lambda *a, **k: calls.append(1) or right(*a, **k))
+    rng = np.random.default_rng(1)
+    for batch, length in ((3, 40), (2, 300)):
+        ids = rng.integers(5, 120000, size=(batch, length))
+        mask = np.ones_like(ids)
+        mask[-1, length // 2:] = 0
+        before = len(calls)
+        got = bf16(ids, mask)
+        assert len(calls) - before == len(rewritable_modules(bf16.model))  # every attention layer, every call
+        assert all("disentangled_attention_bias" not in vars(m) for m in rewritable_modules(bf16.model))
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            plain = bf16.model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+        assert np.abs(got - plain.logits.float().numpy()).max() <= 1e-3
+        assert len(calls) - before == len(rewritable_modules(bf16.model))  # the plain call did not swap
+        assert np.abs(got - fp32(ids, mask)).max() > 0  # bf16 really ran in bf16

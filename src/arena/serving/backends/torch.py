@@ -90,10 +90,15 @@ class TorchBackend:
         if attention is None and folder is not None:
             attention = "auto"
         from arena.models.attention import attention_in_use, set_attention  # torch: imported when a model loads
+        from arena.models.relpos import rewritable_modules
 
         self.attention = (attention_in_use(self.model) if attention is None else
                           set_attention(self.model, attention, device=self.device, compiled=compile))
         self.forward = torch.compile(self.model, dynamic=True) if compile else self.model
+        # bf16 on the CPU: DeBERTa's relative-position bias in the rewrite's exact ``rows`` form, since torch's
+        # half-precision gather with the expanded index is most of the model's time there (arena.models.relpos)
+        self.relpos_rewrite = (self.device == "cpu" and self._autocast is not None and not compile
+                               and bool(rewritable_modules(self.model)))
         self.needs_features = is_hybrid(self.model)
         self.limits = Limits(max_length=max_supported_length(self.model.config))
 
@@ -103,6 +108,7 @@ class TorchBackend:
         spread = sorted({str(d) for d in (getattr(self.model, "hf_device_map", None) or {}).values()})
         where = f"layers split across cuda:{', cuda:'.join(spread)}" if len(spread) > 1 else self.device
         return (f"torch ({self.precision}, {where}{threads}, {self.attention_label} attention"
+                f"{', relative-position gather rewritten' if self.relpos_rewrite else ''}"
                 f"{', compiled' if self.compiled else ''})")
 
     @property
@@ -158,9 +164,11 @@ class TorchBackend:
 
     def _padded(self, ids: torch.Tensor, mask: torch.Tensor, feats: torch.Tensor | None) -> torch.Tensor:
         from arena.models.hybrid import forward_logits
+        from arena.models.relpos import relpos_rewrite
 
         self.attention.prepare_padded(int(ids.shape[1]))
-        return forward_logits(self.forward, ids, mask, feats)
+        with relpos_rewrite(self.model) if self.relpos_rewrite else contextlib.nullcontext():
+            return forward_logits(self.forward, ids, mask, feats)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         import torch
