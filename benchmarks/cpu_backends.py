@@ -77,7 +77,7 @@ def make_backends(names: list[str], model: Path, export: Path, calibration: list
         if backend == "torch":
             # torch:bf16-plain: bf16 with transformers' own relative-position gather (the backend's rewrite off)
             out[name] = TorchBackend(model, device="cpu", precision=prec.removesuffix("-plain"))
-            out[name].relpos_rewrite &= not prec.endswith("-plain")
+            out[name].rewrites_relpos &= not prec.endswith("-plain")
         elif prec == "int8_static":
             out[name] = OnnxBackend(ort_static_int8(export, calibration), device="cpu", precision=prec)
         else:

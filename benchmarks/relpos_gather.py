@@ -81,11 +81,11 @@ def open_cells(model, paths: dict[str, Path], runtimes: list[str], threads: int 
     model (torch) on the CPU."""
     import torch
 
+    from arena.machine.cpu import allowed_cores
     from arena.serving.backends.onnx import OnnxBackend
     from arena.serving.backends.openvino import OpenVinoBackend
 
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or allowed_cores())  # what the other runtimes get and the report prints
     cells: dict[str, object] = {}
     for runtime in runtimes:
         for graph, path in paths.items():

@@ -59,8 +59,12 @@ def test_export_records_openvino_parity_in_the_manifest(tiny_export):
         assert record["tolerance"]["max_prob_diff"] == 2e-2 and len(record["shapes"]) == 3
         # the tiny random model's spread-out logits can fail bf16's limits on one CPU and pass on another (AMX:
         # one labelled row's log loss moved 0.015 > 0.01; Zen 4 passed): the record must agree with its own numbers
-        within = all(s["max_prob_diff"] <= 2e-2 and abs(s["log_loss_change"]) <= 1e-2 for s in record["shapes"])
-        assert record["passed"] == (not record["failures"]) and (within or not record["passed"])
+        shapes = record["shapes"]  # labelled rows (the export's --data): decided rows and log losses recorded
+        decided = sum(s["decided_rows"] for s in shapes)
+        agreement = sum(s["decided_rows"] * s["decided_agreement"] for s in shapes) / max(decided, 1)
+        verdict = (all(s["max_prob_diff"] <= 2e-2 and s["log_loss_change"] <= 1e-2 for s in shapes)
+                   and (decided == 0 or agreement >= 0.97))
+        assert record["passed"] == verdict == (not record["failures"])
     else:
         assert "parity" not in bf16 and "no native bf16" in bf16["status"]
     assert "int8" not in section["precisions"]  # static INT8 only when asked for

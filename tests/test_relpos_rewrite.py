@@ -161,6 +161,13 @@ def test_swap_is_undone_after_an_exception_and_skips_other_architectures():
     assert rewritable_modules(DebertaV2Model(deberta_config("tiny", relative_attention=False))) == []
     with pytest.raises(ValueError, match="rows, table"), relpos_rewrite(model, "gather"):
         pass
+    with relpos_rewrite(model, "table"):  # a nested block gives back the enclosing block's swap, not eager's
+        with relpos_rewrite(model, "rows"):
+            assert all(m.disentangled_attention_bias.__func__.keywords == {"form": "rows"}
+                       for m in rewritable_modules(model))
+        assert all(m.disentangled_attention_bias.__func__.keywords == {"form": "table"}
+                   for m in rewritable_modules(model))
+    assert all("disentangled_attention_bias" not in vars(m) for m in rewritable_modules(model))
 
 
 def op_types(path) -> list[str]:
@@ -342,32 +349,43 @@ def test_failed_rewrite_falls_back_to_openvino_reading_model_onnx(tmp_path, tiny
     assert any("rewrite not used" in r.getMessage() and "model.onnx" in r.getMessage() for r in caplog.records)
 
 
-def test_torch_backend_runs_bf16_on_the_cpu_in_the_rows_form_with_eagers_numbers(tiny_checkpoint, monkeypatch):
-    """torch bf16 on the CPU swaps the rewrite in for each batch (its gather of half-precision scores with the
-    expanded index was 62% of xsmall's time): the logits are those of transformers' own bias under the same
-    autocast, padded rows included; the swap is used (counted), undone after each call, and named in the
-    description; fp32 keeps transformers' code."""
+def test_torch_backend_runs_bf16_on_an_amx_cpu_in_the_rows_form_with_eagers_numbers(tiny_checkpoint, hybrid_checkpoint,
+                                                                                   monkeypatch):
+    """torch bf16 on a CPU with AMX (where it was measured) swaps the rewrite in for each batch: the logits are
+    exactly those of transformers' own bias under the same autocast, padded rows included, for a plain and a hybrid
+    model; the swap is used (counted), undone after each call and named in the description. fp32, a CPU without
+    AMX and a compiled model keep transformers' code."""
+    import arena.machine.cpu as cpu
     import arena.models.relpos as relpos
+    from arena.models.hybrid import forward_logits
     from arena.serving.backends.torch import TorchBackend
 
-    bf16 = TorchBackend(tiny_checkpoint, device="cpu", precision="bf16")
+    monkeypatch.setattr(cpu, "has_amx", lambda flags=None: False)
+    assert not TorchBackend(tiny_checkpoint, device="cpu", precision="bf16").rewrites_relpos
+    monkeypatch.setattr(cpu, "has_amx", lambda flags=None: True)
     fp32 = TorchBackend(tiny_checkpoint, device="cpu", precision="fp32")
-    assert bf16.relpos_rewrite and "relative-position gather rewritten" in bf16.description
-    assert not fp32.relpos_rewrite and "rewritten" not in fp32.description
+    assert not fp32.rewrites_relpos and "rewritten" not in fp32.description
+    assert not TorchBackend(tiny_checkpoint, device="cpu", precision="bf16", compile=True).rewrites_relpos
     calls = []
     right = relpos.rewritten_attention_bias
     monkeypatch.setattr(relpos, "rewritten_attention_bias", lambda *a, **k: calls.append(1) or right(*a, **k))
     rng = np.random.default_rng(1)
-    for batch, length in ((3, 40), (2, 300)):
-        ids = rng.integers(5, 120000, size=(batch, length))
-        mask = np.ones_like(ids)
-        mask[-1, length // 2:] = 0
-        before = len(calls)
-        got = bf16(ids, mask)
-        assert len(calls) - before == len(rewritable_modules(bf16.model))  # every attention layer, every call
-        assert all("disentangled_attention_bias" not in vars(m) for m in rewritable_modules(bf16.model))
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            plain = bf16.model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
-        assert np.abs(got - plain.logits.float().numpy()).max() <= 1e-3
-        assert len(calls) - before == len(rewritable_modules(bf16.model))  # the plain call did not swap
-        assert np.abs(got - fp32(ids, mask)).max() > 0  # bf16 really ran in bf16
+    for folder in (tiny_checkpoint, hybrid_checkpoint[0]):
+        bf16 = TorchBackend(folder, device="cpu", precision="bf16")
+        assert bf16.rewrites_relpos and "relative-position gather rewritten" in bf16.description
+        layers = len(rewritable_modules(bf16.model))
+        for batch, length in ((3, 40), (2, 300)):
+            ids = rng.integers(5, 120000, size=(batch, length))
+            mask = np.ones_like(ids)
+            mask[-1, length // 2:] = 0
+            feats = rng.normal(size=(batch, 39)).astype(np.float32) if bf16.needs_features else None
+            before = len(calls)
+            got = bf16(ids, mask, feats)
+            assert len(calls) - before == layers  # every attention layer, every call
+            assert all("disentangled_attention_bias" not in vars(m) for m in rewritable_modules(bf16.model))
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                plain = forward_logits(bf16.model, torch.from_numpy(ids), torch.from_numpy(mask),
+                                       None if feats is None else torch.from_numpy(feats))
+            assert len(calls) - before == layers  # the plain call did not swap
+            assert np.array_equal(got, plain.float().numpy())  # the same matmuls: the same numbers
+            assert not np.array_equal(got, TorchBackend(model=bf16.model, device="cpu")(ids, mask, feats))  # bf16 ran

@@ -16,15 +16,18 @@ clamps:
   them (a score per token and distance), then a relative shift (:func:`relative_shift`: Pad, Reshape, Slice). More
   multiply-adds than eager above L = S.
 
-Who uses it, each where it was measured to help (``benchmarks/relpos_gather.py``, ``benchmarks/RESULTS.md``):
+Who uses it, each only where it was measured to help (``benchmarks/relpos_gather.py``,
+``benchmarks/cpu_backends.py``, ``benchmarks/RESULTS.md``):
 
 * the export traces the ``rows`` form into OpenVINO's own IR (:mod:`arena.export.relpos`): ONNX GatherElements runs
   on OpenVINO's reference kernel (22-25% of DeBERTa-v3-xsmall's time at 512 tokens); ONNX Runtime's ``model.onnx``
   stays the plain trace (it ran the rewrite 0.86x as fast on an AVX2 EPYC);
-* the torch backend runs its eager model in the ``rows`` form under bf16/fp16 autocast on the CPU
-  (:class:`arena.serving.backends.torch.TorchBackend`): there ``torch.gather`` of half-precision scores with the
-  expanded index copies element by element (62% of DeBERTa-v3-xsmall's bf16 time at 8 x 512 on an AMX Xeon, so
-  bf16 ran no faster than fp32). In fp32 torch's own gather is the faster one, and training keeps transformers' code.
+* the torch backend runs its eager model in the ``rows`` form under bf16 autocast on a CPU with AMX, not compiled
+  (:class:`arena.serving.backends.torch.TorchBackend`): there ``torch.gather`` of bf16 scores with the expanded
+  index copied element by element (62% of DeBERTa-v3-xsmall's bf16 time at 8 x 512 on an AMX Xeon, so bf16 ran no
+  faster than fp32; the rewrite: 1.55x on real batches). Other CPUs keep transformers' gather until measured, fp32
+  too (there torch's own gather is the faster one). Training steps keep transformers' code; a bf16 evaluation on
+  such a CPU goes through the torch backend and so through the rewrite (same numbers).
 """
 
 from __future__ import annotations
@@ -140,15 +143,19 @@ def rewritable_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 def relpos_rewrite(model: torch.nn.Module, form: str = DEFAULT_FORM) -> Iterator[int]:
     """Inside the block, every module :func:`rewritable_modules` finds computes its bias with
     :func:`rewritten_attention_bias` in ``form`` (an instance attribute shadowing the class's method); on leaving,
-    even by an exception, the instance attribute is removed and transformers' method is back. Yields how many were
-    swapped. ``form`` not in :data:`FORMS`: ``ValueError``."""
+    even by an exception, what was there before is back (transformers' method, or an enclosing block's swap).
+    Yields how many were swapped. ``form`` not in :data:`FORMS`: ``ValueError``."""
     if form not in FORMS:
         raise ValueError(f"relative-position rewrite form {form!r} is not one of {', '.join(FORMS)}")
     modules = rewritable_modules(model)
+    before = [vars(module).get("disentangled_attention_bias") for module in modules]  # an enclosing block's swap
     for module in modules:
         module.disentangled_attention_bias = types.MethodType(partial(rewritten_attention_bias, form=form), module)
     try:
         yield len(modules)
     finally:
-        for module in modules:
-            vars(module).pop("disentangled_attention_bias", None)
+        for module, outer in zip(modules, before, strict=True):
+            if outer is None:
+                vars(module).pop("disentangled_attention_bias", None)
+            else:
+                module.disentangled_attention_bias = outer

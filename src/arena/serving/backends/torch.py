@@ -10,6 +10,9 @@ under autocast in the card's half precision. Attention is SDPA where transformer
 (Gemma-2 runs eager: its attention soft-capping has no SDPA path). A decoder too large for one GPU is split by
 layers across several (``device_map``: :mod:`arena.serving.layer_split`).
 
+bf16 on a CPU with AMX computes DeBERTa's relative-position bias in an exact form without torch's slow bf16 gather
+(:mod:`arena.models.relpos`; the description says "relative-position gather rewritten").
+
 ``--attention`` (:mod:`arena.models.attention`) picks a model's attention; with disentangled-flash's (``flash``, or
 ``auto``'s choice on a CUDA GPU) the backend also runs packed, unpadded batches (:meth:`TorchBackend.run_packed`),
 which the executor then plans instead of padded rectangles.
@@ -89,16 +92,19 @@ class TorchBackend:
         self._autocast = _compute_dtype(precision, self.device) if precision != "fp32" else None
         if attention is None and folder is not None:
             attention = "auto"
+        from arena.machine.cpu import has_amx
         from arena.models.attention import attention_in_use, set_attention  # torch: imported when a model loads
         from arena.models.relpos import rewritable_modules
 
         self.attention = (attention_in_use(self.model) if attention is None else
                           set_attention(self.model, attention, device=self.device, compiled=compile))
         self.forward = torch.compile(self.model, dynamic=True) if compile else self.model
-        # bf16 on the CPU: DeBERTa's relative-position bias in the rewrite's exact ``rows`` form, since torch's
-        # half-precision gather with the expanded index is most of the model's time there (arena.models.relpos)
-        self.relpos_rewrite = (self.device == "cpu" and self._autocast is not None and not compile
-                               and bool(rewritable_modules(self.model)))
+        # bf16 on an AMX CPU (where it was measured: 1.55x): DeBERTa's relative-position bias in the rewrite's
+        # exact ``rows`` form, since torch's bf16 gather with the expanded index was most of the model's time there
+        # (arena.models.relpos). Not for a compiled model: a method swapped per call would recompile it.
+        self.rewrites_relpos = (self.device == "cpu" and self._autocast is not None and not compile
+                                and not hasattr(self.model, "_orig_mod") and has_amx()
+                                and bool(rewritable_modules(self.model)))
         self.needs_features = is_hybrid(self.model)
         self.limits = Limits(max_length=max_supported_length(self.model.config))
 
@@ -108,7 +114,7 @@ class TorchBackend:
         spread = sorted({str(d) for d in (getattr(self.model, "hf_device_map", None) or {}).values()})
         where = f"layers split across cuda:{', cuda:'.join(spread)}" if len(spread) > 1 else self.device
         return (f"torch ({self.precision}, {where}{threads}, {self.attention_label} attention"
-                f"{', relative-position gather rewritten' if self.relpos_rewrite else ''}"
+                f"{', relative-position gather rewritten' if self.rewrites_relpos else ''}"
                 f"{', compiled' if self.compiled else ''})")
 
     @property
@@ -167,7 +173,7 @@ class TorchBackend:
         from arena.models.relpos import relpos_rewrite
 
         self.attention.prepare_padded(int(ids.shape[1]))
-        with relpos_rewrite(self.model) if self.relpos_rewrite else contextlib.nullcontext():
+        with relpos_rewrite(self.model) if self.rewrites_relpos else contextlib.nullcontext():
             return forward_logits(self.forward, ids, mask, feats)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
