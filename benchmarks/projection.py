@@ -31,7 +31,7 @@ def write_rows(source: Path, rows: int, out: Path) -> Path:
     return out
 
 
-def measure(model: Path, test_csv: Path, *, tta: str, backend: str) -> dict:
+def measure(model: Path | list[Path], test_csv: Path, *, tta: str, backend: str) -> dict:
     from arena.infer.cli import run_infer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -40,7 +40,8 @@ def measure(model: Path, test_csv: Path, *, tta: str, backend: str) -> dict:
     p = summary["projection"]
     actual = summary["wall_s"]
     model_projected = sum(m["projected_s"] for m in p["members"])
-    return {"model": str(model), "rows": summary["rows"], "backend": summary["backend"], "tta": tta,
+    name = "+".join(str(m) for m in model) if isinstance(model, list) else str(model)
+    return {"model": name, "rows": summary["rows"], "backend": summary["backend"], "tta": tta,
             "projected_s": p["projected_s"], "low_s": p["low_s"], "high_s": p["high_s"],
             "actual_s": actual, "error": (p["projected_s"] - actual) / actual,
             "inside_interval": p["low_s"] <= actual <= p["high_s"], "sampling_s": p["spent_s"],
@@ -54,19 +55,24 @@ def measure(model: Path, test_csv: Path, *, tta: str, backend: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", type=Path, action="append", required=True, help="an export or checkpoint (repeat)")
+    ap.add_argument("--model", type=Path, action="append", default=[], help="an export or checkpoint (repeat)")
+    ap.add_argument("--blend", action="append", default=[],
+                    help="A,B,...: models scored together as one blend, as arena-infer --model A --model B (repeat)")
     ap.add_argument("--data", type=Path, required=True, help="a CSV of real rows (train_sample.csv)")
     ap.add_argument("--rows", default="1500,10000", help="row counts, comma-separated")
     ap.add_argument("--tta", default="swap")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--repeats", type=int, default=1, help="run every case this many times (run-to-run spread)")
     args = ap.parse_args()
+    cases: list[Path | list[Path]] = [*args.model, *([Path(p) for p in b.split(",")] for b in args.blend)]
+    if not cases:
+        ap.error("give --model or --blend")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for rows in [int(r) for r in args.rows.split(",")]:
             test_csv = write_rows(args.data, rows, Path(tmp) / f"test-{rows}.csv")
             for _ in range(args.repeats):
-                for model in args.model:
+                for model in cases:
                     results.append(measure(model, test_csv, tta=args.tta, backend=args.backend))
     from arena.machine.cpu import cpu_kind
 
@@ -75,7 +81,8 @@ def main() -> None:
           "sampled rows (rounds) | drift | sampling cost |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {Path(r['model']).name} | {r['rows']} | {r['backend']} | {r['projected_s']:.1f} s "
+        name = "+".join(Path(m).name for m in r["model"].split("+"))
+        print(f"| {name} | {r['rows']} | {r['backend']} | {r['projected_s']:.1f} s "
               f"({r['low_s']:.1f}-{r['high_s']:.1f}) | {r['actual_s']:.1f} s | {100 * r['error']:+.1f}% | "
               f"{r['model_projected_s']:.1f} / {r['model_actual_s']:.1f} s | {r['sample_rows']} "
               f"({'+'.join(map(str, r['sample_rounds']))}) | {'/'.join(f'{100 * d:.1f}%' for d in r['drift'])} | "
