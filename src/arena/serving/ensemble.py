@@ -243,7 +243,8 @@ def fit_blend_weights(folders: Sequence[Path], method: str = DEFAULT_COMBINE) ->
     oofs = [read_oof(f) for f in folders]
     if any(o is None for o in oofs):
         lacking = [str(f) for f, o in zip(folders, oofs, strict=True) if o is None]
-        return np.full(len(folders), 1.0 / len(folders)), f"equal weights ({', '.join(lacking)} has no oof.csv)"
+        verb = "has" if len(lacking) == 1 else "have"
+        return np.full(len(folders), 1.0 / len(folders)), f"equal weights ({', '.join(lacking)} {verb} no oof.csv)"
     common = set(oofs[0][0])
     for o in oofs[1:]:
         common &= set(o[0])
