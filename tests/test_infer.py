@@ -296,7 +296,7 @@ class _DriftingBackend:
 
 def test_projection_samples_for_long_enough_and_widens_for_a_drifting_machine(tokenizer, train_records):
     from arena.encode import ArenaEncoder, EncoderConfig
-    from arena.serving.projection import project_scorer
+    from arena.serving.projection import MIN_DRIFT, project_scorer
     from arena.serving.scoring import ScoreConfig, Scorer
 
     records = train_records[:400]
@@ -312,6 +312,9 @@ def test_projection_samples_for_long_enough_and_widens_for_a_drifting_machine(to
     assert drifting.members[0]["drift"] > max(3 * member["drift"], 0.2)
     width = lambda p: (p.high_s - p.low_s) / p.projected_s  # noqa: E731
     assert width(drifting) > 2 * width(steady)
+    # a steady sample still leaves room for drift it cannot see: at least +-1.96 x MIN_DRIFT of the model's time
+    model_s = steady.projected_s - steady.encode_s
+    assert steady.high_s - steady.low_s >= 2 * 1.96 * MIN_DRIFT * model_s * 0.999
 
 
 class _BusyBackend:

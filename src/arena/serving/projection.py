@@ -16,7 +16,8 @@ Kaggle stops a notebook after 9 hours; an ensemble with TTA that does not fit sc
    added from the measured encoding of every row;
 5. the uncertainty combines the fit's parameter covariance, the batches' own scatter around it, and the machine's
    drift: how far each round's (or, with one round, each half's) measured time strays from the fit, taken as the
-   spread of the whole run's speed (the run happens later than the sample, on the same machine); the projection
+   spread of the whole run's speed (the run happens later than the sample, on the same machine), at least
+   :data:`MIN_DRIFT`, since a sample of seconds cannot see drift over the run's hours; the projection
    is reported as ``projected_s`` with a 95% interval, plus what was already spent (loading, encoding, sampling).
 
 The cost model is linear in padded tokens; attention's quadratic term is absorbed in ``a`` for the length mix of
@@ -74,6 +75,12 @@ SAMPLE_FRACTION = 0.02
 MAX_SAMPLE_S = 300.0
 """... but never longer than this."""
 MAX_ROUNDS = 16
+MIN_DRIFT = 0.03
+"""The least machine drift (standard deviation of the run's speed, relative) the interval assumes, whatever the
+sample saw: a few rounds over seconds cannot see how a machine's speed moves over the minutes or hours of the run.
+Measured (``benchmarks/RESULTS.md``): two sampling rounds that agreed to 0.5% before a 10-minute run that went 3.6%
+faster (AMX Xeon); the same benchmark's cells 20% apart 90 minutes later on that machine; 8-10% between rounds on an
+AVX2 EPYC. 3% keeps the 95% interval at least +-6% wide."""
 
 
 def stratified_sample(lengths: np.ndarray, n: int, taken: np.ndarray | None = None) -> np.ndarray:
@@ -253,7 +260,7 @@ def project_scorer(scorer: Any, records: Sequence[Any], *, limit_s: float | None
         model = CostModel.fit(tokens, [s for r in rounds for s in r[1]])
         mean, sd = model.project(plan)
         spread = drift(model, rounds)
-        sd = (sd * sd + (spread * mean) ** 2) ** 0.5
+        sd = (sd * sd + (max(spread, MIN_DRIFT) * mean) ** 2) ** 0.5
         sampled = max(sampled, rows)
         parts.append((passes * mean, passes * sd))
         members.append({"per_token_us": model.per_token * 1e6, "per_batch_ms": model.per_batch * 1e3,
