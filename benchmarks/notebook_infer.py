@@ -31,13 +31,13 @@ def main() -> None:
     from arena.serving.scoring import ScoreConfig, Scorer
 
     model = load_classifier(args.model, require_three_labels=True).eval()
-    settings = replace(read_meta(args.model).encoder, features=is_hybrid(model))  # a hybrid head reads features
+    hybrid = is_hybrid(model)  # a hybrid head also takes the rows' hand-crafted features
+    settings = replace(read_meta(args.model).encoder, features=hybrid)
     encoder = ArenaEncoder(load_tokenizer(args.model), settings)
     records = read_test(args.test_csv)
 
     class Eager:  # the notebook's model call, nothing of arena's backends (threads: torch's default)
-        device = "cpu"
-        needs_features = is_hybrid(model)  # a hybrid head also takes the row's hand-crafted features
+        device, needs_features = "cpu", hybrid
 
         def __call__(self, ids, mask, features=None):
             extra = {} if features is None else {"features": torch.from_numpy(features)}

@@ -40,8 +40,9 @@ def measure(model: Path | list[Path], test_csv: Path, *, tta: str, backend: str)
     p = summary["projection"]
     actual = summary["wall_s"]
     model_projected = sum(m["projected_s"] for m in p["members"])
-    name = "+".join(str(m) for m in model) if isinstance(model, list) else str(model)
-    return {"model": name, "rows": summary["rows"], "backend": summary["backend"], "tta": tta,
+    models = model if isinstance(model, list) else [model]
+    return {"model": "+".join(map(str, models)), "label": "+".join(Path(m).name for m in models),
+            "rows": summary["rows"], "backend": summary["backend"], "tta": tta,
             "projected_s": p["projected_s"], "low_s": p["low_s"], "high_s": p["high_s"],
             "actual_s": actual, "error": (p["projected_s"] - actual) / actual,
             "inside_interval": p["low_s"] <= actual <= p["high_s"], "sampling_s": p["spent_s"],
@@ -81,8 +82,7 @@ def main() -> None:
           "sampled rows (rounds) | drift | sampling cost |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        name = "+".join(Path(m).name for m in r["model"].split("+"))
-        print(f"| {name} | {r['rows']} | {r['backend']} | {r['projected_s']:.1f} s "
+        print(f"| {r['label']} | {r['rows']} | {r['backend']} | {r['projected_s']:.1f} s "
               f"({r['low_s']:.1f}-{r['high_s']:.1f}) | {r['actual_s']:.1f} s | {100 * r['error']:+.1f}% | "
               f"{r['model_projected_s']:.1f} / {r['model_actual_s']:.1f} s | {r['sample_rows']} "
               f"({'+'.join(map(str, r['sample_rounds']))}) | {'/'.join(f'{100 * d:.1f}%' for d in r['drift'])} | "
