@@ -61,7 +61,7 @@ def arena_half(export: Path, work: Path, rows: int = 64) -> dict:
     np.savez(work / "rows.npz", **arrays)
     texts = ["\n".join(turns) for r in records[:24] for turns in (r.prompt, r.response_a, r.response_b)]
     tokenizer = loaded.encoder.tokenizer
-    token_ids = [tokenizer(t, truncation=True, max_length=512)["input_ids"] for t in texts]
+    token_ids = [tokenizer(t)["input_ids"] for t in texts]  # whole texts: arena never asks a tokenizer to truncate
     (work / "texts.json").write_text(json.dumps({"texts": texts, "ids": token_ids}))
     return {"rows": len(records), "backend": loaded.description}
 
@@ -107,7 +107,7 @@ def optimum_half(export: Path, work: Path) -> dict:
         agree += int((theirs.argmax(1) == ours.argmax(1)).sum())
         rows += len(ids)
     texts = json.loads((work / "texts.json").read_text())
-    same = sum(tokenizer(t, truncation=True, max_length=512)["input_ids"] == ids
+    same = sum(tokenizer(t)["input_ids"] == ids
                for t, ids in zip(texts["texts"], texts["ids"], strict=True))
     label = pipeline("text-classification", model=model, tokenizer=tokenizer)(texts["texts"][0][:500])[0]["label"]
     versions = {p: _version(md, p) for p in ("optimum", "optimum-onnx", "transformers", "tokenizers", "onnxruntime",

@@ -98,6 +98,21 @@ def test_an_export_folder_gets_the_adapter_a_checkpoint_keeps_transformers(tiny_
     assert not isinstance(load_tokenizer(tiny_checkpoint), JsonTokenizer)
 
 
+def test_the_adapter_refuses_options_it_would_otherwise_ignore(tiny_export):
+    """truncation / max_length / padding would change transformers' ids: the adapter says so instead of returning
+    whole ids under those names; the options that change nothing but the returned keys are accepted."""
+    from arena.models.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_export)
+    text = "word " * 600
+    whole = tokenizer(text)["input_ids"]
+    assert len(whole) > 512
+    assert tokenizer(text, return_attention_mask=False, return_token_type_ids=False)["input_ids"] == whole
+    for options in ({"truncation": True, "max_length": 512}, {"padding": "max_length"}):
+        with pytest.raises(TypeError, match="takes no"):
+            tokenizer(text, **options)
+
+
 def test_unreadable_tokenizer_json_is_one_model_error(tmp_path):
     from arena.artifacts import TOKENIZER_JSON
     from arena.encode import JsonTokenizer

@@ -521,9 +521,15 @@ class JsonTokenizer:
         run = getattr(self.backend, "encode_batch_fast", None) or self.backend.encode_batch
         return run(texts, add_special_tokens=add_special_tokens)
 
-    def __call__(self, text: str | list[str], add_special_tokens: bool = True, **_: Any) -> dict[str, Any]:
-        """``{"input_ids": ...}`` for one text or a list, as a transformers tokenizer's call returns them (other
-        options, such as ``return_attention_mask``, change nothing here: only ids are returned)."""
+    def __call__(self, text: str | list[str], add_special_tokens: bool = True, return_attention_mask: Any = None,
+                 return_token_type_ids: Any = None, **options: Any) -> dict[str, Any]:
+        """``{"input_ids": ...}`` for one text or a list, as a transformers tokenizer's call returns them, never
+        truncated or padded. ``return_attention_mask`` and ``return_token_type_ids`` are accepted and change nothing
+        (only ids are returned); any other option (``truncation``, ``max_length``, ``padding``, ...) is a
+        ``TypeError``, since ignoring it would return other ids than transformers does."""
+        if options:
+            raise TypeError(f"JsonTokenizer takes no {', '.join(sorted(options))}: it returns whole, unpadded ids "
+                            "(cut the text, or the ids, yourself)")
         encoded = [e.ids for e in self.encode_batch([text] if isinstance(text, str) else list(text),
                                                    add_special_tokens)]
         return {"input_ids": encoded[0] if isinstance(text, str) else encoded}
